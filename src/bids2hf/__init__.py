@@ -1,0 +1,1 @@
+"""bids2hf: BIDS datasets to Hugging Face Parquet datasets and back."""
