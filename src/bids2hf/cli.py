@@ -1,0 +1,311 @@
+"""The ``bids2hf`` command line: a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from . import __version__
+from .config import Config, load_config
+from .errors import Bids2HfError
+from .plan import PlanOptions
+from .scan import ScanOptions
+
+F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("bids2hf")
+
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1e3,
+    "m": 1e6,
+    "g": 1e9,
+    "t": 1e12,
+    "ki": 2**10,
+    "mi": 2**20,
+    "gi": 2**30,
+    "ti": 2**40,
+}
+
+
+def parse_size(text: str) -> int:
+    """``500MB`` → 500_000_000, ``1GiB`` → 2**30, ``1000`` → 1000."""
+    m = _SIZE.match(text)
+    if not m:
+        raise click.BadParameter(f"{text!r} is not a size like 500MB or 1GiB")
+    unit = (m.group(2) or "").lower().rstrip("b")
+    if unit not in _UNITS:
+        raise click.BadParameter(f"unknown unit in {text!r}")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+class SizeType(click.ParamType):
+    name = "SIZE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_size(str(value))
+        except click.BadParameter as exc:
+            self.fail(str(exc), param, ctx)
+
+
+SIZE = SizeType()
+
+
+def _setup_logging(quiet: bool, debug: bool) -> None:
+    level = logging.DEBUG if debug else logging.ERROR if quiet else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
+    if not debug:
+        logging.getLogger("bidsschematools").setLevel(logging.WARNING)
+
+
+def common(func: F) -> F:
+    """--quiet/--debug and the error policy: one line and exit 2, tracebacks only with --debug."""
+
+    @click.option(
+        "--quiet", "-q", is_flag=True, help="No progress bar; print only errors and the result."
+    )
+    @click.option("--debug", is_flag=True, help="Verbose logging and full tracebacks.")
+    @functools.wraps(func)
+    def wrapper(*args: Any, quiet: bool, debug: bool, **kwargs: Any) -> Any:
+        _setup_logging(quiet, debug)
+        try:
+            return func(*args, quiet=quiet, **kwargs)
+        except Bids2HfError as exc:
+            if debug:
+                raise
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            if debug:
+                raise
+            click.echo("interrupted: re-run the same command to resume", err=True)
+            sys.exit(130)
+        except click.exceptions.Exit:
+            raise
+        except Exception as exc:
+            if debug:
+                raise
+            click.echo(
+                f"internal error: {type(exc).__name__}: {exc} (re-run with --debug for details)",
+                err=True,
+            )
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def input_options(func: F) -> F:
+    """Options that decide what is read and how it is laid out (shared by inspect and convert)."""
+    options = [
+        click.option(
+            "--layout",
+            type=click.Choice(["session", "scan"]),
+            default="session",
+            show_default=True,
+            help="One row per subject x session, or one row per image file.",
+        ),
+        click.option(
+            "--config",
+            "config_path",
+            type=click.Path(dir_okay=False),
+            help="TOML config: rename, select, group, split columns.",
+        ),
+        click.option(
+            "--derivatives",
+            multiple=True,
+            metavar="NAME",
+            help="Derivative pipeline under derivatives/ to join as columns ('all' for every one). Repeatable.",
+        ),
+        click.option(
+            "--include",
+            multiple=True,
+            type=click.Choice(["sourcedata"]),
+            help="Also store sourcedata/ (left out by default).",
+        ),
+        click.option(
+            "--exclude",
+            multiple=True,
+            metavar="GLOB",
+            help="Leave out matching paths (listed in the manifest). Repeatable.",
+        ),
+        click.option(
+            "--on-invalid",
+            type=click.Choice(["error", "skip", "keep"]),
+            default="error",
+            show_default=True,
+            help="Files with invalid BIDS names: stop, leave out, or keep verbatim.",
+        ),
+        click.option(
+            "--check",
+            type=click.Choice(["none", "header", "full"]),
+            default="header",
+            show_default=True,
+            help="NIfTI integrity check: header + gzip trailer, or full decompression.",
+        ),
+        click.option(
+            "--max-shard-size",
+            type=SIZE,
+            default="500MB",
+            show_default=True,
+            help="Target Parquet shard size.",
+        ),
+        click.option(
+            "--row-group-size",
+            type=SIZE,
+            default="128MiB",
+            show_default=True,
+            help="Row group size (memory per worker).",
+        ),
+        click.option("--split", default="train", show_default=True, help="Split name of the rows."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _options(kw: dict[str, Any]) -> tuple[ScanOptions, PlanOptions]:
+    config = load_config(kw.pop("config_path")) if kw.get("config_path") else Config()
+    kw.pop("config_path", None)
+    scan_options = ScanOptions(
+        derivatives=tuple(kw.pop("derivatives")),
+        include_sourcedata="sourcedata" in kw.pop("include"),
+        exclude=tuple(kw.pop("exclude")),
+        on_invalid=kw.pop("on_invalid"),
+        check=kw.pop("check"),
+    )
+    plan_options = PlanOptions(
+        layout=kw.pop("layout"),
+        max_shard_bytes=kw.pop("max_shard_size"),
+        row_group_bytes=kw.pop("row_group_size"),
+        split=kw.pop("split"),
+        config=config,
+    )
+    return scan_options, plan_options
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="bids2hf")
+def main() -> None:
+    """Turn BIDS datasets into Hugging Face datasets (Parquet with embedded NIfTI), and back."""
+
+
+@main.command()
+@click.argument("bids_dir", type=click.Path())
+@input_options
+@click.option(
+    "--all", "all_problems", is_flag=True, help="List every problem, not only the first 20."
+)
+@common
+def inspect(bids_dir: str, all_problems: bool, quiet: bool, **kw: Any) -> None:
+    """Show what convert would write and every problem found, writing nothing.
+
+    Exit code 2 when convert would refuse the input.
+    """
+    from .convert import scan_and_plan
+    from .report import inspect_text
+
+    scan_options, plan_options = _options(kw)
+    inventory, plan = scan_and_plan(bids_dir, scan_options, plan_options)
+    click.echo(inspect_text(inventory, plan, all_problems))
+    if plan.errors:
+        sys.exit(2)
+
+
+@main.command()
+@click.argument("bids_dir", type=click.Path())
+@click.argument("destination")
+@input_options
+@click.option(
+    "--workers",
+    "-j",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Processes writing shards (default: cores).",
+)
+@click.option(
+    "--overwrite", is_flag=True, help="Replace an existing bids2hf output of another plan."
+)
+@click.option("--strict", is_flag=True, help="Fail if any file would be left out.")
+@click.option(
+    "--strict-privacy", is_flag=True, help="Fail if the privacy lint finds identifying metadata."
+)
+@common
+def convert(
+    bids_dir: str,
+    destination: str,
+    quiet: bool,
+    workers: int | None,
+    overwrite: bool,
+    strict: bool,
+    strict_privacy: bool,
+    **kw: Any,
+) -> None:
+    """Convert BIDS_DIR into a Hugging Face dataset at DESTINATION (a local folder)."""
+    from .convert import convert as run
+    from .report import convert_summary
+
+    scan_options, plan_options = _options(kw)
+    report = run(
+        bids_dir,
+        destination,
+        scan_options=scan_options,
+        plan_options=plan_options,
+        workers=workers,
+        overwrite=overwrite,
+        strict=strict,
+        strict_privacy=strict_privacy,
+        progress=not quiet,
+    )
+    click.echo(convert_summary(report))
+
+
+@main.command()
+@click.argument("directory", type=click.Path(), default="bids2hf-demo")
+@click.option("--subjects", type=click.IntRange(min=1), default=4, show_default=True)
+@common
+def demo(directory: str, subjects: int, quiet: bool) -> None:
+    """Generate a small synthetic BIDS dataset in DIRECTORY/bids and convert it to DIRECTORY/hf."""
+    import shutil
+
+    from .convert import convert as run
+    from .report import convert_summary
+    from .synthetic import SyntheticSpec, generate_bids
+
+    root = Path(directory)
+    bids = root / "bids"
+    if bids.exists():
+        shutil.rmtree(bids)
+    generated = generate_bids(bids, SyntheticSpec(n_subjects=subjects))
+    click.echo(
+        f"generated {len(generated.files)} files ({generated.total_bytes / 1e6:.1f} MB) in {bids}"
+    )
+    report = run(
+        bids,
+        root / "hf",
+        scan_options=ScanOptions(derivatives=("all",)),
+        overwrite=True,
+        progress=not quiet,
+    )
+    click.echo(convert_summary(report))
+    click.echo(
+        "\nload it with:\n"
+        "  from datasets import load_dataset\n"
+        f"  ds = load_dataset({str(root / 'hf')!r}, split='train')\n"
+        "  img = ds[0]['anat_T1w'][0]   # a nibabel image\n"
+        f"and rebuild the BIDS folder with:  bids2hf export {root / 'hf'} {root / 'bids-copy'}"
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
