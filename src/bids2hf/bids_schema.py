@@ -123,11 +123,13 @@ def parse_raw_path(relpath: str) -> ParsedName | None:
 _GENERIC_PART = re.compile(r"^([a-zA-Z]+)-([0-9a-zA-Z+]+)$")
 
 
-def parse_generic_name(relpath: str) -> ParsedName | None:
+def parse_generic_name(relpath: str, lenient: bool = False) -> ParsedName | None:
     """Parse ``key-value_..._suffix.ext`` names the way BIDS derivatives use them.
 
     Derivative datasets may use entities and suffixes that the raw rules do not list (``desc-``
-    and pipeline-specific suffixes), so only the name grammar is checked here.
+    and pipeline-specific suffixes), so only the name grammar is checked here. ``lenient`` skips
+    inner tokens that are not ``key-value`` (masks named after their source image, such as
+    ``..._T2w_desc-lesion_mask``, are common in practice).
     """
     parts = relpath.split("/")
     stem, extension = split_extension(parts[-1])
@@ -139,6 +141,8 @@ def parse_generic_name(relpath: str) -> ParsedName | None:
     for token in tokens[:-1]:
         m = _GENERIC_PART.match(token)
         if m is None:
+            if lenient and re.fullmatch(r"[a-zA-Z0-9]+", token):
+                continue
             return None
         key, value = m.groups()
         found[by_key[key].name if key in by_key else key] = value

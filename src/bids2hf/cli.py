@@ -307,5 +307,38 @@ def demo(directory: str, subjects: int, quiet: bool) -> None:
     )
 
 
+@main.command()
+@click.argument("source")
+@click.argument("bids_out", type=click.Path())
+@click.option("--include", multiple=True, metavar="GLOB", help="Only files whose BIDS path matches (e.g. 'sub-01*'). Repeatable.")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Skip files whose BIDS path matches. Repeatable.")
+@click.option("--overwrite", is_flag=True, help="Replace files that already exist in BIDS_OUT.")
+@common
+def export(source: str, bids_out: str, include: tuple[str, ...], exclude: tuple[str, ...],
+           overwrite: bool, quiet: bool) -> None:
+    """Rebuild the BIDS folder from SOURCE (output folder, hf://datasets/ORG/NAME[@REV], or URL)."""
+    from .export import export as run
+    from .report import human_bytes
+
+    report = run(source, bids_out, include=include, exclude=exclude, overwrite=overwrite, progress=not quiet)
+    click.echo(f"wrote {report.files} files ({human_bytes(report.bytes)}) to {report.output}, each checked against its sha256")
+    if report.skipped:
+        click.echo(f"{len(report.skipped)} file(s) were left out at conversion time (listed in bids2hf/manifest.jsonl)")
+
+
+@main.command()
+@click.argument("bids_dir", type=click.Path())
+@click.argument("source")
+@common
+def verify(bids_dir: str, source: str, quiet: bool) -> None:
+    """Compare BIDS_DIR with the published dataset SOURCE, file by file (exit 1 if they differ)."""
+    from .verify import verify as run
+
+    report = run(bids_dir, source, progress=not quiet)
+    click.echo(report.text())
+    if not report.ok:
+        sys.exit(1)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -202,7 +202,7 @@ def _classify(
             f.subject = parts[2]
             if parts[3].startswith("ses-") and len(parts) >= 5:
                 f.session = parts[3]
-            f.parsed = bids_schema.parse_generic_name("/".join(parts[2:]))
+            f.parsed = bids_schema.parse_generic_name("/".join(parts[2:]), lenient=True)
             if f.parsed is not None and f.session is None and len(parts) == 4:
                 f.subject = None  # a subject-level file, not part of a row
             elif f.parsed is not None:
