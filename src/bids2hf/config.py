@@ -8,7 +8,8 @@ Example (the Aphasia Recovery Cohort schema ships as ``examples/arc.toml``)::
     [[columns]]
     name = "t1w"
     kinds = ["anat/T1w"]           # datatype/suffix, or PIPELINE:datatype/suffix for derivatives
-    single = true                  # one image per row (an error if a row has more)
+    single = true                  # one image per row (an error if a row has more, unless:)
+    prefer = { acquisition = ["spc3p2", "tse3"] }   # take the best; the others are left out
     [[columns]]
     name = "bold_rest"
     kinds = ["func/bold"]
@@ -46,7 +47,17 @@ class ColumnRule:
     where: Mapping[str, str] = field(default_factory=dict)
     value: str = "image"
     single: bool = False
+    # For single columns: entity → preferred values, best first. When several files match, the
+    # best one is taken and the others are listed as left out (never dropped silently).
+    prefer: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     description: str = ""
+
+    def rank(self, entities: Mapping[str, str]) -> tuple[int, ...]:
+        ranks = []
+        for key, values in self.prefer.items():
+            value = str(entities.get(key))
+            ranks.append(values.index(value) if value in values else len(values))
+        return tuple(ranks)
 
     def matches(self, kind: str, entities: Mapping[str, str]) -> bool:
         return kind in self.kinds and all(
@@ -126,6 +137,10 @@ def parse_config(data: Mapping[str, Any], source: str = "config") -> Config:
                 where={str(k): str(v) for k, v in raw.get("where", {}).items()},
                 value=value,
                 single=bool(raw.get("single", False)),
+                prefer={
+                    str(k): tuple(str(x) for x in (v if isinstance(v, list) else [v]))
+                    for k, v in raw.get("prefer", {}).items()
+                },
                 description=str(raw.get("description", "")),
             )
         )

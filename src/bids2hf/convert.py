@@ -84,10 +84,11 @@ def scan_and_plan(
 ) -> tuple[Inventory, ConversionPlan]:
     """Scan a BIDS folder and plan its conversion; reads metadata, writes nothing."""
     plan_options = plan_options or PlanOptions()
-    if not 1 << 20 <= plan_options.row_group_bytes <= 1 << 30:
-        raise InputError("--row-group-size must be between 1 MiB and 1 GiB")
-    if plan_options.max_shard_bytes < 1 << 20:
-        raise InputError("--max-shard-size must be at least 1 MiB")
+    # Row groups above 1 GiB would risk Arrow's 2 GiB limit per binary column chunk.
+    if not 1000 <= plan_options.row_group_bytes <= 1 << 30:
+        raise InputError("--row-group-size must be between 1kB and 1GiB")
+    if plan_options.max_shard_bytes < 1000:
+        raise InputError("--max-shard-size must be at least 1kB")
     inventory = scan(bids_dir, scan_options)
     return inventory, make_plan(inventory, plan_options)
 

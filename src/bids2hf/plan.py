@@ -354,7 +354,7 @@ class _Builder:
         return Nifti(decode=not any(f.relpath in self.nifti2 for f in files))
 
     def count(self, kind: str, column: str, files: Sequence[SourceFile]) -> None:
-        s = self.kinds.setdefault(kind, KindSummary(kind, column))
+        s = self.kinds.setdefault(f"{kind}\0{column}", KindSummary(kind, column))
         s.files += len(files)
         s.bytes += sum(f.size for f in files)
         s.rows += 1 if files else 0
@@ -365,7 +365,6 @@ class _Builder:
         cfg = self.config
         self.add(ColumnSpec("subject_id", Role.VALUE, Value("string"), single=True))
         self.add(ColumnSpec("session_id", Role.VALUE, Value("string"), single=True))
-        p_cols, s_cols = self.add_meta_columns(*self.meta_columns())
         images: dict[tuple[str, str], dict[str, list[SourceFile]]] = {}
         others: dict[tuple[str, str], list[SourceFile]] = {}
         all_by_kind: dict[str, list[SourceFile]] = defaultdict(list)
@@ -384,6 +383,7 @@ class _Builder:
             builders = self._config_columns(all_by_kind)
         else:
             builders = self._kind_columns(all_by_kind)
+        p_cols, s_cols = self.add_meta_columns(*self.meta_columns())
         if cfg.other_files:
             self.add(
                 ColumnSpec(
@@ -577,6 +577,14 @@ class _Builder:
                 ),
                 key=lambda f: natural_key(f.relpath),
             )
+            if rule.single and len(files) > 1 and rule.prefer:
+                files.sort(key=lambda f: rule.rank(f.parsed.entities if f.parsed else {}))
+                ranks = [rule.rank(f.parsed.entities if f.parsed else {}) for f in files]
+                if ranks[0] != ranks[1]:
+                    for f in files[1:]:
+                        if value == "image":
+                            self.leave_out(f, f"column {rule.name} holds one image per row and prefers another")
+                    files = files[:1]
             if rule.single and len(files) > 1:
                 self.problems.append(
                     Problem(

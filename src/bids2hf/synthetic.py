@@ -890,7 +890,7 @@ class _NiftiWriter:
         """Write one image (possibly finishing asynchronously; see :meth:`close`)."""
         spec = self.spec
         rng = _file_rng(spec.seed, seed_rel, "nifti")
-        header = _nifti_header(shape, zooms, f"bids2hf synthetic {path.name}")
+        header = _nifti_header(shape, zooms, "")
         n_data = 2 * math.prod(shape)
         n_pieces = max(1, -(-n_data // _CHUNK))
         fh = open(path, "wb")  # noqa: SIM115 - closed in _drain_one / close
