@@ -16,6 +16,7 @@ import argparse
 import base64
 import fnmatch
 import hashlib
+import io
 import json
 import re
 import shutil
@@ -122,6 +123,7 @@ class Fault:
     drop: bool
     delay: float
     truncate: int | None
+    lose_response: bool = False
     fired: int = 0
 
 
@@ -239,19 +241,21 @@ class HubEmulator:
     # ------------------------------------------------------------------ faults & stats
     def inject(self, route_regex: str, method: str | None = None, *, status: int | None = None,
                times: int | None = 1, retry_after: int | None = None, drop: bool = False, delay: float = 0.0,
-               truncate: int | None = None) -> Fault:
+               truncate: int | None = None, lose_response: bool = False) -> Fault:
         """Inject a fault on requests whose unquoted path matches ``route_regex`` (``re.search``).
 
         ``status``: answer with this status (JSON error body, ``Retry-After`` if ``retry_after``).
         ``drop``: read the request body then close the connection without any response.
         ``delay``: sleep before handling (alone: the request is then served normally).
         ``truncate``: for file downloads, send the headers and only this many body bytes, then close.
+        ``lose_response``: handle the request fully (a commit IS applied), then close the connection
+        without sending the answer, as when a response is lost on the way back.
         ``times``: how many requests are affected (``None``: all of them until :meth:`clear_faults`).
         """
-        if status is None and not drop and not delay and truncate is None:
-            raise ValueError("inject() needs one of status, drop, delay or truncate")
+        if status is None and not drop and not delay and truncate is None and not lose_response:
+            raise ValueError("inject() needs one of status, drop, delay, truncate or lose_response")
         fault = Fault(re.compile(route_regex), method.upper() if method else None, status, times,
-                      retry_after, drop, delay, truncate)
+                      retry_after, drop, delay, truncate, lose_response)
         with self._lock:
             self._faults.append(fault)
         return fault
@@ -566,6 +570,16 @@ class _Handler(BaseHTTPRequestHandler):
                     self._drain()
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                if fault.lose_response:
+                    real, self.wfile = self.wfile, io.BytesIO()
+                    try:
+                        self._auth(name)
+                        getattr(self, f"_h_{name}")(**groups)
+                    finally:
+                        self.wfile = real
+                        self.close_connection = True
+                        self.connection.shutdown(socket.SHUT_RDWR)
                     return
                 if fault.status is not None:
                     extra = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}

@@ -174,6 +174,35 @@ def input_options(func: F) -> F:
     return func
 
 
+def publish_options(func: F) -> F:
+    """Options of remote destinations, shared by convert and push."""
+    options = [
+        click.option("--private", is_flag=True, help="Create the Hub repository as private."),
+        click.option(
+            "--commit-every",
+            type=click.IntRange(min=1),
+            default=100,
+            show_default=True,
+            help="Data shards per commit (the card and manifest always come last).",
+        ),
+        click.option(
+            "--dry-run",
+            is_flag=True,
+            help="Print what would be uploaded and deleted; change nothing.",
+        ),
+        click.option(
+            "--timeout",
+            type=float,
+            default=300.0,
+            show_default=True,
+            help="Seconds a request may wait for each read or write (0: no limit).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 def _options(kw: dict[str, Any]) -> tuple[ScanOptions, PlanOptions]:
     config = load_config(kw.pop("config_path")) if kw.get("config_path") else Config()
     kw.pop("config_path", None)
@@ -240,6 +269,17 @@ def inspect(bids_dir: str, all_problems: bool, quiet: bool, **kw: Any) -> None:
 @click.option(
     "--strict-privacy", is_flag=True, help="Fail if the privacy lint finds identifying metadata."
 )
+@publish_options
+@click.option(
+    "--staging",
+    type=click.Path(file_okay=False),
+    help="Local folder for shards awaiting upload (remote destinations).",
+)
+@click.option(
+    "--max-staged",
+    type=click.IntRange(min=1),
+    help="Shards on local disk at most while uploading (default: 2 x workers).",
+)
 @common
 def convert(
     bids_dir: str,
@@ -249,13 +289,32 @@ def convert(
     overwrite: bool,
     strict: bool,
     strict_privacy: bool,
+    private: bool,
+    commit_every: int,
+    dry_run: bool,
+    timeout: float,
+    staging: str | None,
+    max_staged: int | None,
     **kw: Any,
 ) -> None:
-    """Convert BIDS_DIR into a Hugging Face dataset at DESTINATION (a local folder)."""
+    """Convert BIDS_DIR into a Hugging Face dataset at DESTINATION.
+
+    DESTINATION is a local folder, hf://datasets/ORG/NAME[@REVISION] (converted and uploaded in
+    one streaming pass), or an fsspec URL such as s3://bucket/prefix.
+    """
+    from .convert import PublishOptions
     from .convert import convert as run
     from .report import convert_summary
 
     scan_options, plan_options = _options(kw)
+    publish = PublishOptions(
+        private=private,
+        staging=Path(staging) if staging else None,
+        max_staged=max_staged,
+        commit_every=commit_every,
+        dry_run=dry_run,
+        timeout=timeout or None,
+    )
     report = run(
         bids_dir,
         destination,
@@ -266,8 +325,43 @@ def convert(
         strict=strict,
         strict_privacy=strict_privacy,
         progress=not quiet,
+        publish=publish,
     )
+    if report.publish is not None and report.publish.dry_run:
+        click.echo(report.publish.text())
+        return
     click.echo(convert_summary(report))
+    if report.publish is not None:
+        click.echo(report.publish.text())
+
+
+@main.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.argument("destination")
+@publish_options
+@common
+def push(
+    folder: str,
+    destination: str,
+    quiet: bool,
+    private: bool,
+    commit_every: int,
+    dry_run: bool,
+    timeout: float,
+) -> None:
+    """Upload an already converted FOLDER to DESTINATION (hf://datasets/ORG/NAME or a URL)."""
+    from .publish import push as run
+
+    report = run(
+        folder,
+        destination,
+        private=private,
+        commit_every=commit_every,
+        dry_run=dry_run,
+        timeout=timeout or None,
+        progress=not quiet,
+    )
+    click.echo(report.text())
 
 
 @main.command()
@@ -310,20 +404,42 @@ def demo(directory: str, subjects: int, quiet: bool) -> None:
 @main.command()
 @click.argument("source")
 @click.argument("bids_out", type=click.Path())
-@click.option("--include", multiple=True, metavar="GLOB", help="Only files whose BIDS path matches (e.g. 'sub-01*'). Repeatable.")
-@click.option("--exclude", multiple=True, metavar="GLOB", help="Skip files whose BIDS path matches. Repeatable.")
+@click.option(
+    "--include",
+    multiple=True,
+    metavar="GLOB",
+    help="Only files whose BIDS path matches (e.g. 'sub-01*'). Repeatable.",
+)
+@click.option(
+    "--exclude",
+    multiple=True,
+    metavar="GLOB",
+    help="Skip files whose BIDS path matches. Repeatable.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace files that already exist in BIDS_OUT.")
 @common
-def export(source: str, bids_out: str, include: tuple[str, ...], exclude: tuple[str, ...],
-           overwrite: bool, quiet: bool) -> None:
+def export(
+    source: str,
+    bids_out: str,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    overwrite: bool,
+    quiet: bool,
+) -> None:
     """Rebuild the BIDS folder from SOURCE (output folder, hf://datasets/ORG/NAME[@REV], or URL)."""
     from .export import export as run
     from .report import human_bytes
 
-    report = run(source, bids_out, include=include, exclude=exclude, overwrite=overwrite, progress=not quiet)
-    click.echo(f"wrote {report.files} files ({human_bytes(report.bytes)}) to {report.output}, each checked against its sha256")
+    report = run(
+        source, bids_out, include=include, exclude=exclude, overwrite=overwrite, progress=not quiet
+    )
+    click.echo(
+        f"wrote {report.files} files ({human_bytes(report.bytes)}) to {report.output}, each checked against its sha256"
+    )
     if report.skipped:
-        click.echo(f"{len(report.skipped)} file(s) were left out at conversion time (listed in bids2hf/manifest.jsonl)")
+        click.echo(
+            f"{len(report.skipped)} file(s) were left out at conversion time (listed in bids2hf/manifest.jsonl)"
+        )
 
 
 @main.command()

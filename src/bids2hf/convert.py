@@ -10,6 +10,8 @@ import logging
 import multiprocessing as mp
 import os
 import queue
+import re
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -29,11 +31,33 @@ from .manifest import DATASET_FILES_PREFIX, MANIFEST_PATH, ManifestEntry, dumps
 from .output_folder import OutputFolder, disk_full
 from .plan import ColumnSpec, ConversionPlan, PlanOptions, make_plan
 from .progress import ProgressBar
+from .publish import (
+    Publisher,
+    PublishReport,
+    default_staging,
+    final_files,
+    same_content,
+    stale_paths,
+    verify_remote,
+)
 from .scan import ScanOptions, scan
 from .shard_plan import ShardPlan
+from .targets import RemoteFile, StagedFile, Target, is_remote, open_target
 from .write import EmbeddedFile, ShardResult, write_shard
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class PublishOptions:
+    """Options of remote destinations (hf:// and fsspec URLs)."""
+
+    private: bool = False  # create the Hub repository as private
+    staging: Path | None = None  # local folder for shards awaiting upload (and the resume state)
+    max_staged: int | None = None  # shards on local disk at most (default: 2 x workers)
+    commit_every: int = 100  # data shards per commit
+    dry_run: bool = False
+    timeout: float | None = 300.0  # seconds per request read/write
 
 
 @dataclass
@@ -48,6 +72,7 @@ class ConvertReport:
     removed: list[str] = field(default_factory=list)  # stale shards deleted
     seconds: float = 0.0
     bytes_read: int = 0
+    publish: PublishReport | None = None
 
     @property
     def warnings(self) -> list[Problem]:
@@ -142,17 +167,19 @@ def write_shards(
     workers: int,
     bar: ProgressBar,
     on_done: Callable[[ShardPlan, ShardResult], None],
-    max_pending: int | None = None,
+    acquire: Callable[[bool], bool] | None = None,
 ) -> None:
     """Write shards, ``workers`` at a time, calling ``on_done`` in the parent as each completes.
 
-    ``max_pending`` bounds how many finished-but-unconsumed shards may exist, which is how the
-    publisher bounds local disk: ``on_done`` may block until a shard has been uploaded.
+    ``acquire(block)`` is asked for room before each shard is started; the publisher uses it to
+    bound how many shards exist on local disk (it frees room once a shard is uploaded).
     """
     schema = plan.arrow_schema
     columns = plan.columns
     if workers <= 1 or len(shards) <= 1:
         for shard in shards:
+            if acquire is not None:
+                acquire(True)
             result = write_shard(
                 shard,
                 columns,
@@ -176,7 +203,10 @@ def write_shards(
         todo = list(shards)
         try:
             while todo or pending:
-                while todo and len(pending) < (max_pending or workers):
+                while todo and len(pending) < workers:
+                    # Never wait for room while shards are in flight: their completion frees it.
+                    if acquire is not None and not acquire(not pending):
+                        break
                     shard = todo.pop(0)
                     fut = pool.submit(
                         _write_job,
@@ -188,8 +218,7 @@ def write_shards(
                         str(out.tmp_path(shard.path)),
                     )
                     pending[fut] = shard
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                # Report in plan order is not needed: each shard is independent.
+                done, _ = wait(pending, return_when=FIRST_COMPLETED, timeout=0.5)
                 for fut in sorted(done, key=lambda f: pending[f].path):
                     shard = pending.pop(fut)
                     on_done(shard, fut.result())
@@ -238,7 +267,7 @@ def _prepare_output(
 
 def convert(
     bids_dir: str | os.PathLike[str],
-    output: str | os.PathLike[str],
+    destination: str | os.PathLike[str],
     *,
     scan_options: ScanOptions | None = None,
     plan_options: PlanOptions | None = None,
@@ -247,21 +276,26 @@ def convert(
     strict: bool = False,
     strict_privacy: bool = False,
     progress: bool = True,
-    repo_hint: str = "ORG/NAME",
+    repo_hint: str | None = None,
+    publish: PublishOptions | None = None,
 ) -> ConvertReport:
-    """Convert a BIDS folder into a local Hugging Face dataset folder.
+    """Convert a BIDS folder into a Hugging Face dataset, locally or straight to a remote.
 
     Args:
         bids_dir: the BIDS dataset's top folder.
-        output: the output folder (created; must be empty, a resumable run, or ``overwrite``).
+        destination: a local folder (created; must be empty, a resumable run, or ``overwrite``),
+            ``hf://datasets/ORG/NAME[@REVISION]``, or an fsspec URL such as ``s3://bucket/prefix``.
+            Remote destinations are written in one streaming pass: each shard is uploaded as soon
+            as it is written and deleted locally once the upload is confirmed.
         scan_options: what to include and how to check it.
         plan_options: layout, shard and row-group sizes, config.
         workers: processes writing shards in parallel (default: the number of cores).
-        overwrite: replace an existing bids2hf output of another plan.
+        overwrite: replace an existing local bids2hf output of another plan.
         strict: fail when any file would be left out.
         strict_privacy: fail when the privacy lint finds anything.
         progress: show a progress bar.
         repo_hint: repository name used in the card's code samples.
+        publish: options of remote publication (staging folder and bound, dry run, ...).
 
     Returns:
         A :class:`ConvertReport`. Raises :class:`~bids2hf.errors.Bids2HfError` subclasses for
@@ -276,21 +310,49 @@ def convert(
             f"{first.relpath}: would be left out ({first.reason}) and --strict is set "
             f"[{len(plan.left_out)} file(s) in all; `bids2hf inspect` lists them]"
         )
-    out = OutputFolder(output)
-    report = ConvertReport(str(out.root), plan, inventory)
-    state = _prepare_output(out, plan, inventory.root, overwrite)
+    workers = workers or os.cpu_count() or 1
+    remote_url = str(destination) if is_remote(str(destination)) else None
+    publish = publish or PublishOptions()
+    if remote_url is not None:
+        staging = publish.staging or default_staging(remote_url)
+        out = OutputFolder(staging)
+        repo_hint = repo_hint or _repo_hint(remote_url)
+    else:
+        out = OutputFolder(destination)
+    report = ConvertReport(str(remote_url or out.root), plan, inventory)
+    # A staging folder is ours by construction; only a user's output folder needs --overwrite.
+    state = _prepare_output(out, plan, inventory.root, overwrite or remote_url is not None)
+    if remote_url is not None and publish.dry_run:
+        report.publish = _dry_run(remote_url, plan, state, publish)
+        return report
+    target = (
+        open_target(remote_url, private=publish.private, timeout=publish.timeout)
+        if remote_url
+        else None
+    )
+    remote: dict[str, RemoteFile] = {}
+    if target is not None:
+        target.ensure()
+        remote = target.files()
     out.prepare()
     done_shards: dict[str, Any] = state["shards"]
-    todo = []
+    todo: list[ShardPlan] = []
+    resubmit: list[ShardPlan] = []
     for shard in plan.shards:
-        rec = done_shards.get(shard.path)
+        rec: dict[str, Any] = done_shards.get(shard.path) or {}
         path = out.root / shard.path
+        current = rec.get("content_id") == shard.content_id
+        on_disk = current and path.is_file() and path.stat().st_size == rec.get("size")
         if (
-            rec
-            and rec.get("content_id") == shard.content_id
-            and path.is_file()
-            and path.stat().st_size == rec.get("size")
+            target is not None
+            and current
+            and same_content(remote.get(shard.path), rec["size"], rec["sha256"])
         ):
+            report.reused.append(shard.path)
+            path.unlink(missing_ok=True)
+        elif on_disk and target is not None:
+            resubmit.append(shard)  # written by an interrupted run, not uploaded yet
+        elif on_disk:
             report.reused.append(shard.path)
         else:
             done_shards.pop(shard.path, None)
@@ -302,8 +364,14 @@ def convert(
         rel = f"data/{path.name}"
         if rel not in planned:
             path.unlink()
-            report.removed.append(rel)
-    needed = sum(s.nbytes for s in todo) + sum(f.size for f in plan.dataset_files)
+            if target is None:
+                report.removed.append(rel)
+    staged_bound = publish.max_staged or 2 * workers
+    needed = (
+        sum(s.nbytes for s in todo)
+        if target is None
+        else max((s.nbytes for s in todo), default=0) * (staged_bound + workers)
+    ) + sum(f.size for f in plan.dataset_files)
     out.check_space(int(needed * 1.02) + (1 << 20))
     out.save_state(state)
     total = sum(s.nbytes for s in todo) + sum(f.size for f in plan.dataset_files)
@@ -312,6 +380,16 @@ def convert(
         for s in todo
     )
     bar = ProgressBar(total, nfiles + len(plan.dataset_files), enabled=progress, desc="convert")
+    publisher = None
+    if target is not None:
+        report.publish = PublishReport(remote_url or "")
+        publisher = Publisher(
+            target,
+            remote,
+            max_staged=staged_bound,
+            commit_every=publish.commit_every,
+            report=report.publish,
+        )
 
     def on_done(shard: ShardPlan, result: ShardResult) -> None:
         done_shards[shard.path] = {
@@ -322,13 +400,35 @@ def convert(
         }
         out.save_state(state)
         report.written.append(shard.path)
+        if publisher is not None:
+            publisher.submit(
+                StagedFile(shard.path, out.root / shard.path, result.size, result.sha256),
+                holds_slot=True,
+            )
 
     try:
         with bar:
+            if publisher is not None:
+                for shard in resubmit:
+                    rec = done_shards[shard.path]
+                    publisher.acquire(True)
+                    publisher.submit(
+                        StagedFile(shard.path, out.root / shard.path, rec["size"], rec["sha256"]),
+                        holds_slot=True,
+                    )
             write_shards(
-                plan, inventory.root, out, todo, workers or os.cpu_count() or 1, bar, on_done
+                plan,
+                inventory.root,
+                out,
+                todo,
+                workers,
+                bar,
+                on_done,
+                acquire=publisher.acquire if publisher is not None else None,
             )
-            finish_output(out, plan, inventory, state, bar, repo_hint)
+            entries = finish_output(out, plan, inventory, state, bar, repo_hint or "ORG/NAME")
+        if publisher is not None and target is not None:
+            _publish_final(out, plan, state, publisher, target, remote, entries)
     except OSError as exc:
         if disk_full(exc):
             out.finish()
@@ -343,6 +443,75 @@ def convert(
     return report
 
 
+def _repo_hint(url: str) -> str:
+    m = re.match(r"^hf://datasets/([^@/]+/[^@/]+)", url)
+    return m.group(1) if m else url
+
+
+def _publish_final(
+    out: OutputFolder,
+    plan: ConversionPlan,
+    state: dict[str, Any],
+    publisher: Publisher,
+    target: Target,
+    remote: dict[str, RemoteFile],
+    entries: list[ManifestEntry],
+) -> None:
+    """Last commit (dataset files, manifest, card, deletions), then verify the remote."""
+    dataset = [
+        (e.location, e.size, e.sha256)
+        for e in entries
+        if e.placement == "dataset_file" and e.location and e.sha256
+    ]
+    final = final_files(out, dataset)
+    keep = {s.path for s in plan.shards} | {f.path for f in final}
+    publisher.finish(
+        final, stale_paths(remote, keep), "bids2hf: dataset card, manifest and dataset-level files"
+    )
+    expected = {
+        s.path: (state["shards"][s.path]["size"], state["shards"][s.path]["sha256"])
+        for s in plan.shards
+    }
+    expected.update({f.path: (f.size, f.sha256) for f in final})
+    verify_remote(target, expected, {f.path: f.local for f in final})
+    # The staging folder keeps only the resume state.
+    for name in ("data", "bids", "bids2hf", "README.md"):
+        path = out.root / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def _dry_run(
+    url: str, plan: ConversionPlan, state: dict[str, Any], publish: PublishOptions
+) -> PublishReport:
+    target = open_target(url, private=publish.private, timeout=publish.timeout)
+    try:
+        remote = target.files()
+    except Exception as exc:  # a repository that does not exist yet holds nothing
+        log.debug("listing %s failed: %s", url, exc)
+        remote = {}
+    report = PublishReport(url, dry_run=True)
+    for shard in plan.shards:
+        rec = state["shards"].get(shard.path)
+        if (
+            rec
+            and rec.get("content_id") == shard.content_id
+            and same_content(remote.get(shard.path), rec["size"], rec["sha256"])
+        ):
+            report.unchanged.append(shard.path)
+        else:
+            report.uploaded.append(shard.path)
+            report.uploaded_bytes += shard.nbytes
+    keep = {s.path for s in plan.shards} | {
+        DATASET_FILES_PREFIX + f.relpath for f in plan.dataset_files
+    }
+    keep |= {MANIFEST_PATH, "README.md"}
+    report.deleted = stale_paths(remote, keep)
+    return report
+
+
 def finish_output(
     out: OutputFolder,
     plan: ConversionPlan,
@@ -354,6 +523,13 @@ def finish_output(
     """Copy dataset-level files, then write the manifest and, last, the card."""
     copied: dict[str, Any] = state.setdefault("dataset_files", {})
     entries: list[ManifestEntry] = []
+    wanted = {DATASET_FILES_PREFIX + f.relpath for f in plan.dataset_files}
+    bids_dir = out.root / DATASET_FILES_PREFIX.rstrip("/")
+    if bids_dir.is_dir():
+        # Dataset-level files removed from the source since an earlier run must not linger.
+        for path in sorted(p for p in bids_dir.rglob("*") if p.is_file()):
+            if path.relative_to(out.root).as_posix() not in wanted:
+                path.unlink()
     for f in plan.dataset_files:
         rel = DATASET_FILES_PREFIX + f.relpath
         rec = copied.get(f.relpath)

@@ -108,6 +108,17 @@ def _chunks(f: BinaryIO) -> Iterator[bytes]:
         yield chunk
 
 
+def _open(dataset: PublishedDataset, relpath: str) -> BinaryIO:
+    try:
+        f: BinaryIO = dataset.fs.open(dataset.path(relpath), "rb")
+    except FileNotFoundError:
+        raise VerificationError(
+            f"{dataset.url}/{relpath}: listed in the manifest but missing from the published "
+            "dataset (an incomplete upload?)"
+        ) from None
+    return f
+
+
 def export(
     source: str,
     bids_out: str | os.PathLike[str],
@@ -133,12 +144,15 @@ def export(
     report = ExportReport(str(out))
     chosen: dict[str, ManifestEntry] = {}
     for e in entries:
+        if e.placement == "left_out":
+            # Never written, so its path is only reported. Left-out version-control folders are
+            # listed with a trailing slash (``.git/``), which safe_relpath rightly refuses.
+            report.skipped.append(e.path)
+            continue
         safe_relpath(e.path)
         if e.location is not None:
             safe_relpath(e.location)
-        if e.placement == "left_out":
-            report.skipped.append(e.path)
-        elif _wanted(e.path, include, exclude) and e.path not in chosen:
+        if _wanted(e.path, include, exclude) and e.path not in chosen:
             chosen[e.path] = e
     resolved_out = out.resolve()
     for path in chosen:
@@ -158,7 +172,7 @@ def export(
                     by_shard[e.location].append(e)
                 else:
                     assert e.location is not None
-                    with dataset.fs.open(dataset.path(e.location), "rb") as f:
+                    with _open(dataset, e.location) as f:
                         report.bytes += _Target(out, e).write(_chunks(f))
                     report.files += 1
                     bar.update(e.size, 1)
@@ -177,16 +191,21 @@ def _export_shard(
     report: ExportReport,
     bar: ProgressBar,
 ) -> None:
-    with dataset.fs.open(dataset.path(shard), "rb") as f:
+    with _open(dataset, shard) as f:
         pf = pq.ParquetFile(f)
         starts = []
         n = 0
         for i in range(pf.metadata.num_row_groups):
             starts.append(n)
             n += pf.metadata.row_group(i).num_rows
+        names = set(pf.schema_arrow.names)
         by_group: dict[int, list[ManifestEntry]] = defaultdict(list)
         for e in entries:
-            assert e.row is not None
+            if e.row is None or not 0 <= e.row < n or e.column not in names:
+                raise VerificationError(
+                    f"{shard}: has no row {e.row} / column {e.column!r}, where the manifest "
+                    f"puts {e.path!r}; the published copy is damaged"
+                )
             group = max(i for i, s in enumerate(starts) if s <= e.row)
             by_group[group].append(e)
         for group in sorted(by_group):
@@ -197,9 +216,13 @@ def _export_shard(
                 assert e.row is not None and e.column is not None
                 cell = table.column(e.column)[e.row - starts[group]]
                 item = cell if e.index is None or e.index < 0 else cell.values[e.index]
-                if item["path"].as_py() != e.path:
+                stored = item["path"].as_py()
+                # A crafted shard is refused like a crafted manifest (exit 2), not as damage.
+                if isinstance(stored, str):
+                    safe_relpath(stored)
+                if stored != e.path:
                     raise VerificationError(
-                        f"{shard}: row {e.row} column {e.column} holds {item['path'].as_py()!r}, "
+                        f"{shard}: row {e.row} column {e.column} holds {stored!r}, "
                         f"the manifest says {e.path!r}"
                     )
                 data = item["bytes"]

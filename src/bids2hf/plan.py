@@ -583,7 +583,9 @@ class _Builder:
                 if ranks[0] != ranks[1]:
                     for f in files[1:]:
                         if value == "image":
-                            self.leave_out(f, f"column {rule.name} holds one image per row and prefers another")
+                            self.leave_out(
+                                f, f"column {rule.name} holds one image per row and prefers another"
+                            )
                     files = files[:1]
             if rule.single and len(files) > 1:
                 self.problems.append(

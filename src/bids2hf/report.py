@@ -22,7 +22,8 @@ def _table(rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> list[str
     out = []
     for row in rows:
         cells = [
-            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
         ]
         out.append("  " + "  ".join(cells).rstrip())
     return out

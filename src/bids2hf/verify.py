@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import InputError
 from .manifest import DATASET_FILES_PREFIX, ManifestEntry
 from .progress import ProgressBar
 from .published import open_dataset
@@ -38,11 +39,12 @@ class VerifyReport:
 
     def text(self) -> str:
         if self.ok:
-            return (
-                f"identical: {self.checked} file(s) match"
-                + (f"; {self.left_out} left out on purpose (see the manifest)" if self.left_out else "")
+            return f"identical: {self.checked} file(s) match" + (
+                f"; {self.left_out} left out on purpose (see the manifest)" if self.left_out else ""
             )
-        counts = {k: sum(d.kind == k for d in self.differences) for k in ("missing", "changed", "extra")}
+        counts = {
+            k: sum(d.kind == k for d in self.differences) for k in ("missing", "changed", "extra")
+        }
         lines = [
             f"differences: {counts['missing']} missing, {counts['changed']} changed, {counts['extra']} extra "
             f"({self.checked} file(s) checked)",
@@ -78,6 +80,9 @@ def _sha256(path: Path, bar: ProgressBar) -> str:
 
 def verify(bids_dir: str | os.PathLike[str], source: str, *, progress: bool = True) -> VerifyReport:
     """Compare ``bids_dir`` with the dataset at ``source`` (folder, hf:// or fsspec URL)."""
+    if not Path(bids_dir).is_dir():
+        # Otherwise a typo would report every published file as "extra".
+        raise InputError(f"{bids_dir}: no such folder (give the BIDS folder to compare)")
     dataset = open_dataset(source)
     published: dict[str, ManifestEntry] = {}
     left_out: set[str] = set()
@@ -91,7 +96,10 @@ def verify(bids_dir: str | os.PathLike[str], source: str, *, progress: bool = Tr
     for shard, files in dataset.embedded().items():
         for ef in files:
             published.setdefault(
-                ef.path, ManifestEntry(ef.path, ef.size, "row", ef.sha256, shard, ef.column, ef.row, ef.index)
+                ef.path,
+                ManifestEntry(
+                    ef.path, ef.size, "row", ef.sha256, shard, ef.column, ef.row, ef.index
+                ),
             )
     present = set(dataset.shards())
     for e in list(published.values()):
@@ -105,16 +113,28 @@ def verify(bids_dir: str | os.PathLike[str], source: str, *, progress: bool = Tr
             entry = published.get(rel)
             if entry is None:
                 if rel not in left_out:
-                    report.differences.append(Difference(rel, "missing", "not in the published dataset"))
+                    report.differences.append(
+                        Difference(rel, "missing", "not in the published dataset")
+                    )
                 continue
             report.checked += 1
             size = path.stat().st_size
             if size != entry.size:
-                report.differences.append(Difference(rel, "changed", f"size {size} vs {entry.size} published"))
+                report.differences.append(
+                    Difference(rel, "changed", f"size {size} vs {entry.size} published")
+                )
             elif _sha256(path, bar) != entry.sha256:
                 report.differences.append(Difference(rel, "changed", "sha256 differs"))
     for rel, entry in sorted(published.items()):
         if rel not in source_files:
             where = entry.location or ""
-            report.differences.append(Difference(rel, "extra", f"in {where}" if where in present or where.startswith(DATASET_FILES_PREFIX) else ""))
+            report.differences.append(
+                Difference(
+                    rel,
+                    "extra",
+                    f"in {where}"
+                    if where in present or where.startswith(DATASET_FILES_PREFIX)
+                    else "",
+                )
+            )
     return report
