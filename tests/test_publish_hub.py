@@ -1,0 +1,250 @@
+"""Publishing to the Hub, end to end, against the Hub emulator with the real huggingface_hub client.
+
+The client reads HF_ENDPOINT at import time, so bids2hf runs in subprocesses pointed at the
+emulator. These tests cover the plain Git LFS path (HF_HUB_DISABLE_XET=1); production uses Xet
+through the same `preupload_lfs_files`/`create_commit` calls.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hub_emulator import HubEmulator
+from trees import sha256, tree
+
+from bids2hf.synthetic import GeneratedDataset, SyntheticSpec, generate_bids
+
+BIDS2HF = [sys.executable, "-m", "bids2hf.cli"]
+REPO = "org/ds"
+URL = f"hf://datasets/{REPO}"
+
+
+@pytest.fixture
+def emu(tmp_path: Path) -> Iterator[HubEmulator]:
+    emulator = HubEmulator(tmp_path / "hub").start()
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+        assert not emulator.errors, emulator.errors
+
+
+@pytest.fixture
+def env(emu: HubEmulator, tmp_path: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "HF_ENDPOINT": emu.url,
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_TOKEN": "test-token",
+        "HF_HOME": str(tmp_path / "hf-home"),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_OFFLINE": "0",
+        "HF_DATASETS_OFFLINE": "0",
+        "BIDS2HF_CACHE": str(tmp_path / "bids2hf-cache"),
+        "BIDS2HF_RETRY_BASE_DELAY": "0.05",
+    }
+
+
+def run(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([*BIDS2HF, *args], env=env, capture_output=True, text=True, timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def staging_dir(env: dict[str, str]) -> Path:
+    return next((Path(env["BIDS2HF_CACHE"]) / "staging").iterdir())
+
+
+def remote_tree(emu: HubEmulator) -> dict[str, str]:
+    return {path: sha256(blob) for path, blob in emu.files(REPO).items()}
+
+
+def test_convert_to_hub_and_back(emu: HubEmulator, env: dict[str, str], synthetic: GeneratedDataset, tmp_path: Path) -> None:
+    run(env, "convert", str(synthetic.root), URL, "--derivatives", "all", "-q", "--max-shard-size", "150kB", "-j", "1")
+    files = emu.files(REPO)
+    shards = [p for p in files if p.startswith("data/")]
+    assert len(shards) > 2 and "README.md" in files and "bids2hf/manifest.jsonl" in files
+    # The card and manifest arrive in the last commit, after every data shard.
+    assert "card" in emu.commits(REPO)[0]["title"]
+    # Back from the Hub, byte for byte.
+    run(env, "export", URL, str(tmp_path / "back"), "-q")
+    assert tree(tmp_path / "back") == tree(synthetic.root)
+    # `verify` against the remote reads metadata only and finds nothing.
+    proc = run(env, "verify", str(synthetic.root), URL, "-q")
+    assert "identical" in proc.stdout
+    # Staging keeps only the resume state.
+    assert not list(staging_dir(env).glob("data/*.parquet"))
+
+
+def test_load_dataset_from_the_hub(emu: HubEmulator, env: dict[str, str], synthetic: GeneratedDataset) -> None:
+    run(env, "convert", str(synthetic.root), URL, "-q", "--max-shard-size", "200kB", "-j", "1")
+    script = textwrap.dedent(
+        f"""
+        import hashlib, json
+        import datasets
+        datasets.config.USE_PARQUET_EXPORT = False  # stay on loopback (no datasets-server lookup)
+        from datasets import Nifti, List, load_dataset
+        out = {{}}
+        for streaming in (False, True):
+            ds = load_dataset("{REPO}", split="train", streaming=streaming)
+            ds = ds.cast_column("anat_T1w", List(Nifti(decode=False)))
+            out[str(streaming)] = {{v["path"]: hashlib.sha256(v["bytes"]).hexdigest() for row in ds for v in row["anat_T1w"]}}
+        img = load_dataset("{REPO}", split="train")[0]["anat_T1w"][0]
+        out["shape"] = list(img.shape)
+        print(json.dumps(out))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    expected = {
+        p.relative_to(synthetic.root).as_posix(): sha256(p)
+        for p in synthetic.nifti_files
+        if p.name.endswith("_T1w.nii.gz") and "derivatives" not in p.parts
+    }
+    assert result["False"] == expected
+    assert result["True"] == expected
+    assert result["shape"] == [16, 16, 8]
+
+
+def _watch_staging(root: Path, stop: threading.Event, peak: list[int]) -> None:
+    while not stop.is_set():
+        try:
+            count = sum(1 for p in root.rglob("*.parquet*") if p.is_file()) if root.exists() else 0
+        except FileNotFoundError:
+            count = 0
+        peak[0] = max(peak[0], count)
+        time.sleep(0.005)
+
+
+def test_staging_stays_bounded(emu: HubEmulator, env: dict[str, str], tmp_path: Path) -> None:
+    bids = generate_bids(tmp_path / "bids", SyntheticSpec(n_subjects=6, target_bytes=6_000_000)).root
+    emu.upload_bandwidth = 4_000_000  # slow uploads: the writer must wait for room
+    staging = tmp_path / "staging"
+    stop, peak = threading.Event(), [0]
+    watcher = threading.Thread(target=_watch_staging, args=(staging, stop, peak))
+    watcher.start()
+    try:
+        run(env, "convert", str(bids), URL, "-q", "--max-shard-size", "400kB", "-j", "1",
+            "--max-staged", "2", "--staging", str(staging))
+    finally:
+        stop.set()
+        watcher.join()
+    shards = [p for p in emu.files(REPO) if p.startswith("data/")]
+    assert len(shards) >= 8
+    assert 1 <= peak[0] <= 2, f"at most 2 shards may be staged, saw {peak[0]}"
+
+
+def test_incremental_update_uploads_only_changed_shards(emu: HubEmulator, env: dict[str, str], synthetic: GeneratedDataset, tmp_path: Path) -> None:
+    import shutil
+
+    bids = tmp_path / "bids"
+    shutil.copytree(synthetic.root, bids)
+    args = ("-q", "--max-shard-size", "150kB", "-j", "1")
+    run(env, "convert", str(bids), URL, *args)
+    before = remote_tree(emu)
+    shard_sizes = [os.path.getsize(p) for path, p in emu.files(REPO).items() if path.startswith("data/")]
+    emu.reset_stats()
+    # Change one image's content.
+    target = next(p for p in sorted(bids.rglob("*_T1w.nii.gz")) if "sub-03" in p.parts)
+    data = bytearray(target.read_bytes())
+    data[-20] ^= 0xFF
+    target.write_bytes(bytes(data))
+    commits_before = len(emu.commits(REPO))
+    run(env, "convert", str(bids), URL, *args, "--check", "none")
+    after = remote_tree(emu)
+    changed = {p for p in after if before.get(p) != after[p]}
+    assert {p for p in changed if p.startswith("data/")}, "the shard holding the file changed"
+    assert len([p for p in changed if p.startswith("data/")]) <= 2
+    assert emu.stats["bytes_uploaded"] <= 2 * max(shard_sizes) + 100_000
+    assert len(emu.commits(REPO)) - commits_before == 1
+    # Add a subject: new shards appear, stale ones go in the same last commit.
+    shutil.copytree(bids / "sub-04", bids / "sub-05")
+    for p in sorted((bids / "sub-05").rglob("*")):
+        if p.is_file():
+            p.rename(p.with_name(p.name.replace("sub-04", "sub-05")))
+    (bids / "participants.tsv").write_text(
+        "participant_id\tage\tsex\tgroup\n" + "".join(f"sub-0{i}\t3{i}\tF\tpatient\n" for i in range(1, 7))
+    )
+    run(env, "convert", str(bids), URL, *args, "--check", "none")
+    files = emu.files(REPO)
+    assert any("sub-05" in p for p in files if p.startswith("data/"))
+    proc = run(env, "verify", str(bids), URL, "-q")
+    assert "identical" in proc.stdout
+
+
+def test_dry_run_changes_nothing(emu: HubEmulator, env: dict[str, str], synthetic: GeneratedDataset) -> None:
+    run(env, "convert", str(synthetic.root), URL, "-q", "--max-shard-size", "200kB", "-j", "1")
+    before = remote_tree(emu)
+    commits = len(emu.commits(REPO))
+    proc = run(env, "convert", str(synthetic.root), URL, "-q", "--max-shard-size", "100kB", "--dry-run")
+    assert "would upload" in proc.stdout and "would delete" in proc.stdout
+    assert remote_tree(emu) == before and len(emu.commits(REPO)) == commits
+
+
+def test_push_converted_folder(emu: HubEmulator, env: dict[str, str], synthetic: GeneratedDataset, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    run(env, "convert", str(synthetic.root), str(out), "-q", "--max-shard-size", "200kB")
+    run(env, "push", str(out), URL, "-q", "--commit-every", "2")
+    local = {k: v for k, v in tree(out).items() if not k.startswith(".bids2hf")}
+    remote = {k: v for k, v in remote_tree(emu).items() if k != ".gitattributes"}
+    assert remote == local
+    emu.reset_stats()
+    run(env, "push", str(out), URL, "-q")
+    assert emu.stats["bytes_uploaded"] == 0 and emu.stats["requests"]["POST commit"] == 0
+
+
+def test_survives_faults(emu: HubEmulator, env: dict[str, str], synthetic: GeneratedDataset, tmp_path: Path) -> None:
+    emu.inject(r"/commit/", "POST", status=429, retry_after=1)
+    emu.inject(r"/commit/", "POST", status=503)
+    emu.inject(r"/preupload/", "POST", status=500)
+    emu.inject(r"/commit/", "POST", lose_response=True)  # applied, but the answer never arrives
+    emu.inject(r"objects/batch", "POST", drop=True)
+    emu.inject(r"/api/datasets/org/ds/revision", "GET", status=502)
+    emu.inject(r"/tree/", "GET", delay=0.5)
+    run(env, "convert", str(synthetic.root), URL, "--derivatives", "all", "-q", "--max-shard-size", "150kB", "-j", "1", "--commit-every", "2")
+    assert emu.stats["faults_fired"] >= 6
+    run(env, "export", URL, str(tmp_path / "back"), "-q")
+    assert tree(tmp_path / "back") == tree(synthetic.root)
+    # The lost response did not produce a duplicate commit: no two commits hold the same change.
+    titles = [c["title"] for c in emu.commits(REPO)]
+    assert titles.count("bids2hf: dataset card, manifest and dataset-level files") == 1
+
+
+def test_sigkill_and_resume(emu: HubEmulator, env: dict[str, str], tmp_path: Path) -> None:
+    """Kill the streaming upload at random points; re-runs end identical to an uninterrupted one."""
+    bids = generate_bids(tmp_path / "bids", SyntheticSpec(n_subjects=5, target_bytes=3_000_000)).root
+    args = ("convert", str(bids), URL, "-q", "--max-shard-size", "250kB", "-j", "1", "--commit-every", "2")
+    emu.upload_bandwidth = 6_000_000
+    rng = random.Random(7)
+    for _ in range(3):
+        proc = subprocess.Popen([*BIDS2HF, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.8, 2.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    emu.upload_bandwidth = None
+    run(env, *args)
+    resumed = remote_tree(emu)
+    staging = staging_dir(env)
+    assert not list(staging.rglob("*.parquet")) and not list(staging.rglob("*.tmp"))
+    # A clean, uninterrupted upload of the same input to another repository.
+    clean_env = dict(env, BIDS2HF_CACHE=str(tmp_path / "clean-cache"))
+    run(clean_env, "convert", str(bids), "hf://datasets/org/clean", "-q", "--max-shard-size", "250kB", "-j", "1")
+    clean = {path: sha256(blob) for path, blob in emu.files("org/clean").items()}
+    # The cards differ only by the repository name in their code samples.
+    assert resumed.pop("README.md") != clean.pop("README.md")
+    card = emu.read_file(REPO, "README.md").replace(b"org/ds", b"org/clean")
+    assert card == emu.read_file("org/clean", "README.md")
+    assert resumed == clean
