@@ -380,25 +380,34 @@ def convert(
         for s in todo
     )
     bar = ProgressBar(total, nfiles + len(plan.dataset_files), enabled=progress, desc="convert")
+    state_lock = threading.Lock()  # the upload thread records shard checksums too
     publisher = None
     if target is not None:
         report.publish = PublishReport(remote_url or "")
+
+        def on_hashed(item: StagedFile) -> None:
+            with state_lock:
+                done_shards[item.path]["sha256"] = item.sha256
+                out.save_state(state)
+
         publisher = Publisher(
             target,
             remote,
             max_staged=staged_bound,
             commit_every=publish.commit_every,
             report=report.publish,
+            on_hashed=on_hashed,
         )
 
     def on_done(shard: ShardPlan, result: ShardResult) -> None:
-        done_shards[shard.path] = {
-            "content_id": shard.content_id,
-            "size": result.size,
-            "sha256": result.sha256,
-            "files": [asdict(e) for e in result.files],
-        }
-        out.save_state(state)
+        with state_lock:
+            done_shards[shard.path] = {
+                "content_id": shard.content_id,
+                "size": result.size,
+                "sha256": result.sha256,
+                "files": [asdict(e) for e in result.files],
+            }
+            out.save_state(state)
         report.written.append(shard.path)
         if publisher is not None:
             publisher.submit(

@@ -2,14 +2,39 @@
 
 from __future__ import annotations
 
+import unicodedata
+
+#: Characters that would break a message across lines (or garble a terminal) if printed as is.
+_BREAKING = frozenset({"Cc", "Zl", "Zp"})
+
+
+def one_line(text: str) -> str:
+    """``text`` with line breaks and other control characters escaped (``\\n``, ``\\x1b``, ...).
+
+    Messages name files, and a file name may hold any character but ``/`` and NUL; escaping keeps
+    such a name recognisable while the message stays on one line.
+    """
+    if text.isprintable():
+        return text
+    return "".join(
+        ch.encode("unicode_escape").decode("ascii")
+        if ch != "\t" and unicodedata.category(ch) in _BREAKING
+        else ch
+        for ch in text
+    )
+
 
 class Bids2HfError(Exception):
     """Base class of the errors a user can fix: bad input, bad options, a refused destination.
 
-    ``str(error)`` is one line that names the file concerned and says what to do.
+    ``str(error)`` is one line that names the file concerned and says what to do; line breaks
+    in the message (from a file name or a library's error text) are escaped.
     """
 
     exit_code = 2
+
+    def __str__(self) -> str:
+        return one_line(super().__str__())
 
 
 class InputError(Bids2HfError):

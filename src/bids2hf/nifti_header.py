@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import logging
 import math
 import os
 import struct
@@ -18,12 +19,20 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import nibabel as nib
+from nibabel import imageglobals
 
 CheckLevel = Literal["none", "header", "full"]
 
 _NIFTI1_HEADER = 348
 _NIFTI2_HEADER = 540
 _TEXT_FIELDS = ("descrip", "aux_file", "db_name", "intent_name")
+
+# nibabel reports header problems on its own "nibabel.global" logger, which prints to stderr
+# (and propagates to the root logger): a second and third line beside the one-line error.
+# The problems that matter come back as the exception's message; the rest is silenced here.
+_QUIET = logging.getLogger("bids2hf.nibabel-header-checks")
+_QUIET.addHandler(logging.NullHandler())
+_QUIET.propagate = False
 
 
 @dataclass
@@ -82,7 +91,12 @@ def check_nifti(path: str, level: CheckLevel = "header") -> NiftiCheck:
     """
     result = NiftiCheck()
     gz = path.endswith(".gz")
-    size = os.path.getsize(path)
+    try:
+        size = os.path.getsize(path)
+    except OSError as exc:
+        if level != "none":
+            result.error = f"cannot be read ({exc.strerror or exc})"
+        return result
     if size == 0:
         if level != "none":
             result.error = "empty file (a placeholder or an interrupted copy)"
@@ -95,6 +109,10 @@ def check_nifti(path: str, level: CheckLevel = "header") -> NiftiCheck:
                         result.error = "named .nii.gz but not gzip-compressed"
                     return result
         head = _read_head(path, gz)
+    except PermissionError:
+        if level != "none":
+            result.error = "cannot be read (permission denied)"
+        return result
     except (OSError, zlib.error, EOFError) as exc:
         if level != "none":
             result.error = f"corrupt gzip stream ({exc})"
@@ -106,7 +124,8 @@ def check_nifti(path: str, level: CheckLevel = "header") -> NiftiCheck:
         return result
     result.version, header_cls = found
     try:
-        header = header_cls.from_fileobj(io.BytesIO(head), check=True)
+        header = header_cls.from_fileobj(io.BytesIO(head), check=False)
+        header.check_fix(logger=_QUIET, error_level=imageglobals.error_level)
     except Exception as exc:
         if level != "none":
             result.error = f"invalid NIfTI-{result.version} header ({exc})"

@@ -12,6 +12,7 @@ Layout::
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -46,13 +47,19 @@ class OutputFolder:
         self.state_dir = self.root / STATE_DIR
         self.tmp_dir = self.state_dir / "tmp"
         self.state_path = self.state_dir / "state.json"
+        self._created: list[Path] = []  # folders prepare() made, parents first
 
     # -- state ----------------------------------------------------------------------------
     def load_state(self) -> dict[str, Any] | None:
         try:
             data = json.loads(self.state_path.read_text())
-        except (FileNotFoundError, ValueError):
+        except (FileNotFoundError, NotADirectoryError, ValueError):
             return None
+        except PermissionError:
+            raise DestinationError(
+                f"{self.state_path}: cannot be read (permission denied); fix the permissions "
+                "of the output folder or choose another one"
+            ) from None
         return data if isinstance(data, dict) else None
 
     def save_state(self, state: dict[str, Any]) -> None:
@@ -60,7 +67,20 @@ class OutputFolder:
 
     # -- preparation ----------------------------------------------------------------------
     def is_empty(self) -> bool:
-        return not self.root.exists() or not any(self.root.iterdir())
+        """Whether the destination is absent or an empty folder (refuses anything but a folder)."""
+        if not os.path.lexists(self.root):
+            return True
+        if not self.root.is_dir():
+            raise DestinationError(
+                f"{self.root}: exists and is not a folder; give the path of a folder to create "
+                "(or of an empty one)"
+            )
+        try:
+            return not any(self.root.iterdir())
+        except PermissionError:
+            raise DestinationError(
+                f"{self.root}: cannot be listed (permission denied); choose a folder you can write"
+            ) from None
 
     def looks_like_ours(self) -> bool:
         return self.state_path.is_file() or (
@@ -76,22 +96,49 @@ class OutputFolder:
             elif path.exists():
                 path.unlink()
 
+    def _mkdir(self, path: Path) -> None:
+        missing = []
+        parent = path
+        while not os.path.lexists(parent) and parent != parent.parent:
+            missing.append(parent)
+            parent = parent.parent
+        path.mkdir(parents=True, exist_ok=True)
+        self._created.extend(reversed(missing))
+
     def prepare(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+        """Create the output folder and its working folders (remembered, see :meth:`abandon`)."""
+        self._mkdir(self.root)
         # Temporary files of an interrupted run are never complete: start them afresh.
         if self.tmp_dir.exists():
             shutil.rmtree(self.tmp_dir)
-        self.tmp_dir.mkdir(parents=True)
-        (self.root / "data").mkdir(exist_ok=True)
+        self._mkdir(self.tmp_dir)
+        self._mkdir(self.root / "data")
+
+    def abandon(self) -> None:
+        """Remove the folders :meth:`prepare` created, if still empty: a run refused before
+        writing leaves the destination as it found it."""
+        for path in reversed(self._created):
+            with contextlib.suppress(OSError):  # not empty (or already gone): keep it
+                path.rmdir()
+        self._created.clear()
 
     def finish(self) -> None:
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
 
+    def free_space(self) -> int:
+        """Free bytes where the output goes (on the nearest existing folder if not created yet)."""
+        probe = self.root
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        return shutil.disk_usage(probe).free
+
     def check_space(self, needed: int) -> None:
-        free = shutil.disk_usage(self.root).free
+        """Refuse a run that needs more than the free space; nothing written stays behind."""
+        free = self.free_space()
         if needed > free:
+            self.abandon()
             raise DestinationError(
-                f"{self.root}: {needed / 1e9:.2f} GB needed but only {free / 1e9:.2f} GB free; "
+                f"{self.root}: {human_size(needed)} needed but only {human_size(free)} free; "
                 "free some space or choose another output folder"
             )
 
@@ -134,6 +181,15 @@ class OutputFolder:
             tmp.unlink(missing_ok=True)
             raise
         return sha.hexdigest()
+
+
+def human_size(n: float) -> str:
+    """``1234567`` → ``1.2 MB``: never rounds a non-zero size to zero."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"  # pragma: no cover - the loop always returns
 
 
 def disk_full(exc: BaseException) -> bool:

@@ -81,11 +81,15 @@ def mask(value: Any) -> str:
 
 
 def _walk(data: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
+    """(dotted key path, value) of every key, in nested objects and in lists of them."""
     if isinstance(data, Mapping):
         for key, value in data.items():
             path = f"{prefix}.{key}" if prefix else str(key)
             yield path, value
             yield from _walk(value, path)
+    elif isinstance(data, list):
+        for i, item in enumerate(data):
+            yield from _walk(item, f"{prefix}[{i}]")
 
 
 def lint_sidecar(relpath: str, data: Mapping[str, Any]) -> list[Problem]:

@@ -15,7 +15,7 @@ import os
 import queue
 import re
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from .manifest import DATASET_FILES_PREFIX, MANIFEST_PATH
 from .output_folder import OutputFolder
 from .progress import ProgressBar
 from .targets import RemoteFile, StagedFile, Target, git_blob_oid
+from .write import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +67,10 @@ def default_staging(url: str) -> Path:
 
 
 def same_content(
-    remote: RemoteFile | None, size: int, sha256: str, local: Path | None = None
+    remote: RemoteFile | None, size: int, sha256: str | None, local: Path | None = None
 ) -> bool:
     """Whether the remote already holds these bytes (sha256 for LFS/recorded files, git oid otherwise)."""
-    if remote is None or remote.size != size:
+    if remote is None or remote.size != size or sha256 is None:
         return False
     if remote.sha256 is not None:
         return remote.sha256 == sha256
@@ -90,7 +91,9 @@ class Publisher:
         commit_every: int = 100,
         report: PublishReport,
         bar: ProgressBar | None = None,
+        on_hashed: Callable[[StagedFile], None] | None = None,
     ) -> None:
+        self.on_hashed = on_hashed
         self.target = target
         self.remote = remote
         self.report = report
@@ -166,6 +169,12 @@ class Publisher:
         try:
             while (got := self._queue.get()) is not None:
                 item, holds_slot = got
+                if item.sha256 is None:
+                    # Hashed here rather than by the writer: the shard is still in the page cache
+                    # and the next one is being written meanwhile.
+                    item.checksum()
+                    if self.on_hashed is not None:
+                        self.on_hashed(item)
                 if same_content(self.remote.get(item.path), item.size, item.sha256):
                     self.report.unchanged.append(item.path)
                     if holds_slot:
@@ -205,15 +214,9 @@ def final_files(
 ) -> list[StagedFile]:
     """The last commit's files: dataset-level files, the manifest and the card (in that order)."""
     items = [StagedFile(rel, out.root / rel, size, sha) for rel, size, sha in dataset_files]
-    import hashlib
-
     for rel in (MANIFEST_PATH, "README.md"):
         path = out.root / rel
-        items.append(
-            StagedFile(
-                rel, path, path.stat().st_size, hashlib.sha256(path.read_bytes()).hexdigest()
-            )
-        )
+        items.append(StagedFile(rel, path, path.stat().st_size, sha256_file(path)))
     return items
 
 
@@ -268,7 +271,6 @@ def push(
     Only files the remote does not already hold with the same checksum are uploaded; stale files
     in the folders bids2hf owns are deleted in the last commit, then the remote is verified.
     """
-    import hashlib
 
     from .errors import InputError
     from .targets import open_target
@@ -289,15 +291,9 @@ def push(
             continue
         rec = recorded.get(rel)
         size = path.stat().st_size
-        if rec and rec.get("size") == size:
-            sha = rec["sha256"]
-        else:
-            sha = (
-                hashlib.sha256(path.read_bytes()).hexdigest()
-                if size < 1 << 26
-                else _sha256_file(path)
-            )
-        files.append(StagedFile(rel, path, size, sha))
+        # Hashed lazily (by the upload thread) unless an earlier run recorded it.
+        known = rec.get("sha256") if rec and rec.get("size") == size else None
+        files.append(StagedFile(rel, path, size, known))
     target = open_target(url, private=private, timeout=timeout)
     report = PublishReport(url, dry_run=dry_run)
     if dry_run:
@@ -306,7 +302,7 @@ def push(
         except Exception:
             remote = {}
         for item in files:
-            if same_content(remote.get(item.path), item.size, item.sha256, item.local):
+            if same_content(remote.get(item.path), item.size, item.checksum(), item.local):
                 report.unchanged.append(item.path)
             else:
                 report.uploaded.append(item.path)
@@ -330,16 +326,6 @@ def push(
             "bids2hf: dataset card, manifest and dataset-level files",
         )
     verify_remote(
-        target, {f.path: (f.size, f.sha256) for f in files}, {f.path: f.local for f in files}
+        target, {f.path: (f.size, f.checksum()) for f in files}, {f.path: f.local for f in files}
     )
     return report
-
-
-def _sha256_file(path: Path) -> str:
-    import hashlib
-
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 << 20):
-            sha.update(chunk)
-    return sha.hexdigest()

@@ -73,11 +73,20 @@ def _walk(root: Path) -> list[_Walked]:
         try:
             entries = sorted(os.scandir(full_dir), key=lambda e: e.name)
         except PermissionError:
+            if not rel_dir:
+                raise InputError(
+                    f"{root}: cannot be listed (permission denied); fix its permissions "
+                    "(chmod a+rx)"
+                ) from None
             out.append(_Walked(rel_dir, unreadable=True))
             continue
         for entry in entries:
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-            if entry.is_dir(follow_symlinks=True):
+            try:
+                is_dir = entry.is_dir(follow_symlinks=True)
+            except OSError:  # a symlink loop (ELOOP) is no folder; stat below says what it is
+                is_dir = False
+            if is_dir:
                 if entry.name in VCS_DIRS:
                     out.append(_Walked(rel + "/", vcs_dir=True))
                 else:
@@ -86,8 +95,12 @@ def _walk(root: Path) -> list[_Walked]:
             is_link = entry.is_symlink()
             try:
                 st = entry.stat(follow_symlinks=True)
-            except FileNotFoundError:
-                out.append(_Walked(rel, is_symlink=is_link, broken=True))
+            except OSError as exc:
+                # A symlink to nothing (unfetched git-annex content) or to itself (ELOOP).
+                if is_link or isinstance(exc, FileNotFoundError):
+                    out.append(_Walked(rel, is_symlink=is_link, broken=True))
+                else:
+                    out.append(_Walked(rel, unreadable=True))
                 continue
             if not stat.S_ISREG(st.st_mode):
                 continue
@@ -97,9 +110,33 @@ def _walk(root: Path) -> list[_Walked]:
     return out
 
 
-def _load_json(path: Path, relpath: str, problems: list[Problem]) -> dict[str, Any] | None:
+def _unreadable(relpath: str, exc: OSError) -> Problem:
+    reason = "permission denied" if isinstance(exc, PermissionError) else exc.strerror or str(exc)
+    return Problem(
+        Severity.ERROR,
+        "unreadable",
+        relpath,
+        f"cannot be read ({reason})",
+        "fix its permissions (chmod a+r) or --exclude it",
+    )
+
+
+def _read_text(path: Path, relpath: str, problems: list[Problem], **kw: str) -> str | None:
+    """The text of a small metadata file, or None (with an ``unreadable`` problem)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
+        return path.read_text(**kw)
+    except OSError as exc:
+        if not any(p.code == "unreadable" and p.path == relpath for p in problems):
+            problems.append(_unreadable(relpath, exc))
+        return None
+
+
+def _load_json(path: Path, relpath: str, problems: list[Problem]) -> dict[str, Any] | None:
+    text = _read_text(path, relpath, problems, encoding="utf-8-sig")
+    if text is None:
+        return None
+    try:
+        data = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         problems.append(
             Problem(
@@ -123,8 +160,12 @@ def _bidsignore_patterns(root: Path) -> list[str]:
     path = root / ".bidsignore"
     if not path.is_file():
         return []
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []  # the walk reports it as unreadable
     patterns = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    for line in text.splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
             patterns.append(line)
@@ -257,6 +298,12 @@ def scan(
         )
     try:
         description = json.loads(desc_path.read_text(encoding="utf-8-sig"))
+    except PermissionError:
+        raise InputError(
+            f"{desc_path}: cannot be read (permission denied); fix its permissions (chmod a+r)"
+        ) from None
+    except OSError as exc:
+        raise InputError(f"{desc_path}: cannot be read ({exc.strerror or exc})") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise InputError(f"{desc_path}: not valid JSON ({exc}); fix its syntax") from None
     if not isinstance(description, dict):
@@ -291,16 +338,8 @@ def scan(
             broken.append(w.relpath)
             continue
         if w.unreadable:
-            problems.append(
-                Problem(
-                    Severity.ERROR,
-                    "unreadable",
-                    w.relpath,
-                    "cannot be read (permission denied)",
-                    "fix its permissions (chmod a+r) or --exclude it",
-                )
-            )
-        if f.reason == "invalid BIDS name":
+            problems.append(_unreadable(w.relpath, PermissionError()))
+        elif f.reason == "invalid BIDS name":
             _handle_invalid(f, options.on_invalid, problems)
     if broken:
         problems.append(
@@ -356,7 +395,13 @@ def _handle_invalid(f: SourceFile, on_invalid: OnInvalid, problems: list[Problem
 def _read_metadata(inv: Inventory, options: ScanOptions) -> None:
     root = inv.root
     problems = inv.problems
-    present = [f for f in inv.files if f.placement is not Placement.LEFT_OUT]
+    # Unreadable files already have their one problem; reading them would only add noise.
+    unreadable = {p.path for p in problems if p.code == "unreadable"}
+    present = [
+        f
+        for f in inv.files
+        if f.placement is not Placement.LEFT_OUT and f.relpath not in unreadable
+    ]
     # JSON sidecars: needed for the inheritance principle and the privacy lint.
     for f in present:
         if f.relpath.endswith(".json") and f.relpath != "dataset_description.json":
@@ -365,7 +410,11 @@ def _read_metadata(inv: Inventory, options: ScanOptions) -> None:
                 inv.sidecars[f.relpath] = data
                 problems.extend(lint_sidecar(f.relpath, data))
         elif f.relpath.endswith((".bval", ".bvec")) and f.size <= 1 << 20:
-            inv.texts[f.relpath] = (root / f.relpath).read_text(encoding="utf-8", errors="replace")
+            text = _read_text(
+                root / f.relpath, f.relpath, problems, encoding="utf-8", errors="replace"
+            )
+            if text is not None:
+                inv.texts[f.relpath] = text
     for f in present:
         if not f.is_nifti or f.reason.startswith("invalid"):
             continue
@@ -402,9 +451,14 @@ def _read_tables(inv: Inventory) -> None:
         & {f.subject for f in inv.files if f.subject and f.subject.startswith("sub-")}
     )
     participants_path = root / "participants.tsv"
-    if participants_path.is_file():
+    text = (
+        _read_text(participants_path, "participants.tsv", inv.problems, encoding="utf-8-sig")
+        if participants_path.is_file()
+        else None
+    )
+    if text is not None:
         table, found = read_tsv(
-            participants_path.read_text(encoding="utf-8-sig"),
+            text,
             "participants.tsv",
             "participant_id",
             inv.sidecars.get("participants.json"),
@@ -439,10 +493,11 @@ def _read_tables(inv: Inventory) -> None:
     for subject in subjects:
         rel = f"{subject}/{subject}_sessions.tsv"
         path = root / rel
-        if not path.is_file():
+        text = _read_text(path, rel, inv.problems, encoding="utf-8-sig") if path.is_file() else None
+        if text is None:
             continue
         table, found = read_tsv(
-            path.read_text(encoding="utf-8-sig"),
+            text,
             rel,
             "session_id",
             inv.sidecars.get(f"{subject}/{subject}_sessions.json")

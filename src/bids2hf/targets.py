@@ -24,6 +24,7 @@ import httpx2
 
 from .errors import DestinationError, InputError
 from .retry import RetryPolicy, call_with_retries, is_transient, status_of
+from .write import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +48,15 @@ class StagedFile:
     path: str  # path in the destination
     local: Path
     size: int
-    sha256: str
+    sha256: str | None  # None until computed (the publisher hashes shards off the write path)
     handle: Any = None  # target-specific (a CommitOperationAdd for the Hub)
     uploaded: bool = False  # bytes are on the remote; the local copy may be deleted
+
+    def checksum(self) -> str:
+        """The sha256, computed from the local file the first time it is needed."""
+        if self.sha256 is None:
+            self.sha256 = sha256_file(self.local)
+        return self.sha256
 
 
 class Target(Protocol):
@@ -176,7 +183,7 @@ class HubTarget:
         op = CommitOperationAdd(path_in_repo=item.path, path_or_fileobj=str(item.local))
         # The sha256 is already known from writing: spare the client a second read of the file.
         op.upload_info = UploadInfo(
-            size=item.size, sample=op.upload_info.sample, sha256=bytes.fromhex(item.sha256)
+            size=item.size, sample=op.upload_info.sample, sha256=bytes.fromhex(item.checksum())
         )
         self._retry(
             "preupload",
@@ -329,7 +336,7 @@ class FsspecTarget:
             tmp = f"{posixpath.dirname(key)}/.{posixpath.basename(key)}.{uuid.uuid4().hex}.tmp"
             self.fs.put_file(str(item.local), tmp)
             self.fs.mv(tmp, key)
-        self.checksums()[item.path] = item.sha256
+        self.checksums()[item.path] = item.checksum()
         item.uploaded = True
 
     def commit(self, items: Sequence[StagedFile], deletions: Sequence[str], message: str) -> bool:

@@ -2,8 +2,8 @@
 
 Memory holds one row group: the files of a row group are read straight into one reusable buffer
 per column (hashing each chunk as it arrives), wrapped as Arrow arrays without copying, and
-handed to ``pyarrow.parquet.ParquetWriter``. The shard is written under a temporary name, its
-own sha256 computed as it is written, and renamed into place only when complete.
+handed to ``pyarrow.parquet.ParquetWriter``. The shard is written under a temporary name and
+renamed into place only when complete.
 """
 
 from __future__ import annotations
@@ -36,6 +36,14 @@ class SourceChangedError(InputError):
     """A source file changed between planning and reading."""
 
 
+#: What to do after a source file changed mid-run: the output now holds a run of the old plan,
+#: which only --overwrite replaces (keeping the shards that are still up to date).
+_RERUN = (
+    "re-run the command with --overwrite to convert the folder as it is now "
+    "(complete shards are kept)"
+)
+
+
 @dataclass(frozen=True)
 class EmbeddedFile:
     """Where one source file sits inside a shard."""
@@ -50,44 +58,35 @@ class EmbeddedFile:
 
 @dataclass
 class ShardResult:
-    """A finished shard: its own checksum and the files it holds."""
+    """A finished shard: its size and the files it holds.
+
+    The shard's own sha256 is computed only where it is needed (publishing), off the writer's
+    critical path.
+    """
 
     path: str
     size: int
-    sha256: str
+    sha256: str | None
     files: list[EmbeddedFile] = field(default_factory=list)
 
 
-class _HashingSink(io.RawIOBase):
-    """Write-through file object that hashes what pyarrow writes (Parquet never seeks back)."""
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
-    def __init__(self, path: Path) -> None:
-        self._f = open(path, "wb")  # noqa: SIM115 - closed in close()
-        self.sha = hashlib.sha256()
-        self.size = 0
 
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b: Any) -> int:
-        n = self._f.write(b)
-        self.sha.update(b)
-        self.size += n
-        return n
-
-    def tell(self) -> int:
-        return self.size
-
-    def flush(self) -> None:
-        if not self._f.closed:
-            self._f.flush()
-
-    def close(self) -> None:
-        if not self._f.closed:
-            self._f.flush()
-            os.fsync(self._f.fileno())
-            self._f.close()
-        super().close()
+def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
+    """sha256 of a file, read in chunks (a freshly written shard is still in the page cache)."""
+    sha = hashlib.sha256()
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            sha.update(view[:n])
+    return sha.hexdigest()
 
 
 def parquet_options(schema: pa.Schema, columns: Sequence[ColumnSpec]) -> dict[str, Any]:
@@ -107,6 +106,9 @@ def parquet_options(schema: pa.Schema, columns: Sequence[ColumnSpec]) -> dict[st
         "compression": compression,
         "use_dictionary": [p for p in paths if p not in raw],
         "write_statistics": [p for p in paths if p not in raw],
+        # The writer buffers `write_batch_size` values before it checks the page size; with the
+        # default (1024) a whole column chunk of file bytes would be copied into one page buffer.
+        "write_batch_size": 1,
     }
 
 
@@ -116,16 +118,18 @@ class _Reader:
     def __init__(self, root: Path, progress: Progress | None) -> None:
         self.root = root
         self.progress = progress
-        self.arenas: dict[str, np.ndarray] = {}
+        self._arena = np.empty(0, dtype=np.uint8)
         self.hashes: dict[str, str] = {}
 
-    def arena(self, column: str, size: int) -> np.ndarray:
-        buf = self.arenas.get(column)
-        if buf is None or buf.nbytes < size:
-            # Grow with headroom, so that row groups of similar size reuse the pages.
-            buf = np.empty(max(size, int(size * 1.25), 1), dtype=np.uint8)
-            self.arenas[column] = buf
-        return buf
+    def arena(self, size: int) -> np.ndarray:
+        """One buffer for all the files of a row group, reused from one row group to the next.
+
+        Reuse spares the kernel from faulting in fresh pages for every row group; the buffer only
+        grows when a row group is larger than any before it.
+        """
+        if self._arena.nbytes < size:
+            self._arena = np.empty(size, dtype=np.uint8)
+        return self._arena
 
     def read_into(self, ref: FileRef, out: memoryview) -> None:
         path = self.root / ref.relpath
@@ -133,19 +137,21 @@ class _Reader:
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
-            raise SourceChangedError(
-                f"{path}: removed after planning; re-run the same command to resume"
-            ) from None
+            raise SourceChangedError(f"{path}: removed after planning; {_RERUN}") from None
         except PermissionError:
             raise InputError(
-                f"{path}: permission denied; fix its permissions or --exclude it"
+                f"{path}: cannot be read (permission denied); fix its permissions (chmod a+r) "
+                "or --exclude it"
+            ) from None
+        except OSError as exc:
+            raise InputError(
+                f"{path}: cannot be read ({exc.strerror or exc}); fix or --exclude it"
             ) from None
         try:
             st = os.fstat(fd)
             if st.st_size != ref.size or st.st_mtime_ns != ref.mtime_ns:
                 raise SourceChangedError(
-                    f"{path}: changed after planning (size or mtime); re-run the same command "
-                    "to convert the new version"
+                    f"{path}: changed after planning (size or modification time); {_RERUN}"
                 )
             if hasattr(os, "posix_fadvise"):
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
@@ -155,17 +161,14 @@ class _Reader:
                     n = f.readinto(out[done : min(ref.size, done + _CHUNK)])
                     if not n:
                         raise SourceChangedError(
-                            f"{path}: shorter than planned ({done} of {ref.size} bytes); "
-                            "re-run the same command"
+                            f"{path}: shorter than planned ({done} of {ref.size} bytes); {_RERUN}"
                         )
                     sha.update(out[done : done + n])
                     done += n
                     if self.progress:
                         self.progress(n, 0)
             if os.fstat(fd).st_mtime_ns != ref.mtime_ns:
-                raise SourceChangedError(
-                    f"{path}: modified while being read; re-run the same command"
-                )
+                raise SourceChangedError(f"{path}: modified while being read; {_RERUN}")
         finally:
             os.close(fd)
         self.hashes[ref.relpath] = sha.hexdigest()
@@ -184,8 +187,9 @@ def _cells(rows: Sequence[RowPlan], column: str) -> list[list[FileRef]]:
 
 
 def _file_array(
-    spec: ColumnSpec, typ: pa.DataType, rows: Sequence[RowPlan], reader: _Reader
+    spec: ColumnSpec, typ: pa.DataType, rows: Sequence[RowPlan], reader: _Reader, arena: np.ndarray
 ) -> pa.Array:
+    """The column's files read into ``arena`` (a slice of the row group's buffer), zero-copy."""
     cells = _cells(rows, spec.name)
     # One slot per embedded file; a single-valued column has one slot per row (None if absent).
     slots: list[FileRef | None] = (
@@ -197,7 +201,6 @@ def _file_array(
     offsets = np.zeros(len(slots) + 1, dtype=np.int64)
     np.cumsum(sizes, out=offsets[1:])
     total = int(offsets[-1])
-    arena = reader.arena(spec.name, total)
     view = memoryview(arena.data)
     for i, ref in enumerate(slots):
         if ref is not None:
@@ -246,18 +249,28 @@ def write_shard(
     """
     reader = _Reader(source_root, progress)
     options = parquet_options(schema, columns)
-    sink = _HashingSink(tmp_path)
     embedded: list[EmbeddedFile] = []
     try:
-        with pq.ParquetWriter(pa.PythonFile(sink, mode="w"), schema, **options) as writer:
+        # A native sink: a Python file object would copy every page into a bytes object.
+        with pq.ParquetWriter(str(tmp_path), schema, **options) as writer:
             start = 0
             for count in shard.row_groups:
                 rows = shard.rows[start : start + count]
+                sizes = {
+                    spec.name: sum(r.size for row in rows for r in row.files.get(spec.name, []))
+                    for spec in columns
+                    if spec.role is Role.FILE
+                }
+                arena = reader.arena(sum(sizes.values()))
+                at = 0
                 arrays = []
                 for spec in columns:
                     typ = schema.field(spec.name).type
                     if spec.role is Role.FILE:
-                        arrays.append(_file_array(spec, typ, rows, reader))
+                        arrays.append(
+                            _file_array(spec, typ, rows, reader, arena[at : at + sizes[spec.name]])
+                        )
+                        at += sizes[spec.name]
                     elif spec.role is Role.SHA256:
                         arrays.append(_sha_array(spec, typ, rows, reader))
                     else:
@@ -284,13 +297,14 @@ def write_shard(
             writer.add_key_value_metadata(
                 {FOOTER_KEY: json.dumps([e.__dict__ for e in embedded], separators=(",", ":"))}
             )
-        sink.close()
+        fsync_file(tmp_path)
+        size = tmp_path.stat().st_size
         os.replace(tmp_path, final_path)
     except BaseException:
-        sink.close()
+        # The error being raised is the one to report; the partial file must not remain.
         tmp_path.unlink(missing_ok=True)
         raise
-    return ShardResult(str(shard.path), sink.size, sink.sha.hexdigest(), embedded)
+    return ShardResult(str(shard.path), size, None, embedded)
 
 
 def read_footer_index(metadata: pq.FileMetaData) -> list[EmbeddedFile]:
