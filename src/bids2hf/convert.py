@@ -17,11 +17,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
-
-import pyarrow as pa
 
 from . import __version__
 from .card import render_card
@@ -29,7 +27,7 @@ from .errors import DestinationError, InputError
 from .inventory import Inventory, Placement, Problem, Severity
 from .manifest import DATASET_FILES_PREFIX, MANIFEST_PATH, ManifestEntry, dumps
 from .output_folder import OutputFolder, disk_full
-from .plan import ColumnSpec, ConversionPlan, PlanOptions, make_plan
+from .plan import ConversionPlan, PlanOptions, make_plan
 from .progress import ProgressBar
 from .publish import (
     Publisher,
@@ -43,7 +41,7 @@ from .publish import (
 from .scan import ScanOptions, scan
 from .shard_plan import ShardPlan
 from .targets import RemoteFile, StagedFile, Target, is_remote, open_target
-from .write import EmbeddedFile, ShardResult, write_shard
+from .write import EmbeddedFile, ShardResult, init_worker, write_job, write_shard
 
 log = logging.getLogger(__name__)
 
@@ -119,25 +117,6 @@ def scan_and_plan(
 
 
 # -- parallel shard writing -----------------------------------------------------------------
-_progress_queue: Any = None
-
-
-def _init_worker(q: Any) -> None:
-    global _progress_queue
-    _progress_queue = q
-
-
-def _worker_progress(nbytes: int, nfiles: int) -> None:
-    if _progress_queue is not None:
-        _progress_queue.put((nbytes, nfiles))
-
-
-def _write_job(
-    shard: ShardPlan, columns: list[ColumnSpec], schema: pa.Schema, root: str, final: str, tmp: str
-) -> ShardResult:
-    return write_shard(shard, columns, schema, Path(root), Path(final), Path(tmp), _worker_progress)
-
-
 @contextmanager
 def _drain(q: Any, bar: ProgressBar) -> Iterator[None]:
     stop = threading.Event()
@@ -176,6 +155,9 @@ def write_shards(
     """
     schema = plan.arrow_schema
     columns = plan.columns
+    # Workers get the columns without their `datasets` feature objects (the schema carries the
+    # types), so that unpickling them does not import `datasets` in every worker.
+    lean_columns = [replace(c, feature=None) for c in columns]
     if workers <= 1 or len(shards) <= 1:
         for shard in shards:
             if acquire is not None:
@@ -196,7 +178,7 @@ def write_shards(
     with (
         _drain(q, bar),
         ProcessPoolExecutor(
-            workers, mp_context=ctx, initializer=_init_worker, initargs=(q,)
+            workers, mp_context=ctx, initializer=init_worker, initargs=(q,)
         ) as pool,
     ):
         pending: dict[Future[ShardResult], ShardPlan] = {}
@@ -209,9 +191,9 @@ def write_shards(
                         break
                     shard = todo.pop(0)
                     fut = pool.submit(
-                        _write_job,
+                        write_job,
                         shard,
-                        columns,
+                        lean_columns,
                         schema,
                         str(source_root),
                         str(out.root / shard.path),

@@ -21,8 +21,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .columns import ColumnSpec, FileRef, Role, RowPlan
 from .errors import InputError
-from .plan import ColumnSpec, FileRef, Role, RowPlan
 from .shard_plan import ShardPlan
 
 #: Key of the shard's Parquet footer metadata that lists the files embedded in it.
@@ -314,3 +314,31 @@ def read_footer_index(metadata: pq.FileMetaData) -> list[EmbeddedFile]:
     if raw is None:
         return []
     return [EmbeddedFile(**e) for e in json.loads(raw)]
+
+
+# -- worker processes ----------------------------------------------------------------------
+# Defined here, not in bids2hf.convert, so that spawned workers import this light module only.
+_progress_queue: Any = None
+
+
+def init_worker(progress_queue: Any) -> None:
+    """Process-pool initializer: where to send progress."""
+    global _progress_queue
+    _progress_queue = progress_queue
+
+
+def _queue_progress(nbytes: int, nfiles: int) -> None:
+    if _progress_queue is not None:
+        _progress_queue.put((nbytes, nfiles))
+
+
+def write_job(
+    shard: ShardPlan,
+    columns: list[ColumnSpec],
+    schema: pa.Schema,
+    root: str,
+    final: str,
+    tmp: str,
+) -> ShardResult:
+    """:func:`write_shard` in a worker process, reporting progress through the queue."""
+    return write_shard(shard, columns, schema, Path(root), Path(final), Path(tmp), _queue_progress)

@@ -1,0 +1,623 @@
+"""``export`` and ``verify`` on generated datasets: byte-for-byte round trips, filters, refusals,
+change detection, metadata-only verification, and crafted datasets with escaping paths."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import Result
+from fsspec.implementations.memory import MemoryFileSystem
+
+from bids2hf.convert import convert
+from bids2hf.manifest import MANIFEST_PATH, ManifestEntry, dumps, loads
+from bids2hf.plan import PlanOptions
+from bids2hf.scan import ScanOptions
+from bids2hf.synthetic import GeneratedDataset, SyntheticSpec, generate_bids
+from bids2hf.verify import verify
+from bids2hf.write import FOOTER_KEY, read_footer_index
+
+Cli = Callable[..., Result]
+EXPORT_TMP = ".bids2hf-export-tmp"
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def tree(root: Path, skip_dirs: frozenset[str] = frozenset()) -> dict[str, str]:
+    """relative path → sha256 of every file under root, following symlinked files and folders."""
+    out: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = [d for d in dirnames if d not in skip_dirs]
+        for name in filenames:
+            full = Path(dirpath) / name
+            out[full.relative_to(root).as_posix()] = hashlib.sha256(full.read_bytes()).hexdigest()
+    return out
+
+
+def snapshot(root: Path) -> dict[str, tuple[bytes, int, bool]]:
+    """Everything under root, to prove nothing changed: bytes, mtime and symlink-ness."""
+    if not root.exists():
+        return {}
+    out = {}
+    for p in sorted(root.rglob("*")):
+        st = p.lstat()
+        data = p.read_bytes() if p.is_file() and not p.is_symlink() else b""
+        out[p.relative_to(root).as_posix()] = (data, st.st_mtime_ns, p.is_symlink())
+    return out
+
+
+def manifest(hf: Path) -> list[ManifestEntry]:
+    return loads((hf / MANIFEST_PATH).read_bytes())
+
+
+def one_line_error(result: Result) -> str:
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
+def _convert(bids: Path, out: Path, **kw: Any) -> Path:
+    kw.setdefault("scan_options", ScanOptions(derivatives=("all",)))
+    kw.setdefault("progress", False)
+    kw.setdefault("workers", 1)
+    convert(bids, out, **kw)
+    return out
+
+
+@pytest.fixture(scope="module")
+def hf_all(synthetic: GeneratedDataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthetic dataset converted with every derivative, over several shards (read-only)."""
+    out = tmp_path_factory.mktemp("hf_all") / "hf"
+    _convert(synthetic.root, out, plan_options=PlanOptions(max_shard_bytes=200_000))
+    assert len(list((out / "data").glob("*.parquet"))) > 1
+    return out
+
+
+@pytest.fixture(scope="module")
+def hf_raw(synthetic: GeneratedDataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthetic dataset converted with default options: derivatives are left out."""
+    out = tmp_path_factory.mktemp("hf_raw") / "hf"
+    return _convert(synthetic.root, out, scan_options=ScanOptions())
+
+
+# -- export ---------------------------------------------------------------------------------------
+def test_export_round_trip_with_derivatives(
+    cli: Cli, synthetic: GeneratedDataset, hf_all: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "exported"
+    result = cli("export", hf_all, out, "-q")
+    assert result.exit_code == 0, result.output
+    source = tree(synthetic.root)
+    assert any(k.startswith("derivatives/lesion_masks/sub-") for k in source)
+    assert tree(out) == source
+    assert f"wrote {len(source)} files" in result.output
+    assert "left out" not in result.output
+    assert not (out / EXPORT_TMP).exists()
+    assert not any(p.is_symlink() for p in out.rglob("*"))
+
+
+def test_export_without_derivatives_leaves_exactly_them_out(
+    cli: Cli, synthetic: GeneratedDataset, hf_raw: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "exported"
+    result = cli("export", hf_raw, out, "-q")
+    assert result.exit_code == 0, result.output
+    source = tree(synthetic.root)
+    derivative_files = {k for k in source if k.startswith("derivatives/lesion_masks/")}
+    left_out = {e.path: e.reason for e in manifest(hf_raw) if e.placement == "left_out"}
+    assert set(left_out) == derivative_files
+    assert all(left_out.values())
+    assert tree(out) == {k: v for k, v in source.items() if k not in derivative_files}
+    assert f"{len(derivative_files)} file(s) were left out" in result.output
+
+
+def test_export_include_and_exclude(
+    cli: Cli, synthetic: GeneratedDataset, hf_all: Path, tmp_path: Path
+) -> None:
+    source = tree(synthetic.root)
+    out = tmp_path / "sub01"
+    result = cli("export", hf_all, out, "--include", "sub-01*", "-q")
+    assert result.exit_code == 0, result.output
+    exported = tree(out)
+    expected = {k: v for k, v in source.items() if fnmatch.fnmatchcase(k, "sub-01*")}
+    assert exported == expected
+    assert all(k.startswith("sub-01/") for k in exported)
+    placements = {e.placement for e in manifest(hf_all) if e.path in exported}
+    assert placements == {"row", "dataset_file"}, "both embedded and dataset-level files come back"
+    assert any(k.endswith(".nii.gz") for k in exported)
+
+    out2 = tmp_path / "sub01-no-json"
+    result = cli("export", hf_all, out2, "--include", "sub-01*", "--exclude", "*.json", "-q")
+    assert result.exit_code == 0, result.output
+    assert tree(out2) == {k: v for k, v in expected.items() if not k.endswith(".json")}
+
+
+def test_export_refuses_to_overwrite(
+    cli: Cli, synthetic: GeneratedDataset, hf_all: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "exported"
+    assert cli("export", hf_all, out, "-q").exit_code == 0
+    changed = out / "participants.tsv"
+    changed.write_bytes(b"edited by hand\n")
+    (out / "sub-01" / "notes.txt").write_text("mine\n")
+    before = snapshot(out)
+
+    result = cli("export", hf_all, out, "-q")
+    assert result.exit_code == 2, result.output
+    line = one_line_error(result)
+    assert "already exists" in line and "--overwrite" in line
+    assert snapshot(out) == before, "a refused export must change nothing"
+
+    # A filtered export is refused all the same when it would replace a file.
+    assert cli("export", hf_all, out, "--include", "participants.tsv", "-q").exit_code == 2
+    assert snapshot(out) == before
+
+    result = cli("export", hf_all, out, "--overwrite", "-q")
+    assert result.exit_code == 0, result.output
+    after = tree(out)
+    assert after.pop("sub-01/notes.txt")  # unrelated files are kept
+    assert after == tree(synthetic.root)
+    assert not (out / EXPORT_TMP).exists()
+
+
+def test_export_into_a_folder_without_conflicts(
+    cli: Cli, synthetic: GeneratedDataset, hf_all: Path, tmp_path: Path
+) -> None:
+    """Only files that would be replaced are conflicts: two disjoint partial exports add up."""
+    out = tmp_path / "exported"
+    assert cli("export", hf_all, out, "--include", "sub-0[12]*", "-q").exit_code == 0
+    result = cli("export", hf_all, out, "--exclude", "sub-0[12]*", "-q")
+    assert result.exit_code == 0, result.output
+    assert tree(out) == tree(synthetic.root)
+
+
+def test_export_of_a_datalad_checkout(cli: Cli, bids_copy: Path, tmp_path: Path) -> None:
+    """Version-control folders are listed as left out (``.git/``); export must still work."""
+    (bids_copy / ".git" / "objects").mkdir(parents=True)
+    (bids_copy / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (bids_copy / ".datalad").mkdir()
+    (bids_copy / ".datalad" / "config").write_text("[datalad]\n")
+    hf = _convert(bids_copy, tmp_path / "hf")
+    left_out = {e.path for e in manifest(hf) if e.placement == "left_out"}
+    assert left_out == {".git/", ".datalad/"}
+    out = tmp_path / "exported"
+    result = cli("export", hf, out, "-q")
+    assert result.exit_code == 0, result.output
+    assert tree(out) == tree(bids_copy, skip_dirs=frozenset({".git", ".datalad"}))
+    result = cli("verify", bids_copy, hf, "-q")
+    assert result.exit_code == 0, result.output
+    assert "2 left out on purpose" in result.output
+
+
+def test_export_detects_damaged_published_bytes(
+    cli: Cli, synthetic: GeneratedDataset, hf_all: Path, tmp_path: Path
+) -> None:
+    """Every file is checked against its sha256 before it is renamed into place."""
+    hf = tmp_path / "hf"
+    shutil.copytree(hf_all, hf)
+    victim = next(
+        e for e in manifest(hf) if e.placement == "row" and e.path.endswith("_T1w.nii.gz")
+    )
+    assert victim.location is not None
+    shard = hf / victim.location
+    blob = shard.read_bytes()
+    original = (synthetic.root / victim.path).read_bytes()
+    at = blob.index(original) + len(original) // 2  # embedded uncompressed, so found verbatim
+    shard.write_bytes(blob[:at] + bytes([blob[at] ^ 0xFF]) + blob[at + 1 :])
+    out = tmp_path / "exported"
+    result = cli("export", hf, out, "-q")
+    assert result.exit_code == 1, result.output
+    line = one_line_error(result)
+    assert victim.path in line and "sha256" in line
+    assert not (out / victim.path).exists()
+    assert not (out / EXPORT_TMP).exists()
+
+
+def test_export_of_an_incomplete_upload_fails_cleanly(
+    cli: Cli, hf_all: Path, tmp_path: Path
+) -> None:
+    hf = tmp_path / "hf"
+    shutil.copytree(hf_all, hf)
+    (hf / "bids" / "participants.tsv").unlink()
+    result = cli("export", hf, tmp_path / "exported", "-q")
+    assert result.exit_code == 1, result.output
+    line = one_line_error(result)
+    assert "bids/participants.tsv" in line and "missing from the published dataset" in line
+    assert "internal error" not in result.output
+
+
+def test_export_refuses_a_symlinked_folder_inside_the_output(
+    cli: Cli, hf_all: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    outside = tmp_path / "outside"
+    out.mkdir()
+    outside.mkdir()
+    (out / "sub-01").symlink_to(outside, target_is_directory=True)
+    result = cli("export", hf_all, out, "-q")
+    assert result.exit_code == 2, result.output
+    assert "resolves outside" in one_line_error(result)
+    assert list(outside.iterdir()) == []
+
+
+def test_export_and_verify_refuse_a_source_that_is_not_a_dataset(
+    cli: Cli, synthetic: GeneratedDataset, tmp_path: Path
+) -> None:
+    for source in (tmp_path / "nowhere", synthetic.root):
+        for args in (("export", source, tmp_path / "out"), ("verify", synthetic.root, source)):
+            result = cli(*args, "-q")
+            assert result.exit_code == 2, result.output
+            assert "not a bids2hf dataset" in one_line_error(result)
+    assert not (tmp_path / "out").exists()
+
+
+# -- verify ---------------------------------------------------------------------------------------
+def test_verify_identical(
+    cli: Cli, synthetic: GeneratedDataset, hf_all: Path, hf_raw: Path, tmp_path: Path
+) -> None:
+    n = len(tree(synthetic.root))
+    result = cli("verify", synthetic.root, hf_all, "-q")
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"identical: {n} file(s) match"
+
+    # ... and so is what export wrote.
+    out = tmp_path / "exported"
+    assert cli("export", hf_all, out, "-q").exit_code == 0
+    result = cli("verify", out, hf_all, "-q")
+    assert result.exit_code == 0, result.output
+
+    # Files left out on purpose are no difference, but are mentioned.
+    result = cli("verify", synthetic.root, hf_raw, "-q")
+    assert result.exit_code == 0, result.output
+    left_out = sum(e.placement == "left_out" for e in manifest(hf_raw))
+    assert left_out > 0
+    assert f"; {left_out} left out on purpose" in result.output
+
+
+def _flip_middle_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        "sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz",  # embedded in a row, in an image column
+        "sub-01/ses-1/anat/sub-01_ses-1_T1w.json",  # embedded in a row, in the files column
+        "participants.tsv",  # a dataset-level file
+    ],
+)
+def test_verify_detects_changed_missing_and_extra(
+    cli: Cli, bids_copy: Path, hf_all: Path, tmp_path: Path, changed: str
+) -> None:
+    hf = tmp_path / "hf"
+    shutil.copytree(hf_all, hf)
+    entries = {e.path: e for e in manifest(hf)}
+    assert changed in entries
+    size = (bids_copy / changed).stat().st_size
+    _flip_middle_byte(bids_copy / changed)
+    assert (bids_copy / changed).stat().st_size == size
+    # In the BIDS folder but not (any more) in the published copy: "missing".
+    missing = "dataset_description.json"
+    assert entries[missing].placement == "dataset_file"
+    (hf / "bids" / missing).unlink()
+    # Published but no longer in the BIDS folder: "extra".
+    extra = "sub-02/ses-1/anat/sub-02_ses-1_T1w.nii.gz"
+    (bids_copy / extra).unlink()
+
+    result = cli("verify", bids_copy, hf, "-q")
+    assert result.exit_code == 1, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("differences: 1 missing, 1 changed, 1 extra")
+    table = [line.split() for line in lines[lines.index("  status    path") + 1 :]]
+    assert [(row[0], row[1]) for row in table] == [
+        ("changed", changed),
+        ("extra", extra),
+        ("missing", missing),
+    ]
+    assert "sha256 differs" in result.output
+    assert f"in {entries[extra].location}" in result.output
+
+    report = verify(bids_copy, str(hf), progress=False)
+    assert {(d.kind, d.path) for d in report.differences} == {
+        ("changed", changed),
+        ("extra", extra),
+        ("missing", missing),
+    }
+
+
+def test_verify_new_local_file_and_size_change(cli: Cli, bids_copy: Path, hf_all: Path) -> None:
+    (bids_copy / "sub-01" / "ses-1" / "anat" / "notes.txt").write_text("new\n")
+    with open(bids_copy / "README", "ab") as f:
+        f.write(b"one more line\n")
+    result = cli("verify", bids_copy, hf_all, "-q")
+    assert result.exit_code == 1, result.output
+    assert "differences: 1 missing, 1 changed, 0 extra" in result.output
+    assert "missing   sub-01/ses-1/anat/notes.txt  (not in the published dataset)" in result.output
+    assert "changed   README  (size " in result.output
+
+
+def test_verify_of_a_missing_folder_is_an_error(cli: Cli, hf_all: Path, tmp_path: Path) -> None:
+    result = cli("verify", tmp_path / "typo", hf_all, "-q")
+    assert result.exit_code == 2, result.output
+    assert "no such folder" in one_line_error(result)
+
+
+# -- verify reads only metadata -----------------------------------------------------------------
+class _CountingReader:
+    """A read-only file wrapper that counts the bytes handed out."""
+
+    def __init__(self, f: Any, reads: Counter[str], path: str) -> None:
+        self._f = f
+        self._reads = reads
+        self._path = path
+
+    def read(self, n: int = -1) -> bytes:
+        data: bytes = self._f.read(n)
+        self._reads[self._path] += len(data)
+        return data
+
+    def readinto(self, b: Any) -> int:
+        n: int = self._f.readinto(b)
+        self._reads[self._path] += n
+        return n
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+    def __enter__(self) -> _CountingReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._f.close()
+
+
+class CountingMemoryFS(MemoryFileSystem):
+    """An in-memory, "remote" filesystem (``countmem://``) that counts bytes read per file."""
+
+    protocol = "countmem"
+    store: ClassVar[dict[str, Any]] = {}  # fsspec's convention: one store per class
+    pseudo_dirs: ClassVar[list[str]] = [""]
+    reads: ClassVar[Counter[str]] = Counter()
+
+    @classmethod
+    def _strip_protocol(cls, path: Any) -> Any:
+        if isinstance(path, str):
+            path = path.removeprefix("countmem://")
+        return super()._strip_protocol(path)
+
+    def _open(self, path: str, mode: str = "rb", **kwargs: Any) -> Any:
+        f = super()._open(path, mode, **kwargs)
+        if mode == "rb":
+            return _CountingReader(f, self.reads, self._strip_protocol(path))
+        return f
+
+
+@pytest.fixture
+def remote(tmp_path: Path) -> Iterator[Callable[[Path], str]]:
+    fsspec.register_implementation("countmem", CountingMemoryFS, clobber=True)
+    fs = CountingMemoryFS()
+    prefix = f"/hf-{uuid.uuid4().hex}"
+
+    def upload(folder: Path) -> str:
+        for p in folder.rglob("*"):
+            rel = p.relative_to(folder).as_posix()
+            if p.is_file() and not rel.startswith(".bids2hf/"):
+                fs.pipe_file(f"{prefix}/{rel}", p.read_bytes())
+        CountingMemoryFS.reads.clear()
+        return f"countmem://{prefix}"
+
+    yield upload
+    fs.rm(prefix, recursive=True)
+    CountingMemoryFS.reads.clear()
+
+
+def _footer_length(shard: Path) -> int:
+    with open(shard, "rb") as f:
+        f.seek(-8, os.SEEK_END)
+        tail = f.read(8)
+    assert tail[4:] == b"PAR1"
+    return int.from_bytes(tail[:4], "little") + 8
+
+
+def test_verify_reads_only_metadata(
+    cli: Cli, remote: Callable[[Path], str], tmp_path: Path
+) -> None:
+    generated = generate_bids(
+        tmp_path / "bids", SyntheticSpec(n_subjects=3, target_bytes=20_000_000, threads=1)
+    )
+    hf = _convert(
+        generated.root, tmp_path / "hf", plan_options=PlanOptions(max_shard_bytes=5_000_000)
+    )
+    shards = {p.relative_to(hf).as_posix(): p for p in (hf / "data").glob("*.parquet")}
+    assert len(shards) > 1
+    shard_bytes = sum(p.stat().st_size for p in shards.values())
+    url = remote(hf)
+    reads = CountingMemoryFS.reads
+
+    result = cli("verify", generated.root, url, "-q")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"identical: {len(generated.files)} file(s) match")
+    read = dict(reads)
+    prefix = url.removeprefix("countmem://")
+    per_shard = {rel: read.get(f"{prefix}/{rel}", 0) for rel in shards}
+    assert all(per_shard.values()), f"the counter saw no footer read: {read}"
+    for rel, n in per_shard.items():
+        # Arrow reads the footer with one speculative 64 KiB read from the end of the file.
+        assert n <= max(64 * 1024, _footer_length(shards[rel])), (rel, n)
+    assert sum(read.values()) < 0.03 * shard_bytes, (sum(read.values()), shard_bytes)
+    assert set(read) <= {f"{prefix}/{rel}" for rel in shards} | {f"{prefix}/{MANIFEST_PATH}"}
+
+    # A change is still found from metadata alone.
+    _flip_middle_byte(next(p for p in generated.nifti_files if "sub-02" in p.name))
+    reads.clear()
+    result = cli("verify", generated.root, url, "-q")
+    assert result.exit_code == 1, result.output
+    assert "1 changed" in result.output
+    assert sum(reads.values()) < 0.03 * shard_bytes
+
+    # The counter is honest: export, which needs the embedded bytes, reads them all.
+    reads.clear()
+    result = cli("export", url, tmp_path / "exported", "-q")
+    assert result.exit_code == 0, result.output
+    embedded = sum(e.size for e in manifest(hf) if e.placement == "row")
+    assert sum(reads.values()) >= embedded > 0.9 * generated.total_bytes
+
+
+# -- crafted datasets with escaping paths ---------------------------------------------------------
+ABS = "<ABS>"  # replaced by an absolute path inside the watched parent folder
+BAD_PATHS = ["../x", ABS, "sub-01/../../escape"]
+SHARD = "data/train-00000.parquet"
+GOOD = "sub-01/anat/sub-01_T1w.json"
+
+
+def _craft(
+    root: Path,
+    *,
+    manifest_paths: list[str] | None,
+    footer_paths: list[str],
+    struct_paths: list[str],
+) -> None:
+    """A bids2hf-like dataset whose one row embeds one file per path (plus a harmless one)."""
+    files = [(p, f"payload {i}\n".encode()) for i, p in enumerate(footer_paths)]
+    entries = [
+        ManifestEntry(
+            path, len(data), "row", hashlib.sha256(data).hexdigest(), SHARD, "files", 0, i
+        )
+        for i, (path, data) in enumerate(files)
+    ]
+    item = pa.struct([("path", pa.string()), ("bytes", pa.binary())])
+    table = pa.table(
+        {
+            "subject_id": pa.array(["sub-01"]),
+            "files": pa.array(
+                [
+                    [
+                        {"path": p, "bytes": data}
+                        for p, (_, data) in zip(struct_paths, files, strict=True)
+                    ]
+                ],
+                type=pa.list_(item),
+            ),
+        }
+    )
+    footer = json.dumps(
+        [
+            {
+                "path": e.path,
+                "size": e.size,
+                "sha256": e.sha256,
+                "row": 0,
+                "column": "files",
+                "index": e.index,
+            }
+            for e in entries
+        ]
+    )
+    table = table.replace_schema_metadata({FOOTER_KEY: footer})
+    (root / "data").mkdir(parents=True)
+    pq.write_table(table, root / SHARD)
+    assert [
+        e.path for e in read_footer_index(pq.ParquetFile(root / SHARD).metadata)
+    ] == footer_paths
+    if manifest_paths is not None:
+        (root / "bids2hf").mkdir()
+        (root / MANIFEST_PATH).write_bytes(
+            dumps(
+                ManifestEntry(
+                    p, e.size, e.placement, e.sha256, e.location, e.column, e.row, e.index
+                )
+                for p, e in zip(manifest_paths, entries, strict=True)
+            )
+        )
+
+
+@pytest.mark.parametrize("bad", BAD_PATHS)
+@pytest.mark.parametrize(
+    "where",
+    [
+        "everywhere",  # manifest, footer index and the struct cells agree on the bad path
+        "footer-and-struct-no-manifest",  # no manifest: export trusts the footers
+        "footer-only-no-manifest",  # no manifest; the cells hold a harmless path
+        "struct-only",  # manifest and footer harmless; only the cell's own path field is bad
+    ],
+)
+def test_export_refuses_escaping_paths(cli: Cli, tmp_path: Path, bad: str, where: str) -> None:
+    parent = tmp_path / "parent"
+    (parent / "sibling").mkdir(parents=True)
+    (parent / "sibling" / "keep.txt").write_text("untouched\n")
+    out = parent / "out"
+    bad = bad.replace(ABS, str(parent / "abs-escape"))
+    good_and_bad = [GOOD, bad]
+    safe = [GOOD, "sub-01/anat/sub-01_T2w.json"]
+    crafted = tmp_path / "crafted"
+    manifest_paths: list[str] | None = None
+    footer_paths, struct_paths = good_and_bad, good_and_bad
+    if where == "everywhere":
+        manifest_paths = good_and_bad
+    elif where == "footer-only-no-manifest":
+        struct_paths = safe
+    elif where == "struct-only":
+        manifest_paths = footer_paths = safe
+    _craft(
+        crafted, manifest_paths=manifest_paths, footer_paths=footer_paths, struct_paths=struct_paths
+    )
+    before = snapshot(parent)
+
+    result = cli("export", crafted, out, "-q")
+    assert result.exit_code == 2, result.output
+    line = one_line_error(result)
+    assert "refusing stored path" in line and repr(bad) in line
+
+    after = snapshot(parent)
+    outside_out = {k: v for k, v in after.items() if k != "out" and not k.startswith("out/")}
+    assert outside_out == before, "nothing may be written outside the output folder"
+    assert not (parent / "x").exists() and not (parent / "escape").exists()
+    assert not (parent / "abs-escape").exists() and not (tmp_path / "x").exists()
+    if where != "struct-only":
+        # Refused while reading the manifest or footers: before anything was written.
+        assert not out.exists()
+    else:
+        written = set(tree(out)) if out.exists() else set()
+        assert written <= {GOOD}
+
+
+@pytest.mark.parametrize("field", ["path", "location"])
+@pytest.mark.parametrize("bad", BAD_PATHS)
+def test_export_refuses_escaping_dataset_file_entries(
+    cli: Cli, hf_all: Path, tmp_path: Path, field: str, bad: str
+) -> None:
+    hf = tmp_path / "hf"
+    shutil.copytree(hf_all, hf)
+    parent = tmp_path / "parent"
+    parent.mkdir()
+    bad = bad.replace(ABS, str(parent / "abs-escape"))
+    entries = manifest(hf)
+    i = next(i for i, e in enumerate(entries) if e.placement == "dataset_file")
+    e = entries[i]
+    entries[i] = ManifestEntry(
+        bad if field == "path" else e.path,
+        e.size,
+        e.placement,
+        e.sha256,
+        bad if field == "location" else e.location,
+    )
+    (hf / MANIFEST_PATH).write_bytes(dumps(entries))
+    before = snapshot(tmp_path)
+    result = cli("export", hf, parent / "out", "-q")
+    assert result.exit_code == 2, result.output
+    assert "refusing stored path" in one_line_error(result)
+    assert snapshot(tmp_path) == before
