@@ -36,6 +36,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 VALUE_KINDS = ("image", "sha256", "path", "bval", "bvec", "meta")
+TABLE_TYPES = ("string", "int64", "float64")
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class TableRule:
 
     columns: tuple[str, ...] | None = None  # None: all
     rename: Mapping[str, str] = field(default_factory=dict)
+    types: Mapping[str, str] = field(default_factory=dict)  # column → string | int64 | float64
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,15 @@ def _table_rule(raw: Any, where: str) -> TableRule:
         raise InputError(f"{where}.columns: must be a list of column names")
     if not isinstance(rename, dict):
         raise InputError(f"{where}.rename: must map old names to new names")
-    return TableRule(tuple(cols) if cols is not None else None, dict(rename))
+    types = raw.get("types", {})
+    if not isinstance(types, dict) or not all(t in TABLE_TYPES for t in types.values()):
+        raise InputError(f"{where}.types: must map column names to one of {TABLE_TYPES}")
+    unknown = sorted(set(raw) - {"columns", "rename", "types"})
+    if unknown:
+        raise InputError(
+            f"{where}: unknown key(s) {', '.join(unknown)} (known: columns, rename, types)"
+        )
+    return TableRule(tuple(cols) if cols is not None else None, dict(rename), dict(types))
 
 
 def parse_config(data: Mapping[str, Any], source: str = "config") -> Config:

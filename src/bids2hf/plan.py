@@ -208,7 +208,7 @@ def _table_columns(
                 )
             )
         order = [c for c in rule.columns if c in types]
-    return [(c, rule.rename.get(c, c), types[c]) for c in order]
+    return [(c, rule.rename.get(c, c), rule.types.get(c, types[c])) for c in order]
 
 
 def _cast(value: Any, typ: str) -> Any:
@@ -218,6 +218,11 @@ def _cast(value: Any, typ: str) -> Any:
         return str(value)
     if typ == "float64":
         return float(value)
+    if typ == "int64" and not isinstance(value, int):
+        as_float = float(value)
+        if not as_float.is_integer():
+            raise ValueError(value)
+        return int(as_float)
     return value
 
 
@@ -287,12 +292,29 @@ class _Builder:
         table = self.inv.participants
         prow = (table.rows.get(subject) or table.rows.get(subject[4:]) or {}) if table else {}
         for src, dst, typ in p_cols:
-            values[dst] = _cast(prow.get(src), typ)
+            values[dst] = self._cast(prow.get(src), typ, "participants.tsv", subject, src)
         stable = self.inv.sessions.get(subject)
         srow = (stable.rows.get(session) or stable.rows.get(session[4:]) or {}) if stable else {}
         for src, dst, typ in s_cols:
-            values[dst] = _cast(srow.get(src), typ)
+            values[dst] = self._cast(
+                srow.get(src), typ, f"{subject}/{subject}_sessions.tsv", session, src
+            )
         return values
+
+    def _cast(self, value: Any, typ: str, where: str, row: str, column: str) -> Any:
+        try:
+            return _cast(value, typ)
+        except (TypeError, ValueError):
+            self.problems.append(
+                Problem(
+                    Severity.ERROR,
+                    "tsv-type",
+                    where,
+                    f"{row}: {column}={value!r} is not a valid {typ}",
+                    "fix the value, or the type given in the config",
+                )
+            )
+            return None
 
     def effective(self, f: SourceFile) -> dict[str, Any]:
         assert f.parsed is not None and f.parsed.suffix is not None
