@@ -107,3 +107,15 @@ def test_every_file_is_placed() -> None:
     }
     placed = embedded | {f.relpath for f in plan.dataset_files} | {f.relpath for f in plan.left_out}
     assert placed == {f.relpath for f in inv.files}
+
+
+def test_planning_leaves_the_inventory_unchanged() -> None:
+    from bids2hf.config import parse_config
+
+    inv = _inventory(["01", "02"])
+    before = [(f.relpath, f.placement, f.reason) for f in inv.files]
+    config = parse_config({"columns": [{"name": "t1", "kinds": ["anat/T1w"]}]})
+    narrow = make_plan(inv, PlanOptions(config=config))
+    assert len(narrow.left_out) == 8  # the bold runs are not selected by the config
+    assert [(f.relpath, f.placement, f.reason) for f in inv.files] == before
+    assert not make_plan(inv, OPTIONS).left_out

@@ -12,7 +12,7 @@ import json
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -256,8 +256,8 @@ class _Builder:
         return {c.name for c in self.columns}
 
     def leave_out(self, f: SourceFile, reason: str) -> None:
-        f.placement, f.reason = Placement.LEFT_OUT, reason
-        self.left_out.append(f)
+        # A copy: planning never changes the inventory, so it can be planned again differently.
+        self.left_out.append(replace(f, placement=Placement.LEFT_OUT, reason=reason))
 
     def meta_columns(self) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:
         parts = [self.inv.participants] if self.inv.participants is not None else []
