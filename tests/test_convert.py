@@ -14,7 +14,6 @@ from bids2hf.plan import PlanOptions
 from bids2hf.scan import ScanOptions
 from bids2hf.synthetic import GeneratedDataset
 from bids2hf.write import FOOTER_KEY, read_footer_index
-
 from trees import sha256, tree
 
 
@@ -56,14 +55,23 @@ def test_load_dataset_round_trip(converted: Path, synthetic: GeneratedDataset) -
     ds = load_dataset(str(converted), split="train")
     sources = _source_niftis(synthetic)
     seen: dict[str, str] = {}
-    image_columns = [c for c in ds.column_names if ds.features[c].__class__.__name__ == "List"
-                     and getattr(ds.features[c].feature, "_type", "") == "Nifti"]
+    image_columns = [
+        c
+        for c in ds.column_names
+        if ds.features[c].__class__.__name__ == "List"
+        and getattr(ds.features[c].feature, "_type", "") == "Nifti"
+    ]
     assert "anat_T1w" in image_columns and "func_bold" in image_columns
-    raw = ds.cast_column("func_bold", ds.features["func_bold"].__class__(
-        ds.features["func_bold"].feature.__class__(decode=False)))
+    raw = ds.cast_column(
+        "func_bold",
+        ds.features["func_bold"].__class__(
+            ds.features["func_bold"].feature.__class__(decode=False)
+        ),
+    )
     for row in raw:
         for value in row["func_bold"]:
             import hashlib
+
             seen[value["path"]] = hashlib.sha256(value["bytes"]).hexdigest()
     bold = {k: v for k, v in sources.items() if "/func/" in k and k.endswith("_bold.nii.gz")}
     assert seen == bold
@@ -87,7 +95,9 @@ def test_second_reader_polars(converted: Path, synthetic: GeneratedDataset) -> N
     df = pl.read_parquet(str(converted / "data" / "*.parquet"))
     sources = _source_niftis(synthetic)
     count = 0
-    for images, hashes in zip(df["anat_T1w"].to_list(), df["anat_T1w_sha256"].to_list(), strict=True):
+    for images, hashes in zip(
+        df["anat_T1w"].to_list(), df["anat_T1w_sha256"].to_list(), strict=True
+    ):
         for image, digest in zip(images, hashes, strict=True):
             assert hashlib.sha256(image["bytes"]).hexdigest() == digest == sources[image["path"]]
             count += 1
@@ -95,7 +105,17 @@ def test_second_reader_polars(converted: Path, synthetic: GeneratedDataset) -> N
 
 
 def test_multi_run_and_missing_modalities(converted: Path) -> None:
-    table = pq.read_table(converted / "data", columns=["subject_id", "session_id", "func_bold", "func_bold_run", "func_bold_task", "dwi_dwi"])
+    table = pq.read_table(
+        converted / "data",
+        columns=[
+            "subject_id",
+            "session_id",
+            "func_bold",
+            "func_bold_run",
+            "func_bold_task",
+            "dwi_dwi",
+        ],
+    )
     rows = table.to_pylist()
     runs = [r for r in rows if len(r["func_bold"]) >= 3]
     assert runs, "a session with two rest runs and a naming task keeps all three"
@@ -105,8 +125,15 @@ def test_multi_run_and_missing_modalities(converted: Path) -> None:
 
 
 def test_sidecar_inheritance_and_tables(converted: Path) -> None:
-    rows = pq.read_table(converted / "data", columns=["subject_id", "func_bold_task", "func_bold_meta", "age", "sex"]).to_pylist()
-    trs = {(r["subject_id"], task, meta["RepetitionTime"]) for r in rows for task, meta in zip(r["func_bold_task"], r["func_bold_meta"], strict=True) if task == "rest"}
+    rows = pq.read_table(
+        converted / "data", columns=["subject_id", "func_bold_task", "func_bold_meta", "age", "sex"]
+    ).to_pylist()
+    trs = {
+        (r["subject_id"], task, meta["RepetitionTime"])
+        for r in rows
+        for task, meta in zip(r["func_bold_task"], r["func_bold_meta"], strict=True)
+        if task == "rest"
+    }
     # The top-level task-rest_bold.json says 2.0; sub-02 overrides it in its own sidecars.
     assert {tr for s, _, tr in trs if s == "sub-02"} == {2.5}
     assert {tr for s, _, tr in trs if s != "sub-02"} == {2.0}
@@ -114,7 +141,10 @@ def test_sidecar_inheritance_and_tables(converted: Path) -> None:
 
 
 def test_every_file_accounted_for(converted: Path, synthetic: GeneratedDataset) -> None:
-    entries = [json.loads(line) for line in (converted / "bids2hf" / "manifest.jsonl").read_text().splitlines()]
+    entries = [
+        json.loads(line)
+        for line in (converted / "bids2hf" / "manifest.jsonl").read_text().splitlines()
+    ]
     by_path = {e["path"]: e for e in entries}
     assert set(by_path) == {p.relative_to(synthetic.root).as_posix() for p in synthetic.files}
     for path, e in by_path.items():
@@ -134,7 +164,9 @@ def test_each_shard_holds_exactly_its_rows_files(converted: Path) -> None:
             row = table.slice(e.row, 1).to_pylist()[0]
             cell = row[e.column] if e.index < 0 else row[e.column][e.index]
             assert cell["path"] == e.path
-            prefix = row["subject_id"] + "/" + (row["session_id"] + "/" if row["session_id"] else "")
+            prefix = (
+                row["subject_id"] + "/" + (row["session_id"] + "/" if row["session_id"] else "")
+            )
             assert e.path.startswith(prefix) or e.path.startswith("derivatives/")
         paths = {e.path for e in index}
         assert not paths & seen, "a file is embedded in two shards"
@@ -168,7 +200,11 @@ def test_deterministic_output(synthetic: GeneratedDataset, tmp_path: Path) -> No
 
 def test_row_groups_bounded(synthetic: GeneratedDataset, tmp_path: Path) -> None:
     out = tmp_path / "o"
-    _convert(synthetic.root, out, plan_options=PlanOptions(max_shard_bytes=10_000_000, row_group_bytes=1 << 20))
+    _convert(
+        synthetic.root,
+        out,
+        plan_options=PlanOptions(max_shard_bytes=10_000_000, row_group_bytes=1 << 20),
+    )
     for shard in (out / "data").glob("*.parquet"):
         meta = pq.ParquetFile(shard).metadata
         for i in range(meta.num_row_groups):
@@ -181,7 +217,11 @@ def test_scan_layout(synthetic: GeneratedDataset, tmp_path: Path) -> None:
     out = tmp_path / "scan"
     _convert(synthetic.root, out, plan_options=PlanOptions(layout="scan"))
     ds = load_dataset(str(out), split="train")
-    nifti_rows = [r for r in ds.cast_column("nifti", ds.features["nifti"].__class__(decode=False)) if r["nifti"]]
+    nifti_rows = [
+        r
+        for r in ds.cast_column("nifti", ds.features["nifti"].__class__(decode=False))
+        if r["nifti"]
+    ]
     assert len(nifti_rows) == len(synthetic.nifti_files)
     bold = next(r for r in nifti_rows if r["suffix"] == "bold")
     assert bold["task"] in ("rest", "naming40")
@@ -194,3 +234,18 @@ def test_demo_command(cli: object, tmp_path: Path) -> None:
     assert "load_dataset" in result.output
     ds = load_dataset(str(tmp_path / "demo" / "hf"), split="train")
     assert ds.num_rows > 0
+
+
+def test_bidsignored_files_are_stored_verbatim_not_parsed(bids_copy: Path, tmp_path: Path) -> None:
+    (bids_copy / ".bidsignore").write_text("extra/\n")
+    notes = bids_copy / "sub-01" / "extra" / "notes.json"
+    notes.parent.mkdir()
+    notes.write_text("{ not json")
+    out = tmp_path / "out"
+    _convert(bids_copy, out)
+    entries = {
+        json.loads(x)["path"]: json.loads(x)
+        for x in (out / "bids2hf" / "manifest.jsonl").read_text().splitlines()
+    }
+    assert entries["sub-01/extra/notes.json"]["placement"] == "dataset_file"
+    assert (out / "bids" / "sub-01" / "extra" / "notes.json").read_text() == "{ not json"

@@ -20,10 +20,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hub_emulator import HubEmulator
-from trees import sha256, tree
 
 from bids2hf.synthetic import GeneratedDataset, SyntheticSpec, generate_bids
+from hub_emulator import HubEmulator
+from trees import sha256, tree
 
 BIDS2HF = [sys.executable, "-m", "bids2hf.cli"]
 REPO = "org/ds"

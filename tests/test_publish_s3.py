@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from trees import tree
 
 from bids2hf.synthetic import GeneratedDataset
+from trees import tree
 
 pytest.importorskip("s3fs")
 moto_server = pytest.importorskip("moto.server")

@@ -14,7 +14,7 @@ import click
 
 from . import __version__
 from .config import Config, load_config
-from .errors import Bids2HfError
+from .errors import Bids2HfError, one_line
 from .plan import PlanOptions
 from .scan import ScanOptions
 
@@ -97,7 +97,8 @@ def common(func: F) -> F:
             if debug:
                 raise
             click.echo(
-                f"internal error: {type(exc).__name__}: {exc} (re-run with --debug for details)",
+                one_line(f"internal error: {type(exc).__name__}: {exc}")
+                + " (re-run with --debug for details)",
                 err=True,
             )
             sys.exit(1)

@@ -26,7 +26,7 @@ from .card import render_card
 from .errors import DestinationError, InputError
 from .inventory import Inventory, Placement, Problem, Severity
 from .manifest import DATASET_FILES_PREFIX, MANIFEST_PATH, ManifestEntry, dumps
-from .output_folder import OutputFolder, disk_full
+from .output_folder import OutputFolder, disk_full, human_size
 from .plan import ConversionPlan, PlanOptions, make_plan
 from .progress import ProgressBar
 from .publish import (
@@ -219,6 +219,10 @@ def _prepare_output(
         pass
     elif state is not None and state.get("plan_id") == plan.plan_id:
         log.info("resuming the conversion in %s", out.root)
+    elif state is not None and not state.get("complete") and state.get("source") == str(source):
+        # An unfinished run of the same source whose files changed since: finish it with the
+        # new plan (shards still up to date are kept).
+        log.info("updating the unfinished conversion in %s", out.root)
     elif overwrite:
         if not out.looks_like_ours():
             raise DestinationError(
@@ -316,10 +320,10 @@ def convert(
     if target is not None:
         target.ensure()
         remote = target.files()
-    out.prepare()
     done_shards: dict[str, Any] = state["shards"]
     todo: list[ShardPlan] = []
     resubmit: list[ShardPlan] = []
+    skip: list[ShardPlan] = []
     for shard in plan.shards:
         rec: dict[str, Any] = done_shards.get(shard.path) or {}
         path = out.root / shard.path
@@ -330,15 +334,27 @@ def convert(
             and current
             and same_content(remote.get(shard.path), rec["size"], rec["sha256"])
         ):
-            report.reused.append(shard.path)
-            path.unlink(missing_ok=True)
+            skip.append(shard)  # already on the remote
         elif on_disk and target is not None:
             resubmit.append(shard)  # written by an interrupted run, not uploaded yet
         elif on_disk:
             report.reused.append(shard.path)
         else:
-            done_shards.pop(shard.path, None)
             todo.append(shard)
+    staged_bound = publish.max_staged or 2 * workers
+    needed = (
+        sum(s.nbytes for s in todo)
+        if target is None
+        else max((s.nbytes for s in todo), default=0) * (staged_bound + workers)
+    ) + sum(f.size for f in plan.dataset_files)
+    # Refuse for lack of space before anything in the destination is touched.
+    out.check_space(int(needed * 1.02) + (1 << 20))
+    out.prepare()
+    for shard in skip:
+        report.reused.append(shard.path)
+        (out.root / shard.path).unlink(missing_ok=True)
+    for shard in todo:
+        done_shards.pop(shard.path, None)
     planned = {s.path for s in plan.shards}
     for stale in sorted(set(done_shards) - planned):
         done_shards.pop(stale)
@@ -348,13 +364,6 @@ def convert(
             path.unlink()
             if target is None:
                 report.removed.append(rel)
-    staged_bound = publish.max_staged or 2 * workers
-    needed = (
-        sum(s.nbytes for s in todo)
-        if target is None
-        else max((s.nbytes for s in todo), default=0) * (staged_bound + workers)
-    ) + sum(f.size for f in plan.dataset_files)
-    out.check_space(int(needed * 1.02) + (1 << 20))
     out.save_state(state)
     total = sum(s.nbytes for s in todo) + sum(f.size for f in plan.dataset_files)
     nfiles = sum(
@@ -424,8 +433,9 @@ def convert(
         if disk_full(exc):
             out.finish()
             remaining = sum(s.nbytes for s in plan.shards if s.path not in done_shards)
+            remaining += sum(f.size for f in plan.dataset_files)
             raise DestinationError(
-                f"{out.root}: disk full; about {remaining / 1e9:.2f} GB more are needed — free "
+                f"{out.root}: disk full; about {human_size(remaining)} more are needed — free "
                 "space and re-run the same command (complete shards are kept)"
             ) from None
         raise

@@ -37,9 +37,11 @@ class Problem:
     hint: str = ""
 
     def one_line(self) -> str:
+        from .errors import one_line
+
         where = f"{self.path}: " if self.path else ""
         hint = f" ({self.hint})" if self.hint else ""
-        return f"{where}{self.message}{hint}"
+        return one_line(f"{where}{self.message}{hint}")
 
 
 @dataclass

@@ -732,7 +732,7 @@ def make_plan(inventory: Inventory, options: PlanOptions | None = None) -> Conve
                     Problem(
                         Severity.ERROR,
                         "row-too-large",
-                        refs[0].relpath,
+                        max(refs, key=lambda r: r.size).relpath,
                         f"row {row.key}: column {col} holds {total / 2**30:.2f} GiB, over Arrow's 2 GiB per cell list",
                         "use --layout scan (one row per image)",
                     )

@@ -402,8 +402,11 @@ def _read_metadata(inv: Inventory, options: ScanOptions) -> None:
         for f in inv.files
         if f.placement is not Placement.LEFT_OUT and f.relpath not in unreadable
     ]
-    # JSON sidecars: needed for the inheritance principle and the privacy lint.
+    # JSON sidecars: needed for the inheritance principle and the privacy lint. Files that
+    # .bidsignore (or --on-invalid keep) exempts from BIDS are stored as they are, never parsed.
     for f in present:
+        if f.reason:
+            continue
         if f.relpath.endswith(".json") and f.relpath != "dataset_description.json":
             data = _load_json(root / f.relpath, f.relpath, problems)
             if data is not None:

@@ -36,12 +36,9 @@ class SourceChangedError(InputError):
     """A source file changed between planning and reading."""
 
 
-#: What to do after a source file changed mid-run: the output now holds a run of the old plan,
-#: which only --overwrite replaces (keeping the shards that are still up to date).
-_RERUN = (
-    "re-run the command with --overwrite to convert the folder as it is now "
-    "(complete shards are kept)"
-)
+#: What to do after a source file changed mid-run: the unfinished output is updated to the new
+#: plan by the same command, keeping the shards that are still up to date.
+_RERUN = "re-run the same command to convert the folder as it is now (complete shards are kept)"
 
 
 @dataclass(frozen=True)
