@@ -14,6 +14,7 @@ from huggingface_hub import DatasetCardData
 
 from . import __version__, bids_schema
 from .plan import ConversionPlan, Role
+from .units import human_bytes
 
 # BIDS `License` values as people write them → Hub license identifiers.
 _LICENSES = {
@@ -49,14 +50,6 @@ def _size_category(rows: int) -> str:
         if rows < limit:
             return name
     return "100K<n<1M"
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"
 
 
 def render_card(
@@ -102,7 +95,7 @@ def render_card(
         f"A [BIDS](https://bids.neuroimaging.io) dataset converted by bids2hf {__version__} "
         f"(BIDS schema {bids_schema.schema_version()}): "
         f"{plan.rows} rows ({'one per subject and session' if plan.options.layout == 'session' else 'one per image file'}), "
-        f"{plan.embedded_files} embedded files, {_human(plan.embedded_bytes)} in {len(plan.shards)} Parquet shard(s). "
+        f"{plan.embedded_files} embedded files, {human_bytes(plan.embedded_bytes)} in {len(plan.shards)} Parquet shard(s). "
         "Every NIfTI file is stored byte for byte, with its sha256 beside it.",
         "",
         "## Loading",
@@ -139,7 +132,7 @@ def render_card(
         "|---|---|---:|---:|---:|",
     ]
     for k in plan.kinds:
-        lines.append(f"| {k.kind} | `{k.column}` | {k.files} | {_human(k.bytes)} | {k.rows} |")
+        lines.append(f"| {k.kind} | `{k.column}` | {k.files} | {human_bytes(k.bytes)} | {k.rows} |")
     lines += ["", "## Columns", "", "| column | type |", "|---|---|"]
     for name, feature in plan.features.items():
         lines.append(f"| `{name}` | {_describe(feature)} |")

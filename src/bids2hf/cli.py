@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,34 +16,10 @@ from .config import Config, load_config
 from .errors import Bids2HfError, one_line
 from .plan import PlanOptions
 from .scan import ScanOptions
+from .units import human_bytes, parse_size
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("bids2hf")
-
-_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1e3,
-    "m": 1e6,
-    "g": 1e9,
-    "t": 1e12,
-    "ki": 2**10,
-    "mi": 2**20,
-    "gi": 2**30,
-    "ti": 2**40,
-}
-
-
-def parse_size(text: str) -> int:
-    """``500MB`` → 500_000_000, ``1GiB`` → 2**30, ``1000`` → 1000."""
-    m = _SIZE.match(text)
-    if not m:
-        raise click.BadParameter(f"{text!r} is not a size like 500MB or 1GiB")
-    unit = (m.group(2) or "").lower().rstrip("b")
-    if unit not in _UNITS:
-        raise click.BadParameter(f"unknown unit in {text!r}")
-    return int(float(m.group(1)) * _UNITS[unit])
 
 
 class SizeType(click.ParamType):
@@ -55,7 +30,7 @@ class SizeType(click.ParamType):
             return value
         try:
             return parse_size(str(value))
-        except click.BadParameter as exc:
+        except ValueError as exc:
             self.fail(str(exc), param, ctx)
 
 
@@ -429,7 +404,6 @@ def export(
 ) -> None:
     """Rebuild the BIDS folder from SOURCE (output folder, hf://datasets/ORG/NAME[@REV], or URL)."""
     from .export import export as run
-    from .report import human_bytes
 
     report = run(
         source, bids_out, include=include, exclude=exclude, overwrite=overwrite, progress=not quiet

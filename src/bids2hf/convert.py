@@ -26,7 +26,7 @@ from .card import render_card
 from .errors import DestinationError, InputError
 from .inventory import Inventory, Placement, Problem, Severity
 from .manifest import DATASET_FILES_PREFIX, MANIFEST_PATH, ManifestEntry, dumps
-from .output_folder import OutputFolder, disk_full, human_size
+from .output_folder import OutputFolder, disk_full
 from .plan import ConversionPlan, PlanOptions, make_plan
 from .progress import ProgressBar
 from .publish import (
@@ -41,6 +41,7 @@ from .publish import (
 from .scan import ScanOptions, scan
 from .shard_plan import ShardPlan
 from .targets import RemoteFile, StagedFile, Target, is_remote, open_target
+from .units import human_bytes
 from .write import EmbeddedFile, ShardResult, init_worker, write_job, write_shard
 
 log = logging.getLogger(__name__)
@@ -435,7 +436,7 @@ def convert(
             remaining = sum(s.nbytes for s in plan.shards if s.path not in done_shards)
             remaining += sum(f.size for f in plan.dataset_files)
             raise DestinationError(
-                f"{out.root}: disk full; about {human_size(remaining)} more are needed — free "
+                f"{out.root}: disk full; about {human_bytes(remaining)} more are needed — free "
                 "space and re-run the same command (complete shards are kept)"
             ) from None
         raise

@@ -18,11 +18,13 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .errors import DestinationError
+from .units import human_bytes
 
 STATE_DIR = ".bids2hf"
 OWNED = ("README.md", "data", "bids", "bids2hf", STATE_DIR)
@@ -138,7 +140,7 @@ class OutputFolder:
         if needed > free:
             self.abandon()
             raise DestinationError(
-                f"{self.root}: {human_size(needed)} needed but only {human_size(free)} free; "
+                f"{self.root}: {human_bytes(needed)} needed but only {human_bytes(free)} free; "
                 "free some space or choose another output folder"
             )
 
@@ -147,49 +149,39 @@ class OutputFolder:
         return self.tmp_dir / (relpath.replace("/", "__") + f".{os.getpid()}.tmp")
 
     def write_bytes(self, path: Path, data: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with atomic_file(path.with_name(f".{path.name}.{os.getpid()}.tmp"), path) as f:
+            f.write(data)
 
     def copy_in(
         self, source: Path, relpath: str, on_bytes: Callable[[int], None] | None = None
     ) -> str:
         """Copy ``source`` to ``relpath`` in the output atomically; return its sha256."""
-        dest = self.root / relpath
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.tmp_path(relpath)
         sha = hashlib.sha256()
-        try:
-            with open(source, "rb") as src, open(tmp, "wb") as out:
-                while chunk := src.read(8 << 20):
-                    sha.update(chunk)
-                    out.write(chunk)
-                    if on_bytes:
-                        on_bytes(len(chunk))
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, dest)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with (
+            open(source, "rb") as src,
+            atomic_file(self.tmp_path(relpath), self.root / relpath) as out,
+        ):
+            while chunk := src.read(8 << 20):
+                sha.update(chunk)
+                out.write(chunk)
+                if on_bytes:
+                    on_bytes(len(chunk))
         return sha.hexdigest()
 
 
-def human_size(n: float) -> str:
-    """``1234567`` → ``1.2 MB``: never rounds a non-zero size to zero."""
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"  # pragma: no cover - the loop always returns
+@contextmanager
+def atomic_file(tmp: Path, dest: Path) -> Iterator[BinaryIO]:
+    """Write to ``tmp``, then fsync and rename it to ``dest``; on any error remove ``tmp``."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def disk_full(exc: BaseException) -> bool:
