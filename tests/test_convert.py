@@ -249,3 +249,18 @@ def test_bidsignored_files_are_stored_verbatim_not_parsed(bids_copy: Path, tmp_p
     }
     assert entries["sub-01/extra/notes.json"]["placement"] == "dataset_file"
     assert (out / "bids" / "sub-01" / "extra" / "notes.json").read_text() == "{ not json"
+
+
+def test_default_check_never_decompresses_good_files(
+    synthetic: GeneratedDataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cheap check reads headers and gzip trailers only; full decompression is for --check full."""
+    from bids2hf import nifti_header
+    from bids2hf.scan import scan
+
+    def refuse(path: str) -> int:
+        raise AssertionError(f"decompressed {path} during the cheap check")
+
+    monkeypatch.setattr(nifti_header, "_full_length", refuse)
+    inventory = scan(synthetic.root, ScanOptions(derivatives=("all",)))
+    assert not inventory.errors

@@ -139,9 +139,10 @@ def check_nifti(path: str, level: CheckLevel = "header") -> NiftiCheck:
                 result.text_fields[name] = text
     if level == "none":
         return result
-    expected = int(header["vox_offset"]) + math.prod(header.get_data_shape()) * int(
-        header.get_data_dtype().itemsize
-    )
+    # Single-file NIfTI data start at vox_offset, which writers may leave at 0 to mean "right
+    # after the header and its 4-byte extension flag" (352 / 544 bytes).
+    offset = max(int(header["vox_offset"]), int(header["sizeof_hdr"]) + 4)
+    expected = offset + math.prod(header.get_data_shape()) * int(header.get_data_dtype().itemsize)
     try:
         if not gz:
             if size < expected:

@@ -841,6 +841,9 @@ def _nifti_header(shape: tuple[int, ...], zooms: tuple[float, ...], descrip: str
     hdr.set_sform(affine, code=1)
     hdr.set_slope_inter(1.0, 0.0)
     hdr["descrip"] = descrip.encode()[:79]
+    hdr["vox_offset"] = (
+        _NIFTI_HEADER_BYTES  # single-file .nii: data right after header + extension flag
+    )
     buf = io.BytesIO()
     hdr.write_to(buf)
     out = buf.getvalue()
