@@ -13,6 +13,7 @@ import io
 import json
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,13 +111,31 @@ def parquet_options(schema: pa.Schema, columns: Sequence[ColumnSpec]) -> dict[st
 
 
 class _Reader:
-    """Reads source files into reusable per-column buffers, hashing as it goes."""
+    """Reads source files into one reusable buffer per row group, hashing as it goes.
+
+    Hashing runs on a second thread (``hashlib`` releases the GIL), chunk by chunk right behind
+    the reads, so sha256 costs no time on the read/write path; :meth:`flush` waits for it.
+    """
 
     def __init__(self, root: Path, progress: Progress | None) -> None:
         self.root = root
         self.progress = progress
         self._arena = np.empty(0, dtype=np.uint8)
         self.hashes: dict[str, str] = {}
+        self._hasher = ThreadPoolExecutor(1, thread_name_prefix="bids2hf-sha256")
+        self._pending: list[Future[None]] = []
+
+    def close(self) -> None:
+        self._hasher.shutdown(wait=True)
+
+    def flush(self) -> None:
+        """Wait until every chunk read so far is hashed (before the buffer is reused)."""
+        for fut in self._pending:
+            fut.result()
+        self._pending.clear()
+
+    def _finish(self, relpath: str, sha: Any) -> None:
+        self.hashes[relpath] = sha.hexdigest()
 
     def arena(self, size: int) -> np.ndarray:
         """One buffer for all the files of a row group, reused from one row group to the next.
@@ -160,7 +179,8 @@ class _Reader:
                         raise SourceChangedError(
                             f"{path}: shorter than planned ({done} of {ref.size} bytes); {_RERUN}"
                         )
-                    sha.update(out[done : done + n])
+                    # One worker thread: updates run in submission order.
+                    self._pending.append(self._hasher.submit(sha.update, out[done : done + n]))
                     done += n
                     if self.progress:
                         self.progress(n, 0)
@@ -168,14 +188,17 @@ class _Reader:
                 raise SourceChangedError(f"{path}: modified while being read; {_RERUN}")
         finally:
             os.close(fd)
-        self.hashes[ref.relpath] = sha.hexdigest()
+        self._pending.append(self._hasher.submit(self._finish, ref.relpath, sha))
         if self.progress:
             self.progress(0, 1)
 
     def sha256(self, ref: FileRef) -> str:
         if ref.relpath not in self.hashes:
+            self.flush()
+        if ref.relpath not in self.hashes:
             scratch = np.empty(ref.size, dtype=np.uint8)
             self.read_into(ref, memoryview(scratch.data))
+            self.flush()
         return self.hashes[ref.relpath]
 
 
@@ -272,6 +295,7 @@ def write_shard(
                         arrays.append(_sha_array(spec, typ, rows, reader))
                     else:
                         arrays.append(pa.array([r.values.get(spec.name) for r in rows], type=typ))
+                reader.flush()  # all hashes known, and the buffer free for the next row group
                 for i, row in enumerate(rows, start=start):
                     for spec in columns:
                         if spec.role is not Role.FILE:
@@ -301,6 +325,8 @@ def write_shard(
         # The error being raised is the one to report; the partial file must not remain.
         tmp_path.unlink(missing_ok=True)
         raise
+    finally:
+        reader.close()
     return ShardResult(str(shard.path), size, None, embedded)
 
 
