@@ -124,9 +124,17 @@ def _without_state(root: Path) -> dict[str, str]:
     return {k: v for k, v in tree(root).items() if not k.startswith(".bids2hf/")}
 
 
+def _kill_tree(proc: subprocess.Popen[bytes]) -> None:
+    # The parent and its spawned shard writers.
+    for child in psutil.Process(proc.pid).children(recursive=True):
+        child.send_signal(signal.SIGKILL)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 def test_sigkill_at_random_points_then_resume(tmp_path: Path) -> None:
     bids = generate_bids(
-        tmp_path / "bids", SyntheticSpec(n_subjects=8, target_bytes=40_000_000)
+        tmp_path / "bids", SyntheticSpec(n_subjects=8, target_bytes=60_000_000)
     ).root
     args = [
         sys.executable,
@@ -145,21 +153,31 @@ def test_sigkill_at_random_points_then_resume(tmp_path: Path) -> None:
     ]
     clean = tmp_path / "clean"
     subprocess.run([a if a != "OUT" else str(clean) for a in args], check=True)
+    shards = len(list((clean / "data").glob("*.parquet")))
+    assert shards >= 10
     out = tmp_path / "killed"
     run_args = [a if a != "OUT" else str(out) for a in args]
     rng = random.Random(1234)
-    kills = 0
-    for _ in range(4):
+    # Kill while shard k is being written, for increasing random k: each run resumes the last.
+    targets = sorted(rng.sample(range(1, shards - 1), 4))
+    partial_left = 0
+    for target in targets:
         proc = subprocess.Popen(run_args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.3, 2.0))
-        if proc.poll() is None:
-            # Kill the whole process group member set: the parent and its spawned workers.
-            for child in psutil.Process(proc.pid).children(recursive=True):
-                child.send_signal(signal.SIGKILL)
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait()
-    assert kills >= 2, "the conversion finished too fast to be interrupted"
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            done = len(list((out / "data").glob("*.parquet"))) if (out / "data").exists() else 0
+            writing = (
+                any((out / ".bids2hf" / "tmp").glob("*"))
+                if (out / ".bids2hf" / "tmp").exists()
+                else False
+            )
+            if done >= target and writing:
+                break
+            time.sleep(0.002)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        _kill_tree(proc)
+        partial_left += any((out / ".bids2hf" / "tmp").glob("*"))
+    assert partial_left, "no kill landed while a shard was being written"
     subprocess.run(run_args, check=True)
     assert _without_state(out) == _without_state(clean)
     leftovers = [

@@ -149,7 +149,10 @@ class OutputFolder:
         return self.tmp_dir / (relpath.replace("/", "__") + f".{os.getpid()}.tmp")
 
     def write_bytes(self, path: Path, data: bytes) -> None:
-        with atomic_file(path.with_name(f".{path.name}.{os.getpid()}.tmp"), path) as f:
+        # Temporary files live in tmp/, which every run starts by clearing: a kill at any moment
+        # leaves nothing behind that a later run would not remove.
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_file(self.tmp_path(path.relative_to(self.root).as_posix()), path) as f:
             f.write(data)
 
     def copy_in(
