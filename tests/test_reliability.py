@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 
@@ -22,31 +20,43 @@ CAP = 320 * 1024 * 1024  # bytes of resident memory a child may use
 DATASET = 10 * CAP  # the dataset is ten times larger than the cap
 
 
+# The kernel's peak RSS of a child (ru_maxrss) includes the memory of the process it was forked
+# from, up to its exec: a child forked from a large pytest process would inherit pytest's size.
+# A tiny launcher forks the measured program instead and reports its exact peak.
+_LAUNCHER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(str(usage.ru_maxrss * 1024))
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
 def run_capped(args: list[str], cap: int, log: Path) -> tuple[int, int, bool]:
-    """Run a child; kill it once its RSS passes ``cap``. Returns (exit code, peak RSS, exceeded)."""
+    """Run a program; kill it once its RSS passes ``cap``. Returns (exit code, peak RSS, exceeded)."""
+    peak_file = log.with_suffix(".peak")
     with open(log, "wb") as err:
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err)
-    ps = psutil.Process(proc.pid)
-    exceeded = [False]
-
-    def watch() -> None:
-        while proc.poll() is None:
-            try:
-                if ps.memory_info().rss > cap:
-                    exceeded[0] = True
-                    proc.kill()
-                    return
-            except psutil.NoSuchProcess:
-                return
-            time.sleep(0.01)
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    watcher.join()
-    peak = usage.ru_maxrss * 1024  # the kernel's own peak, which polling could miss
-    return proc.returncode, peak, exceeded[0] or peak > cap
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _LAUNCHER, str(peak_file), *args],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    exceeded = False
+    while proc.poll() is None:
+        try:
+            for child in psutil.Process(proc.pid).children():
+                if child.memory_info().rss > cap:
+                    exceeded = True
+                    child.kill()
+        except psutil.NoSuchProcess:
+            pass
+        time.sleep(0.01)
+    peak = int(peak_file.read_text())  # the kernel's own peak, which polling could miss
+    return proc.returncode, peak, exceeded or peak > cap
 
 
 @pytest.fixture(scope="module")

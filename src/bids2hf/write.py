@@ -144,6 +144,7 @@ class _Reader:
         grows when a row group is larger than any before it.
         """
         if self._arena.nbytes < size:
+            self._arena = np.empty(0, dtype=np.uint8)  # release the old one before allocating
             self._arena = np.empty(size, dtype=np.uint8)
         return self._arena
 
