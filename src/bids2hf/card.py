@@ -57,13 +57,14 @@ def render_card(
 ) -> str:
     """The README.md text for a converted dataset."""
     split = plan.options.split
-    license_id = hub_license(description.get("License"))
+    bids_license = description.get("License")
+    # No License in dataset_description.json: say nothing rather than guess.
+    license_id: str | None = hub_license(bids_license) if bids_license else None
     datatypes = sorted({k.kind.rpartition(":")[2].split("/")[0] for k in plan.kinds})
     extra: dict[str, Any] = {}
-    if license_id == "other" and description.get("License"):
-        extra["license_name"] = (
-            re.sub(r"[^a-z0-9-]+", "-", str(description["License"]).lower()).strip("-") or "custom"
-        )
+    if license_id == "other":
+        slug = re.sub(r"[^a-z0-9-]+", "-", str(bids_license).lower()).strip("-")
+        extra["license_name"] = slug[:64].strip("-") or "custom"
     info = DatasetInfo(features=plan.features)._to_yaml_dict()
     data = DatasetCardData(
         license=license_id,
@@ -144,6 +145,8 @@ def render_card(
     ]
     if plan.left_out:
         lines += ["", f"{len(plan.left_out)} file(s) were left out (reasons in the manifest)."]
+    if bids_license:
+        lines += ["", f"**License (from dataset_description.json):** {bids_license}"]
     for key, title in (
         ("Authors", "Authors"),
         ("HowToAcknowledge", "How to acknowledge"),
