@@ -13,6 +13,7 @@ import logging
 import os
 import stat
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -418,10 +419,12 @@ def _read_metadata(inv: Inventory, options: ScanOptions) -> None:
             )
             if text is not None:
                 inv.texts[f.relpath] = text
-    for f in present:
-        if not f.is_nifti or f.reason.startswith("invalid"):
-            continue
-        result = check_nifti(str(root / f.relpath), options.check)
+    niftis = [f for f in present if f.is_nifti and not f.reason.startswith("invalid")]
+    # Header checks are small reads spread over the disk: several in flight keep it busy.
+    with ThreadPoolExecutor(8, thread_name_prefix="bids2hf-check") as pool:
+        results = pool.map(lambda f: check_nifti(str(root / f.relpath), options.check), niftis)
+        checked = list(zip(niftis, results, strict=True))
+    for f, result in checked:
         f.nifti_version = result.version
         if result.error:
             problems.append(
