@@ -102,12 +102,23 @@ class Publisher:
         self._slots = threading.BoundedSemaphore(max(1, max_staged))
         self._staged = 0
         self._lock = threading.Lock()
+        # Two stages: a shard is hashed (and its checksum recorded) while the one before it is
+        # being uploaded, so the link never idles for a hash.
         self._queue: queue.Queue[tuple[StagedFile, bool] | None] = queue.Queue()
+        self._hashed: queue.Queue[tuple[StagedFile, bool] | None] = queue.Queue()
         self._pending: list[StagedFile] = []
         self._holding: list[StagedFile] = []  # committed-later files that still hold a slot
         self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="bids2hf-upload", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(
+                target=self._guard, args=(self._hash,), name="bids2hf-hash", daemon=True
+            ),
+            threading.Thread(
+                target=self._guard, args=(self._run,), name="bids2hf-upload", daemon=True
+            ),
+        ]
+        for thread in self._threads:
+            thread.start()
 
     # -- called by the writer ------------------------------------------------------------
     def acquire(self, block: bool = True) -> bool:
@@ -133,7 +144,8 @@ class Publisher:
     def finish(self, final: Sequence[StagedFile], deletions: Sequence[str], message: str) -> None:
         """Upload what is left and make the last commit (card, manifest, deletions)."""
         self._queue.put(None)
-        self._thread.join()
+        for thread in self._threads:
+            thread.join()
         self.raise_if_failed()
         items = list(self._pending)
         for item in final:
@@ -165,48 +177,52 @@ class Publisher:
         if self.bar is not None:
             self.bar.update(item.size, 1)
 
-    def _run(self) -> None:
+    def _guard(self, stage: Callable[[], None]) -> None:
         try:
-            while (got := self._queue.get()) is not None:
-                item, holds_slot = got
-                if item.sha256 is None:
-                    # Hashed here rather than by the writer: the shard is still in the page cache
-                    # and the next one is being written meanwhile.
-                    item.checksum()
-                    if self.on_hashed is not None:
-                        self.on_hashed(item)
-                if same_content(self.remote.get(item.path), item.size, item.sha256):
-                    self.report.unchanged.append(item.path)
-                    if holds_slot:
-                        self._release(item, delete=True)
-                    continue
-                self.target.stage(item)
-                self._count(item)
-                self._pending.append(item)
-                if holds_slot:
-                    if item.uploaded:
-                        self._release(item, delete=True)
-                    else:
-                        self._holding.append(
-                            item
-                        )  # a regular (non-LFS) file is read at commit time
-                if len(self._pending) >= self.commit_every:
-                    self.target.commit(
-                        self._pending, [], f"bids2hf: add {len(self._pending)} shard(s)"
-                    )
-                    self.report.commits += 1
-                    self._pending = []
-                    for held in self._holding:
-                        self._release(held, delete=True)
-                    self._holding = []
+            stage()
         except BaseException as exc:
             self.error = exc
+            self._hashed.put(None)  # let the upload stage stop too
             # Unblock a writer waiting for a slot; it will see the error.
             for _ in range(64):
                 try:
                     self._slots.release()
                 except ValueError:
                     break
+
+    def _hash(self) -> None:
+        while (got := self._queue.get()) is not None:
+            item, _ = got
+            if item.sha256 is None:
+                # Hashed here rather than by the writer: the shard is still in the page cache.
+                item.checksum()
+                if self.on_hashed is not None:
+                    self.on_hashed(item)
+            self._hashed.put(got)
+        self._hashed.put(None)
+
+    def _run(self) -> None:
+        while (got := self._hashed.get()) is not None and self.error is None:
+            item, holds_slot = got
+            if same_content(self.remote.get(item.path), item.size, item.sha256):
+                self.report.unchanged.append(item.path)
+                if holds_slot:
+                    self._release(item, delete=True)
+                continue
+            self.target.stage(item)
+            self._count(item)
+            self._pending.append(item)
+            if holds_slot and item.uploaded:
+                self._release(item, delete=True)
+            elif holds_slot:
+                self._holding.append(item)  # a regular (non-LFS) file is read at commit time
+            if len(self._pending) >= self.commit_every:
+                self.target.commit(self._pending, [], f"bids2hf: add {len(self._pending)} shard(s)")
+                self.report.commits += 1
+                self._pending = []
+                for held in self._holding:
+                    self._release(held, delete=True)
+                self._holding = []
 
 
 def final_files(
