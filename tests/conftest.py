@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +12,7 @@ from click.testing import CliRunner, Result
 
 from bids2hf.cli import main
 from bids2hf.synthetic import GeneratedDataset, SyntheticSpec, generate_bids
+from hub_emulator import HubEmulator
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 if not SHARED.is_dir():
@@ -50,3 +51,14 @@ def cli() -> Callable[..., Result]:
         return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
 
     return run
+
+
+@pytest.fixture
+def emu(tmp_path: Path) -> Iterator[HubEmulator]:
+    """A Hub emulator on loopback; the test fails if the emulator itself hit a bug."""
+    emulator = HubEmulator(tmp_path / "hub").start()
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+    assert emulator.errors == [], emulator.errors[0] if emulator.errors else ""

@@ -35,7 +35,6 @@ import textwrap
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,16 +49,6 @@ except ImportError:  # tests/ imported as a package
 
 TOKEN = "test-token-not-a-secret"
 REPO = "org/ds"
-
-
-@pytest.fixture
-def emu(tmp_path: Path) -> Iterator[HubEmulator]:
-    emulator = HubEmulator(tmp_path / "hub").start()
-    try:
-        yield emulator
-    finally:
-        emulator.stop()
-    assert emulator.errors == [], emulator.errors[0] if emulator.errors else ""
 
 
 def run_client(emu: HubEmulator, tmp_path: Path, code: str, timeout: float = 60) -> Any:

@@ -16,7 +16,6 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,16 +27,6 @@ from trees import sha256, tree
 BIDS2HF = [sys.executable, "-m", "bids2hf.cli"]
 REPO = "org/ds"
 URL = f"hf://datasets/{REPO}"
-
-
-@pytest.fixture
-def emu(tmp_path: Path) -> Iterator[HubEmulator]:
-    emulator = HubEmulator(tmp_path / "hub").start()
-    try:
-        yield emulator
-    finally:
-        emulator.stop()
-        assert not emulator.errors, emulator.errors
 
 
 @pytest.fixture
