@@ -104,7 +104,6 @@ def scan_and_plan(
     bids_dir: str | os.PathLike[str],
     scan_options: ScanOptions | None = None,
     plan_options: PlanOptions | None = None,
-    progress: bool = False,
 ) -> tuple[Inventory, ConversionPlan]:
     """Scan a BIDS folder and plan its conversion; reads metadata, writes nothing."""
     plan_options = plan_options or PlanOptions()

@@ -14,7 +14,7 @@ import os
 import stat
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -62,7 +62,6 @@ class _Walked:
     broken: bool = False
     unreadable: bool = False
     vcs_dir: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _walk(root: Path) -> list[_Walked]:
@@ -277,7 +276,6 @@ def _classify(
 def scan(
     root: str | os.PathLike[str],
     options: ScanOptions | None = None,
-    progress: Callable[[int], None] | None = None,
 ) -> Inventory:
     """Scan a BIDS folder.
 
