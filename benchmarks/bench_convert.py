@@ -58,7 +58,7 @@ PY = sys.executable
 BIDS2HF = str(Path(PY).with_name("bids2hf"))
 MB = 1e6
 WARM_IMPORTS = (
-    "import bids2hf.cli, bids2hf.convert, bids2hf.write, pyarrow.parquet, datasets, pandas, "
+    "import bids2hf.cli, bids2hf.conversion, bids2hf.write, pyarrow.parquet, datasets, pandas, "
     "nibabel, psutil"
 )
 
@@ -291,7 +291,7 @@ def rm(path: Path) -> None:
 # ------------------------------------------------------------------------------------------
 def _session_table(bids: str) -> tuple[dict[str, list[Any]], list[str]]:
     """Rows of file paths grouped exactly like bids2hf's default (session) layout."""
-    from bids2hf.convert import scan_and_plan
+    from bids2hf.conversion import scan_and_plan
     from bids2hf.plan import Role
     from bids2hf.scan import ScanOptions
 

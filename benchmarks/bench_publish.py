@@ -229,7 +229,7 @@ def trace_child(trace_path: str, argv: list[str]) -> None:
     """Run ``bids2hf ARGV`` in this process, recording when each publishing phase ran."""
     t_start = time.time()
     import bids2hf.cli as cli
-    import bids2hf.convert as C
+    import bids2hf.conversion as C
     import bids2hf.output_folder as O
     import bids2hf.publish as P
     import bids2hf.targets as T

@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 from click.testing import Result
 
-from bids2hf.convert import convert, scan_and_plan
-from bids2hf.export import export
+from bids2hf.conversion import convert, scan_and_plan
+from bids2hf.export_bids import export
 from bids2hf.manifest import MANIFEST_PATH, ManifestEntry, loads
 from bids2hf.scan import ScanOptions
 from bids2hf.synthetic import GeneratedDataset
-from bids2hf.verify import verify
+from bids2hf.verification import verify
 from conftest import BIDS_EXAMPLES
 
 FILL_PLACEHOLDERS = BIDS_EXAMPLES.parent / "tools" / "fill_placeholders.py"

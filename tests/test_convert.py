@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from datasets import load_dataset
 
-from bids2hf.convert import convert
+from bids2hf.conversion import convert
 from bids2hf.plan import PlanOptions
 from bids2hf.scan import ScanOptions
 from bids2hf.synthetic import GeneratedDataset

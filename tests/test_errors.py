@@ -32,8 +32,8 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import Result
 
-import bids2hf.convert as convert_module
-from bids2hf.convert import convert, scan_and_plan
+import bids2hf.conversion as convert_module
+from bids2hf.conversion import convert, scan_and_plan
 from bids2hf.errors import DestinationError, InputError
 from bids2hf.output_folder import OutputFolder
 from bids2hf.plan import PlanOptions

@@ -21,12 +21,12 @@ import pytest
 from click.testing import Result
 from fsspec.implementations.memory import MemoryFileSystem
 
-from bids2hf.convert import convert
+from bids2hf.conversion import convert
 from bids2hf.manifest import MANIFEST_PATH, ManifestEntry, dumps, loads
 from bids2hf.plan import PlanOptions
 from bids2hf.scan import ScanOptions
 from bids2hf.synthetic import GeneratedDataset, SyntheticSpec, generate_bids
-from bids2hf.verify import verify
+from bids2hf.verification import verify
 from bids2hf.write import FOOTER_KEY, read_footer_index
 
 Cli = Callable[..., Result]

@@ -119,3 +119,16 @@ def test_planning_leaves_the_inventory_unchanged() -> None:
     assert len(narrow.left_out) == 8  # the bold runs are not selected by the config
     assert [(f.relpath, f.placement, f.reason) for f in inv.files] == before
     assert not make_plan(inv, OPTIONS).left_out
+
+
+def test_top_level_api_is_lazy_and_complete() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, bids2hf\n"
+        "assert 'datasets' not in sys.modules, 'import bids2hf must stay light'\n"
+        "for verb in ('convert', 'inspect', 'push', 'export', 'verify', 'load_nifti'):\n"
+        "    assert callable(getattr(bids2hf, verb)), verb\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

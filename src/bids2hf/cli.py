@@ -217,7 +217,7 @@ def inspect(bids_dir: str, all_problems: bool, quiet: bool, **kw: Any) -> None:
 
     Exit code 2 when convert would refuse the input.
     """
-    from .convert import scan_and_plan
+    from .conversion import scan_and_plan
     from .report import inspect_text
 
     scan_options, plan_options = _options(kw)
@@ -278,8 +278,8 @@ def convert(
     DESTINATION is a local folder, hf://datasets/ORG/NAME[@REVISION] (converted and uploaded in
     one streaming pass), or an fsspec URL such as s3://bucket/prefix.
     """
-    from .convert import PublishOptions
-    from .convert import convert as run
+    from .conversion import PublishOptions
+    from .conversion import convert as run
     from .report import convert_summary
 
     scan_options, plan_options = _options(kw)
@@ -348,7 +348,7 @@ def demo(directory: str, subjects: int, quiet: bool) -> None:
     """Generate a small synthetic BIDS dataset in DIRECTORY/bids and convert it to DIRECTORY/hf."""
     import shutil
 
-    from .convert import convert as run
+    from .conversion import convert as run
     from .report import convert_summary
     from .synthetic import SyntheticSpec, generate_bids
 
@@ -403,7 +403,7 @@ def export(
     quiet: bool,
 ) -> None:
     """Rebuild the BIDS folder from SOURCE (output folder, hf://datasets/ORG/NAME[@REV], or URL)."""
-    from .export import export as run
+    from .export_bids import export as run
 
     report = run(
         source, bids_out, include=include, exclude=exclude, overwrite=overwrite, progress=not quiet
@@ -423,7 +423,7 @@ def export(
 @common
 def verify(bids_dir: str, source: str, quiet: bool) -> None:
     """Compare BIDS_DIR with the published dataset SOURCE, file by file (exit 1 if they differ)."""
-    from .verify import verify as run
+    from .verification import verify as run
 
     report = run(bids_dir, source, progress=not quiet)
     click.echo(report.text())

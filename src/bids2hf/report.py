@@ -80,7 +80,7 @@ def inspect_text(inventory: Inventory, plan: ConversionPlan, all_problems: bool 
 
 def convert_summary(report: object) -> str:
     """One screen about a finished conversion (``report`` is a ConvertReport)."""
-    from .convert import ConvertReport
+    from .conversion import ConvertReport
 
     assert isinstance(report, ConvertReport)
     plan = report.plan

@@ -388,7 +388,7 @@ def read_footer_index(metadata: pq.FileMetaData) -> list[EmbeddedFile]:
 
 
 # -- worker processes ----------------------------------------------------------------------
-# Defined here, not in bids2hf.convert, so that spawned workers import this light module only.
+# Defined here, not in bids2hf.conversion, so that spawned workers import this light module only.
 _progress_queue: Any = None
 
 

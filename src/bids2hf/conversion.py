@@ -365,6 +365,12 @@ def convert(
             if target is None:
                 report.removed.append(rel)
     out.save_state(state)
+    if target is not None and todo:
+        # Uploads start when the first shard is done: write the smallest one first. (Shards are
+        # independent files, so the order of writing changes nothing in the output.)
+        smallest = min(todo, key=lambda s: s.nbytes)
+        todo.remove(smallest)
+        todo.insert(0, smallest)
     total = sum(s.nbytes for s in todo) + sum(f.size for f in plan.dataset_files)
     nfiles = sum(
         len({r.relpath for row in s.rows for refs in row.files.values() for r in refs})
