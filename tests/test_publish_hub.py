@@ -60,8 +60,24 @@ def remote_tree(emu: HubEmulator) -> dict[str, str]:
     return {path: sha256(blob) for path, blob in emu.files(REPO).items()}
 
 
-def test_convert_to_hub_and_back(emu: HubEmulator, env: dict[str, str], synthetic: GeneratedDataset, tmp_path: Path) -> None:
-    run(env, "convert", str(synthetic.root), URL, "--derivatives", "all", "-q", "--max-shard-size", "150kB", "-j", "1")
+def test_convert_to_hub_and_back(
+    emu: HubEmulator, env: dict[str, str], synthetic: GeneratedDataset, tmp_path: Path
+) -> None:
+    run(
+        env,
+        "convert",
+        str(synthetic.root),
+        URL,
+        "--derivatives",
+        "all",
+        "-q",
+        "--max-shard-size",
+        "150kB",
+        "-j",
+        "1",
+        "--private",
+    )
+    assert emu._repos[("dataset", REPO)].private, "--private creates a private repository"
     files = emu.files(REPO)
     shards = [p for p in files if p.startswith("data/")]
     assert len(shards) > 2 and "README.md" in files and "bids2hf/manifest.jsonl" in files
@@ -77,7 +93,9 @@ def test_convert_to_hub_and_back(emu: HubEmulator, env: dict[str, str], syntheti
     assert not list(staging_dir(env).glob("data/*.parquet"))
 
 
-def test_load_dataset_from_the_hub(emu: HubEmulator, env: dict[str, str], synthetic: GeneratedDataset) -> None:
+def test_load_dataset_from_the_hub(
+    emu: HubEmulator, env: dict[str, str], synthetic: GeneratedDataset
+) -> None:
     run(env, "convert", str(synthetic.root), URL, "-q", "--max-shard-size", "200kB", "-j", "1")
     script = textwrap.dedent(
         f"""
@@ -95,7 +113,9 @@ def test_load_dataset_from_the_hub(emu: HubEmulator, env: dict[str, str], synthe
         print(json.dumps(out))
         """
     )
-    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     expected = {
@@ -119,15 +139,30 @@ def _watch_staging(root: Path, stop: threading.Event, peak: list[int]) -> None:
 
 
 def test_staging_stays_bounded(emu: HubEmulator, env: dict[str, str], tmp_path: Path) -> None:
-    bids = generate_bids(tmp_path / "bids", SyntheticSpec(n_subjects=6, target_bytes=6_000_000)).root
+    bids = generate_bids(
+        tmp_path / "bids", SyntheticSpec(n_subjects=6, target_bytes=6_000_000)
+    ).root
     emu.upload_bandwidth = 4_000_000  # slow uploads: the writer must wait for room
     staging = tmp_path / "staging"
     stop, peak = threading.Event(), [0]
     watcher = threading.Thread(target=_watch_staging, args=(staging, stop, peak))
     watcher.start()
     try:
-        run(env, "convert", str(bids), URL, "-q", "--max-shard-size", "400kB", "-j", "1",
-            "--max-staged", "2", "--staging", str(staging))
+        run(
+            env,
+            "convert",
+            str(bids),
+            URL,
+            "-q",
+            "--max-shard-size",
+            "400kB",
+            "-j",
+            "1",
+            "--max-staged",
+            "2",
+            "--staging",
+            str(staging),
+        )
     finally:
         stop.set()
         watcher.join()
@@ -136,7 +171,9 @@ def test_staging_stays_bounded(emu: HubEmulator, env: dict[str, str], tmp_path: 
     assert 1 <= peak[0] <= 2, f"at most 2 shards may be staged, saw {peak[0]}"
 
 
-def test_incremental_update_uploads_only_changed_shards(emu: HubEmulator, env: dict[str, str], synthetic: GeneratedDataset, tmp_path: Path) -> None:
+def test_incremental_update_uploads_only_changed_shards(
+    emu: HubEmulator, env: dict[str, str], synthetic: GeneratedDataset, tmp_path: Path
+) -> None:
     import shutil
 
     bids = tmp_path / "bids"
@@ -144,7 +181,9 @@ def test_incremental_update_uploads_only_changed_shards(emu: HubEmulator, env: d
     args = ("-q", "--max-shard-size", "150kB", "-j", "1")
     run(env, "convert", str(bids), URL, *args)
     before = remote_tree(emu)
-    shard_sizes = [os.path.getsize(p) for path, p in emu.files(REPO).items() if path.startswith("data/")]
+    shard_sizes = [
+        os.path.getsize(p) for path, p in emu.files(REPO).items() if path.startswith("data/")
+    ]
     emu.reset_stats()
     # Change one image's content.
     target = next(p for p in sorted(bids.rglob("*_T1w.nii.gz")) if "sub-03" in p.parts)
@@ -165,7 +204,8 @@ def test_incremental_update_uploads_only_changed_shards(emu: HubEmulator, env: d
         if p.is_file():
             p.rename(p.with_name(p.name.replace("sub-04", "sub-05")))
     (bids / "participants.tsv").write_text(
-        "participant_id\tage\tsex\tgroup\n" + "".join(f"sub-0{i}\t3{i}\tF\tpatient\n" for i in range(1, 7))
+        "participant_id\tage\tsex\tgroup\n"
+        + "".join(f"sub-0{i}\t3{i}\tF\tpatient\n" for i in range(1, 7))
     )
     run(env, "convert", str(bids), URL, *args, "--check", "none")
     files = emu.files(REPO)
@@ -174,16 +214,22 @@ def test_incremental_update_uploads_only_changed_shards(emu: HubEmulator, env: d
     assert "identical" in proc.stdout
 
 
-def test_dry_run_changes_nothing(emu: HubEmulator, env: dict[str, str], synthetic: GeneratedDataset) -> None:
+def test_dry_run_changes_nothing(
+    emu: HubEmulator, env: dict[str, str], synthetic: GeneratedDataset
+) -> None:
     run(env, "convert", str(synthetic.root), URL, "-q", "--max-shard-size", "200kB", "-j", "1")
     before = remote_tree(emu)
     commits = len(emu.commits(REPO))
-    proc = run(env, "convert", str(synthetic.root), URL, "-q", "--max-shard-size", "100kB", "--dry-run")
+    proc = run(
+        env, "convert", str(synthetic.root), URL, "-q", "--max-shard-size", "100kB", "--dry-run"
+    )
     assert "would upload" in proc.stdout and "would delete" in proc.stdout
     assert remote_tree(emu) == before and len(emu.commits(REPO)) == commits
 
 
-def test_push_converted_folder(emu: HubEmulator, env: dict[str, str], synthetic: GeneratedDataset, tmp_path: Path) -> None:
+def test_push_converted_folder(
+    emu: HubEmulator, env: dict[str, str], synthetic: GeneratedDataset, tmp_path: Path
+) -> None:
     out = tmp_path / "out"
     run(env, "convert", str(synthetic.root), str(out), "-q", "--max-shard-size", "200kB")
     run(env, "push", str(out), URL, "-q", "--commit-every", "2")
@@ -195,7 +241,9 @@ def test_push_converted_folder(emu: HubEmulator, env: dict[str, str], synthetic:
     assert emu.stats["bytes_uploaded"] == 0 and emu.stats["requests"]["POST commit"] == 0
 
 
-def test_survives_faults(emu: HubEmulator, env: dict[str, str], synthetic: GeneratedDataset, tmp_path: Path) -> None:
+def test_survives_faults(
+    emu: HubEmulator, env: dict[str, str], synthetic: GeneratedDataset, tmp_path: Path
+) -> None:
     emu.inject(r"/commit/", "POST", status=429, retry_after=1)
     emu.inject(r"/commit/", "POST", status=503)
     emu.inject(r"/preupload/", "POST", status=500)
@@ -203,7 +251,21 @@ def test_survives_faults(emu: HubEmulator, env: dict[str, str], synthetic: Gener
     emu.inject(r"objects/batch", "POST", drop=True)
     emu.inject(r"/api/datasets/org/ds/revision", "GET", status=502)
     emu.inject(r"/tree/", "GET", delay=0.5)
-    run(env, "convert", str(synthetic.root), URL, "--derivatives", "all", "-q", "--max-shard-size", "150kB", "-j", "1", "--commit-every", "2")
+    run(
+        env,
+        "convert",
+        str(synthetic.root),
+        URL,
+        "--derivatives",
+        "all",
+        "-q",
+        "--max-shard-size",
+        "150kB",
+        "-j",
+        "1",
+        "--commit-every",
+        "2",
+    )
     assert emu.stats["faults_fired"] >= 6
     run(env, "export", URL, str(tmp_path / "back"), "-q")
     assert tree(tmp_path / "back") == tree(synthetic.root)
@@ -214,12 +276,27 @@ def test_survives_faults(emu: HubEmulator, env: dict[str, str], synthetic: Gener
 
 def test_sigkill_and_resume(emu: HubEmulator, env: dict[str, str], tmp_path: Path) -> None:
     """Kill the streaming upload at random points; re-runs end identical to an uninterrupted one."""
-    bids = generate_bids(tmp_path / "bids", SyntheticSpec(n_subjects=5, target_bytes=3_000_000)).root
-    args = ("convert", str(bids), URL, "-q", "--max-shard-size", "250kB", "-j", "1", "--commit-every", "2")
+    bids = generate_bids(
+        tmp_path / "bids", SyntheticSpec(n_subjects=5, target_bytes=3_000_000)
+    ).root
+    args = (
+        "convert",
+        str(bids),
+        URL,
+        "-q",
+        "--max-shard-size",
+        "250kB",
+        "-j",
+        "1",
+        "--commit-every",
+        "2",
+    )
     emu.upload_bandwidth = 6_000_000
     rng = random.Random(7)
     for _ in range(3):
-        proc = subprocess.Popen([*BIDS2HF, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [*BIDS2HF, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         time.sleep(rng.uniform(0.8, 2.5))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -230,10 +307,31 @@ def test_sigkill_and_resume(emu: HubEmulator, env: dict[str, str], tmp_path: Pat
     assert not list(staging.rglob("*.parquet")) and not list(staging.rglob("*.tmp"))
     # A clean, uninterrupted upload of the same input to another repository.
     clean_env = dict(env, BIDS2HF_CACHE=str(tmp_path / "clean-cache"))
-    run(clean_env, "convert", str(bids), "hf://datasets/org/clean", "-q", "--max-shard-size", "250kB", "-j", "1")
+    run(
+        clean_env,
+        "convert",
+        str(bids),
+        "hf://datasets/org/clean",
+        "-q",
+        "--max-shard-size",
+        "250kB",
+        "-j",
+        "1",
+    )
     clean = {path: sha256(blob) for path, blob in emu.files("org/clean").items()}
     # The cards differ only by the repository name in their code samples.
     assert resumed.pop("README.md") != clean.pop("README.md")
     card = emu.read_file(REPO, "README.md").replace(b"org/ds", b"org/clean")
     assert card == emu.read_file("org/clean", "README.md")
     assert resumed == clean
+
+
+def test_token_is_never_printed(
+    emu: HubEmulator, env: dict[str, str], synthetic: GeneratedDataset
+) -> None:
+    env = dict(env, HF_TOKEN="hf_secretTOKENvalue123")
+    proc = run(
+        env, "convert", str(synthetic.root), URL, "--debug", "--max-shard-size", "200kB", "-j", "1"
+    )
+    assert "secretTOKEN" not in proc.stdout + proc.stderr
+    assert "DEBUG" in proc.stderr, "debug logging was on"
