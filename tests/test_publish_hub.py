@@ -27,6 +27,7 @@ from trees import sha256, tree
 BIDS2HF = [sys.executable, "-m", "bids2hf.cli"]
 REPO = "org/ds"
 URL = f"hf://datasets/{REPO}"
+ALL_SMALL_SHARDS = ("--derivatives", "all", "-q", "--max-shard-size", "150kB", "-j", "1")
 
 
 @pytest.fixture
@@ -68,13 +69,7 @@ def test_convert_to_hub_and_back(
         "convert",
         str(synthetic.root),
         URL,
-        "--derivatives",
-        "all",
-        "-q",
-        "--max-shard-size",
-        "150kB",
-        "-j",
-        "1",
+        *ALL_SMALL_SHARDS,
         "--private",
     )
     assert emu._repos[("dataset", REPO)].private, "--private creates a private repository"
@@ -256,13 +251,7 @@ def test_survives_faults(
         "convert",
         str(synthetic.root),
         URL,
-        "--derivatives",
-        "all",
-        "-q",
-        "--max-shard-size",
-        "150kB",
-        "-j",
-        "1",
+        *ALL_SMALL_SHARDS,
         "--commit-every",
         "2",
     )
