@@ -24,6 +24,7 @@ from .manifest import DATASET_FILES_PREFIX, MANIFEST_PATH
 from .output_folder import OutputFolder
 from .progress import ProgressBar
 from .targets import RemoteFile, StagedFile, Target, git_blob_oid
+from .units import human_bytes
 from .write import sha256_file
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class PublishReport:
         verb = "would upload" if self.dry_run else "uploaded"
         lines = [
             f"{'dry run: ' if self.dry_run else ''}{self.url}",
-            f"  {verb} {len(self.uploaded)} file(s) ({self.uploaded_bytes / 1e9:.3f} GB); "
+            f"  {verb} {len(self.uploaded)} file(s) ({human_bytes(self.uploaded_bytes)}); "
             f"{len(self.unchanged)} already there; "
             f"{'would delete' if self.dry_run else 'deleted'} {len(self.deleted)} stale file(s)",
         ]
