@@ -135,8 +135,11 @@ def _without_state(root: Path) -> dict[str, str]:
 
 
 def _kill_tree(proc: subprocess.Popen[bytes]) -> None:
-    # The parent and its spawned shard writers.
+    # The parent and its spawned shard writers. The multiprocessing resource tracker is spared:
+    # it sees the parent die and removes the semaphores the run left in /dev/shm.
     for child in psutil.Process(proc.pid).children(recursive=True):
+        if "resource_tracker" in " ".join(child.cmdline()):
+            continue
         child.send_signal(signal.SIGKILL)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
