@@ -7,6 +7,7 @@ lists the embedded files with their sha256). Image bytes are never fetched by th
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,10 +37,19 @@ class PublishedDataset:
         with self.fs.open(self.path(relpath), "rb") as f:
             return bytes(f.read())
 
-    def shards(self) -> list[str]:
-        found = self.fs.glob(self.path("data/*.parquet"))
+    def _relative(self, found: Iterable[str]) -> set[str]:
         prefix = self.root.rstrip("/") + "/" if self.root else ""
-        return sorted(p[len(prefix) :] if p.startswith(prefix) else p for p in found)
+        return {p[len(prefix) :] if p.startswith(prefix) else p for p in found}
+
+    def shards(self) -> list[str]:
+        return sorted(self._relative(self.fs.glob(self.path("data/*.parquet"))))
+
+    def listing(self, folder: str) -> set[str]:
+        """Every file under ``folder``, in one listing (not one request per file)."""
+        try:
+            return self._relative(self.fs.find(self.path(folder)))
+        except FileNotFoundError:
+            return set()
 
     def manifest(self) -> list[ManifestEntry] | None:
         if not self.exists(MANIFEST_PATH):

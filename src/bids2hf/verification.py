@@ -6,7 +6,6 @@ The published side is read from metadata only (manifest and shard footers), so v
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from .manifest import DATASET_FILES_PREFIX, ManifestEntry
 from .progress import ProgressBar
 from .published import open_dataset
 from .scan import VCS_DIRS
+from .write import sha256_file
 
 
 @dataclass
@@ -69,13 +69,9 @@ def _source_files(root: Path) -> dict[str, Path]:
 
 
 def _sha256(path: Path, bar: ProgressBar) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 << 20):
-            sha.update(chunk)
-            bar.update(len(chunk))
+    digest = sha256_file(path, on_bytes=bar.update)
     bar.update(0, 1)
-    return sha.hexdigest()
+    return digest
 
 
 def verify(bids_dir: str | os.PathLike[str], source: str, *, progress: bool = True) -> VerifyReport:
@@ -101,9 +97,9 @@ def verify(bids_dir: str | os.PathLike[str], source: str, *, progress: bool = Tr
                     ef.path, ef.size, "row", ef.sha256, shard, ef.column, ef.row, ef.index
                 ),
             )
-    present = set(dataset.shards())
+    stored = dataset.listing(DATASET_FILES_PREFIX.rstrip("/"))
     for e in list(published.values()):
-        if e.placement == "dataset_file" and not dataset.exists(e.location or ""):
+        if e.placement == "dataset_file" and e.location not in stored:
             published.pop(e.path)
     report = VerifyReport(left_out=len(left_out))
     source_files = _source_files(Path(bids_dir))
@@ -127,14 +123,6 @@ def verify(bids_dir: str | os.PathLike[str], source: str, *, progress: bool = Tr
                 report.differences.append(Difference(rel, "changed", "sha256 differs"))
     for rel, entry in sorted(published.items()):
         if rel not in source_files:
-            where = entry.location or ""
-            report.differences.append(
-                Difference(
-                    rel,
-                    "extra",
-                    f"in {where}"
-                    if where in present or where.startswith(DATASET_FILES_PREFIX)
-                    else "",
-                )
-            )
+            # Every published entry has a location: its shard or its path under bids/.
+            report.differences.append(Difference(rel, "extra", f"in {entry.location}"))
     return report

@@ -115,14 +115,18 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
-    """sha256 of a file, read in chunks (a freshly written shard is still in the page cache)."""
+def sha256_file(
+    path: Path, chunk: int = 8 << 20, on_bytes: Callable[[int], object] | None = None
+) -> str:
+    """sha256 of a file, read in chunks into one reused buffer; ``on_bytes`` reports progress."""
     sha = hashlib.sha256()
     buf = bytearray(chunk)
     view = memoryview(buf)
     with open(path, "rb", buffering=0) as f:
         while n := f.readinto(buf):
             sha.update(view[:n])
+            if on_bytes is not None:
+                on_bytes(n)
     return sha.hexdigest()
 
 
