@@ -109,7 +109,21 @@ def _kind_of(f: SourceFile) -> str:
     assert f.parsed is not None
     datatype = f.parsed.datatype or "misc"
     prefix = f"{f.derivative}:" if f.derivative else ""
-    return f"{prefix}{datatype}/{f.parsed.suffix}"
+    return f"{prefix}{datatype}/{f.parsed.suffix}{_cifti_type(f.parsed.extension)}"
+
+
+def _cifti_type(extension: str) -> str:
+    """``".dtseries"`` for ``.dtseries.nii`` (CIFTI-2: ``.dscalar.nii``, ``.dlabel.nii``, ...).
+
+    CIFTI-2 files share their suffix with volumes (``_bold.dtseries.nii`` beside
+    ``_bold.nii.gz`` in fMRIPrep's output), but they are NIfTI-2, which `datasets` cannot
+    decode: a kind of their own (``func/bold.dtseries``) keeps them out of the volumes' column,
+    which stays decodable. Plain ``.nii``/``.nii.gz`` give "".
+    """
+    for nifti in bids_schema.NIFTI_EXTENSIONS:
+        if extension.endswith(nifti) and extension != nifti:
+            return extension[: -len(nifti)]
+    return ""
 
 
 def _kind_column(kind: str) -> str:
