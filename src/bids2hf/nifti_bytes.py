@@ -1,0 +1,276 @@
+"""NIfTI-1/NIfTI-2 files held in memory: the header, and one volume, decompressing no more of a
+``.nii.gz`` than needed.
+
+The writer holds each file's bytes in its row-group buffer; thumbnails and header facts are read
+from that buffer, never from a second read of the file. nibabel is imported on first use only
+(shard-writing workers import this module without loading nibabel until a thumbnail is made).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "NiftiDecodeError",
+    "Volume",
+    "as_float",
+    "first_bytes",
+    "image_volume",
+    "parse_header",
+    "read_volume",
+]
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_NIFTI1_HEADER = 348
+_NIFTI2_HEADER = 540
+_IN_CHUNK = 1 << 20  # compressed bytes handed to zlib at a time
+_OUT_CHUNK = 4 << 20  # decompressed bytes produced (and dropped, when skipping) at a time
+_MAX_VOLUME_BYTES = 2 << 30  # larger single volumes are not decoded
+
+
+class NiftiDecodeError(ValueError):
+    """The bytes are not a NIfTI volume that can be read (the message says why)."""
+
+
+def first_bytes(data: bytes | bytearray | memoryview, n: int = _NIFTI2_HEADER) -> bytes:
+    """The first ``n`` bytes of the file's content (decompressed if gzip).
+
+    Raises:
+        NiftiDecodeError: a corrupt gzip stream.
+    """
+    view = memoryview(data).cast("B")
+    stream = _Inflater(view) if bytes(view[:2]) == _GZIP_MAGIC else _Plain(view)
+    try:
+        return bytes(stream.read(n))
+    except zlib.error as exc:
+        raise NiftiDecodeError(f"corrupt gzip stream ({exc})") from None
+
+
+class _Inflater:
+    """Sequential reads of a gzip stream held in memory; skipping decompresses and drops."""
+
+    def __init__(self, view: memoryview) -> None:
+        self._view = view
+        self._pos = 0  # next compressed byte to feed
+        self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self._tail = b""  # compressed input zlib has not consumed yet (output limit reached)
+
+    def _produce(self, limit: int) -> bytes:
+        while True:
+            if self._z.eof:
+                # A multi-member gzip file (valid; nibabel reads it): go on with the next member.
+                rest = self._z.unused_data + self._tail
+                self._tail = b""
+                if not rest and self._pos >= len(self._view):
+                    return b""
+                self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                if rest:
+                    self._tail = rest
+            if self._tail:
+                chunk: bytes | memoryview = self._tail
+            else:
+                chunk = self._view[self._pos : self._pos + _IN_CHUNK]
+                self._pos += len(chunk)
+                if not len(chunk):
+                    return self._z.flush()
+            out = self._z.decompress(chunk, limit)
+            self._tail = self._z.unconsumed_tail
+            if out:
+                return out
+
+    def read(self, n: int) -> bytes | memoryview:
+        # Straight into one buffer: joining pieces would hold the volume twice.
+        out = bytearray(n)
+        got = 0
+        while got < n:
+            piece = self._produce(min(n - got, _OUT_CHUNK))
+            if not piece:
+                break
+            out[got : got + len(piece)] = piece
+            got += len(piece)
+        return memoryview(out)[:got]
+
+    def skip(self, n: int) -> int:
+        done = 0
+        while done < n:
+            piece = self._produce(min(n - done, _OUT_CHUNK))
+            if not piece:
+                break
+            done += len(piece)
+        return done
+
+
+class _Plain:
+    """The same interface over an uncompressed file in memory (zero-copy slices)."""
+
+    def __init__(self, view: memoryview) -> None:
+        self._view = view
+        self._pos = 0
+
+    def read(self, n: int) -> bytes | memoryview:
+        out = self._view[self._pos : self._pos + n]
+        self._pos += len(out)
+        return out
+
+    def skip(self, n: int) -> int:
+        step = max(0, min(n, len(self._view) - self._pos))
+        self._pos += step
+        return step
+
+
+@dataclass
+class Volume:
+    """One 3-D volume as stored (values unscaled), with what is needed to show it."""
+
+    data: np.ndarray  # 3-D, as stored (values are scaled per slice, once oriented)
+    slope: float | None
+    inter: float | None
+    affine: np.ndarray
+    shape: tuple[int, ...]
+    volume: int
+    volumes: int
+
+
+def parse_header(head: bytes) -> Any:
+    """The nibabel header of a NIfTI-1 or NIfTI-2 file from its first (decompressed) bytes.
+
+    Raises:
+        NiftiDecodeError: not a NIfTI-1/NIfTI-2 header.
+    """
+    import nibabel as nib
+
+    if len(head) < 4:
+        raise NiftiDecodeError(f"not a NIfTI file (only {len(head)} bytes)")
+    for endian in "<>":
+        (size,) = struct.unpack(endian + "i", head[:4])
+        if size in (_NIFTI1_HEADER, _NIFTI2_HEADER):
+            break
+    else:
+        raise NiftiDecodeError("not a NIfTI-1/NIfTI-2 file (bad header size field)")
+    cls = nib.Nifti1Header if size == _NIFTI1_HEADER else nib.Nifti2Header
+    if len(head) < size:
+        raise NiftiDecodeError(f"truncated: {len(head)} bytes, shorter than the header")
+    try:
+        return cls(bytes(head[:size]), check=False)
+    except Exception as exc:  # nibabel's reasons for refusing a header
+        raise NiftiDecodeError(f"invalid NIfTI header ({exc})") from None
+
+
+def read_volume(data: bytes | bytearray | memoryview, max_decompressed: int) -> Volume:
+    """One 3-D volume of a NIfTI file held in memory, decompressing no further than needed.
+
+    The volume is a 4-D file's middle one (index 0 of any further axis), or for a gzip file an
+    earlier one when the middle one ends more than ``max_decompressed`` bytes into the stream.
+
+    Raises:
+        NiftiDecodeError: not NIfTI-1/NIfTI-2, truncated, corrupt gzip, CIFTI-2, no voxels, or a
+            volume larger than the file can hold.
+    """
+    view = memoryview(data).cast("B")
+    stream: _Inflater | _Plain = _Inflater(view) if bytes(view[:2]) == _GZIP_MAGIC else _Plain(view)
+    try:
+        head = bytes(stream.read(_NIFTI2_HEADER))  # enough for either version
+        header = parse_header(head)
+        if (
+            3000 <= int(header["intent_code"]) < 3100
+            and int(header["sizeof_hdr"]) == _NIFTI2_HEADER
+        ):
+            raise NiftiDecodeError("a CIFTI-2 file (surface/grayordinate data, not a volume)")
+        shape = tuple(int(d) for d in header.get_data_shape())
+        dtype = np.dtype(header.get_data_dtype())
+        offset = int(header.get_data_offset())
+        slope, inter = header.get_slope_inter()
+    except NiftiDecodeError:
+        raise
+    except Exception as exc:  # zlib's, or nibabel's for a damaged header (unknown type code...)
+        raise NiftiDecodeError(f"cannot be decoded ({type(exc).__name__}: {exc})") from None
+    if not shape or any(d <= 0 for d in shape):
+        raise NiftiDecodeError(f"no voxels (data shape {shape})")
+    spatial = (*shape[:3], *(1,) * (3 - min(3, len(shape))))
+    extra = shape[3:]
+    volumes = math.prod(extra) if extra else 1
+    vol_bytes = math.prod(spatial) * dtype.itemsize
+    # A damaged header can promise any size: never allocate more for the decompressed volume
+    # than the file can hold (deflate expands at most ~1032 times) or a thumbnail is worth.
+    # (An uncompressed file is sliced in place; a short one is reported as truncated below.)
+    limit = min(_MAX_VOLUME_BYTES, len(view) * 1032)
+    if isinstance(stream, _Inflater) and vol_bytes > limit:
+        raise NiftiDecodeError(
+            f"one volume of shape {spatial} ({vol_bytes} bytes) is more than the file can hold "
+            f"or a thumbnail is worth ({limit} bytes)"
+        )
+    # Volumes are contiguous (Fortran order): the t-th volume of the 4th axis, index 0 of any
+    # further axis, is the t-th block of vol_bytes after the offset.
+    volume = extra[0] // 2 if extra else 0
+    if isinstance(stream, _Inflater) and volume:
+        affordable = (max_decompressed - offset) // vol_bytes - 1
+        volume = max(0, min(volume, affordable))
+    start = offset + volume * vol_bytes
+    try:
+        if start >= len(head):
+            stream.skip(start - len(head))
+            raw: bytes | memoryview = stream.read(vol_bytes)
+        else:  # the data begin inside the bytes already read for the header
+            raw = head[start:] + bytes(stream.read(vol_bytes - (len(head) - start)))
+    except (zlib.error, EOFError) as exc:
+        raise NiftiDecodeError(f"corrupt gzip stream ({exc})") from None
+    if len(raw) < vol_bytes:
+        raise NiftiDecodeError(f"truncated: the data end before volume {volume} is complete")
+    arr = np.frombuffer(raw, dtype=dtype, count=math.prod(spatial)).reshape(spatial, order="F")
+    return Volume(arr, slope, inter, _affine(header), shape, volume, volumes)
+
+
+def as_float(arr: np.ndarray, slope: Any, inter: Any) -> np.ndarray:
+    """Voxel values as float32 (scaling applied; RGB as luminance; complex as magnitude)."""
+    if arr.dtype.fields:
+        names = list(arr.dtype.fields)
+        out = sum(arr[name].astype(np.float32) for name in names) / len(names)
+        arr = np.asarray(out, dtype=np.float32)
+    elif np.iscomplexobj(arr):
+        arr = np.abs(arr).astype(np.float32)
+    else:
+        arr = arr.astype(np.float32)
+    with np.errstate(all="ignore"):
+        if slope is not None and np.isfinite(slope) and slope != 0:
+            arr = arr * np.float32(slope)
+        if inter is not None and np.isfinite(inter):
+            arr = arr + np.float32(inter)
+    return arr
+
+
+def _affine(header: Any) -> np.ndarray:
+    try:
+        affine = np.asarray(header.get_best_affine(), dtype=np.float64)
+    except Exception:  # a header nibabel cannot make an affine of: show the voxel grid
+        affine = np.eye(4)
+    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
+        affine = np.eye(4)
+    return affine
+
+
+def image_volume(img: Any) -> Volume:
+    """:func:`read_volume` for a nibabel image (its data object is sliced, not loaded whole).
+
+    Raises:
+        NiftiDecodeError: the image has no voxels.
+    """
+    shape = tuple(int(d) for d in img.shape)
+    if not shape or any(d <= 0 for d in shape):
+        raise NiftiDecodeError(f"no voxels (data shape {shape})")
+    extra = shape[3:]
+    volume = extra[0] // 2 if extra else 0
+    index: tuple[Any, ...] = (slice(None),) * min(3, len(shape))
+    index += (volume,) + (0,) * (len(extra) - 1) if extra else ()
+    arr = np.asanyarray(img.dataobj[index])
+    spatial = (*shape[:3], *(1,) * (3 - min(3, len(shape))))
+    arr = arr.reshape(spatial)
+    affine = np.asarray(img.affine if img.affine is not None else np.eye(4), dtype=np.float64)
+    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
+        affine = np.eye(4)
+    return Volume(arr, None, None, affine, shape, volume, math.prod(extra) if extra else 1)
