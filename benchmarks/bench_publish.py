@@ -230,8 +230,8 @@ def trace_child(trace_path: str, argv: list[str]) -> None:
     t_start = time.time()
     import bids2hf.cli as cli
     import bids2hf.conversion as C
-    import bids2hf.output_folder as O
     import bids2hf.publish as P
+    import bids2hf.state as S
     import bids2hf.targets as T
 
     events: list[dict[str, Any]] = []
@@ -289,7 +289,7 @@ def trace_child(trace_path: str, argv: list[str]) -> None:
     wrap(T.HubTarget, "files", "list remote tree")
     wrap(T.HubTarget, "ensure", "create repo")
     wrap(T.HubTarget, "head", "head")
-    wrap(O.OutputFolder, "save_state", "save state (write+fsync)")
+    wrap(S.StateStore, "_append", "save state (write+fsync)")
     wrap(P, "verify_remote", "verify remote")
     wrap(C, "verify_remote", "verify remote")
     rc = 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 if not SHARED.is_dir():
     SHARED = Path(os.environ.get("BIDS2HF_SHARED", "/nonexistent"))
 BIDS_EXAMPLES = SHARED / "bids-examples"
+S3_BUCKET = "neuro"  # the bucket the `s3_env` fixture creates
 
 
 @pytest.fixture(autouse=True)
@@ -62,3 +64,42 @@ def emu(tmp_path: Path) -> Iterator[HubEmulator]:
     finally:
         emulator.stop()
     assert emulator.errors == [], emulator.errors[0] if emulator.errors else ""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def s3_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """moto's S3 server on loopback with bucket ``S3_BUCKET``; the environment for bids2hf
+    subprocesses to reach it through fsspec/s3fs (skips without s3fs or moto's server)."""
+    pytest.importorskip("s3fs")
+    moto_server = pytest.importorskip("moto.server")
+    import boto3
+
+    port = _free_port()
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "FSSPEC_S3_ENDPOINT_URL": endpoint,  # fsspec passes FSSPEC_<PROTOCOL>_<KWARG> to s3fs
+        "BIDS2HF_CACHE": str(tmp_path / "cache"),
+    }
+    boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    ).create_bucket(Bucket=S3_BUCKET)
+    try:
+        yield env
+    finally:
+        server.stop()

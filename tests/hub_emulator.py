@@ -30,6 +30,7 @@ import traceback
 import uuid
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -40,6 +41,7 @@ from urllib.parse import parse_qs, unquote, urlencode
 DEFAULT_USER = "emulator-user"
 LFS_SIZE_THRESHOLD = 10 * 1024 * 1024  # the Hub's rule: files above 10 MB always go through LFS
 _CHUNK = 256 * 1024
+_HOLD_CHUNK = 16 * 1024  # LFS PUT bodies are read in pieces this small while an UploadHold is armed
 _LFS_PATTERNS = [
     "*.7z", "*.arrow", "*.bin", "*.bz2", "*.ckpt", "*.ftz", "*.gz", "*.h5", "*.joblib", "*.lz4", "*.mds",
     "*.mlmodel", "*.model", "*.msgpack", "*.npy", "*.npz", "*.onnx", "*.ot", "*.parquet", "*.pb", "*.pickle",
@@ -127,6 +129,34 @@ class Fault:
     fired: int = 0
 
 
+@dataclass
+class UploadHold:
+    """A pause in the middle of one LFS upload (see :meth:`HubEmulator.hold_upload`).
+
+    The upload request that reaches it stops reading its body, and so cannot be answered, until
+    :meth:`release` (or ``timeout`` seconds, so that a forgotten hold never hangs the emulator).
+    ``oid`` and ``received`` tell which upload was held and how many bytes of it had arrived;
+    ``answered`` is set once its answer has been sent.
+    """
+
+    after_bytes: int
+    skip: int
+    timeout: float
+    reached: threading.Event = field(default_factory=threading.Event)
+    released: threading.Event = field(default_factory=threading.Event)
+    answered: threading.Event = field(default_factory=threading.Event)
+    oid: str | None = None
+    received: int = 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until an upload is held; False if none was within ``timeout`` seconds."""
+        return self.reached.wait(timeout)
+
+    def release(self) -> None:
+        """Let the held upload go on (whatever its client has become)."""
+        self.released.set()
+
+
 class HubError(Exception):
     """An error answer in the Hub's format (JSON body + ``X-Error-Code``/``X-Error-Message`` headers)."""
 
@@ -204,7 +234,12 @@ class HubEmulator:
         self._repos: dict[tuple[str, str], _Repo] = {}
         self._dir_cache: dict[str, dict[str, str]] = {}
         self._faults: list[Fault] = []
+        self._hold: UploadHold | None = None
+        self._uploading = 0
         self._stats: dict[str, Any] = {}
+        #: (time.monotonic(), "METHOD route") of every request, in arrival order (e.g. to measure
+        #: how long a client waited before retrying).
+        self.request_log: list[tuple[float, str]] = []
         self.reset_stats()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -265,6 +300,62 @@ class HubEmulator:
         with self._lock:
             self._faults.clear()
 
+    def unmet_faults(self) -> list[Fault]:
+        """Injected faults with a ``times`` that not as many requests met: each fault counts a
+        request in ``fired`` as it serves it, so an empty list means every fault was served."""
+        with self._lock:
+            return [f for f in self._faults if f.times is not None and f.fired < f.times]
+
+    def hold_upload(self, after_bytes: int = 1, *, skip: int = 0, timeout: float = 60.0) -> UploadHold:
+        """Hold the next LFS upload (PUT, or one part of a multipart upload) once ``after_bytes``
+        bytes of its body have arrived, after letting ``skip`` such uploads through.
+
+        The held request is in progress (``lfs_uploads_in_progress`` counts it) and unanswered
+        until :meth:`UploadHold.release`: a test can kill the client exactly mid-upload. Uploads
+        smaller than ``after_bytes`` pass. One hold at a time; it is used once (releasing it
+        unused disarms it).
+        """
+        hold = UploadHold(after_bytes, skip, timeout)
+        with self._lock:
+            if self._hold is not None and not self._hold.released.is_set():
+                raise RuntimeError("an upload hold is already armed")
+            self._hold = hold
+        return hold
+
+    def _claim_hold(self, hold: UploadHold) -> bool:
+        """Whether the upload that just reached ``hold.after_bytes`` is the one to hold."""
+        with self._lock:
+            if self._hold is not hold or hold.released.is_set():  # used, or given up
+                return False
+            if hold.skip > 0:
+                hold.skip -= 1
+                return False
+            self._hold = None
+            return True
+
+    @property
+    def lfs_uploads_in_progress(self) -> int:
+        """LFS upload requests whose body is being received or whose answer is not sent yet."""
+        with self._lock:
+            return int(self._uploading)
+
+    @contextmanager
+    def _upload_request(self) -> Iterator[None]:
+        """Count one LFS upload request: started, then completed (answered) or interrupted."""
+        with self._lock:
+            self._stats["lfs_uploads_started"] += 1
+            self._uploading += 1
+        try:
+            yield
+        except (ConnectionError, TimeoutError):
+            self._add("lfs_uploads_interrupted")
+            raise
+        else:
+            self._add("lfs_uploads_completed")
+        finally:
+            with self._lock:
+                self._uploading -= 1
+
     def _take_fault(self, method: str, path: str) -> Fault | None:
         with self._lock:
             for f in self._faults:
@@ -278,7 +369,9 @@ class HubEmulator:
     @property
     def stats(self) -> dict[str, Any]:
         """Snapshot of the counters: ``requests`` ("METHOD route" -> n), ``bytes_uploaded`` (LFS PUT
-        bodies, parts included), ``bytes_downloaded``, ``commits``, ``lfs_objects_stored``, ``faults_fired``."""
+        bodies, parts included), ``bytes_downloaded``, ``commits``, ``lfs_objects_stored``, ``faults_fired``,
+        and LFS upload requests (PUTs and parts) ``lfs_uploads_started``, ``lfs_uploads_completed``
+        (answered) and ``lfs_uploads_interrupted`` (the client went away mid-body or before the answer)."""
         with self._lock:
             return {k: (Counter(v) if isinstance(v, Counter) else v) for k, v in self._stats.items()}
 
@@ -286,7 +379,8 @@ class HubEmulator:
         """Zero every counter."""
         with self._lock:
             self._stats = {"requests": Counter(), "bytes_uploaded": 0, "bytes_downloaded": 0, "commits": 0,
-                           "lfs_objects_stored": 0, "faults_fired": 0}
+                           "lfs_objects_stored": 0, "faults_fired": 0, "lfs_uploads_started": 0,
+                           "lfs_uploads_completed": 0, "lfs_uploads_interrupted": 0}
 
     def _add(self, key: str, n: int = 1) -> None:
         with self._lock:
@@ -557,6 +651,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.query = parse_qs(query, keep_blank_values=True)
         self._body_read = False
         self._truncate: int | None = None
+        self._held: UploadHold | None = None  # the UploadHold this request met, if any
         name, groups = "unknown", {}
         for method, rname, rx in _ROUTES:
             m = rx.match(self.raw_path)
@@ -565,6 +660,7 @@ class _Handler(BaseHTTPRequestHandler):
                 break
         with self.emu._lock:
             self.emu._stats["requests"][f"{self.command} {name}"] += 1
+            self.emu.request_log.append((time.monotonic(), f"{self.command} {name}"))
         try:
             fault = self.emu._take_fault(self.command, unquote(self.raw_path))
             if fault is not None:
@@ -608,7 +704,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._body_read:
             self._drain()
 
-    def _iter_body(self) -> Iterator[bytes]:
+    def _iter_body(self, chunk: int = _CHUNK) -> Iterator[bytes]:
         """Yield the request body (Content-Length or chunked) in chunks; never buffers it whole."""
         self._body_read = True
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -618,14 +714,14 @@ class _Handler(BaseHTTPRequestHandler):
                     while self.rfile.readline(65537).strip():
                         pass
                     return
-                yield from self._read_exact(size)
+                yield from self._read_exact(size, chunk)
                 self.rfile.readline(65537)
         else:
-            yield from self._read_exact(int(self.headers.get("Content-Length") or 0))
+            yield from self._read_exact(int(self.headers.get("Content-Length") or 0), chunk)
 
-    def _read_exact(self, remaining: int) -> Iterator[bytes]:
+    def _read_exact(self, remaining: int, chunk: int = _CHUNK) -> Iterator[bytes]:
         while remaining > 0:
-            data = self.rfile.read(min(_CHUNK, remaining))
+            data = self.rfile.read(min(chunk, remaining))
             if not data:
                 raise ConnectionError("client closed the connection mid-body")
             remaining -= len(data)
@@ -841,32 +937,47 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(200, {"transfer": "multipart" if multipart else "basic", "objects": objects,
                          "hash_algo": "sha256"})
 
-    def _counted_body(self) -> Iterator[bytes]:
-        for chunk in self._iter_body():
+    def _counted_body(self, oid: str) -> Iterator[bytes]:
+        hold = self.emu._hold
+        received, crossed = 0, False
+        for chunk in self._iter_body(_CHUNK if hold is None else _HOLD_CHUNK):
             self.emu._throttle(len(chunk))
             self.emu._add("bytes_uploaded", len(chunk))
+            received += len(chunk)
+            if hold is not None and not crossed and received >= hold.after_bytes:
+                crossed = True
+                if self.emu._claim_hold(hold):
+                    self._held = hold
+                    hold.oid, hold.received = oid, received
+                    hold.reached.set()
+                    hold.released.wait(hold.timeout)
             yield chunk
 
     def _h_lfs_upload(self, rtype: str, repo: str, oid: str) -> None:
         found = self._repo(rtype, repo, presigned=True)
         part = _q(self.query, "part")
-        if not part:
-            self.emu._store_upload(found, oid, self._counted_body(), found.announced.get(oid))
-            self._json(200, {})
-            return
-        if not part.isdigit():
+        if part and not part.isdigit():
             raise HubError(400, f"Invalid part number {part!r}")
-        dest = found.root / "tmp" / f"{oid}.part{int(part)}"
-        tmp, md5 = dest.with_suffix(f".{uuid.uuid4().hex}"), hashlib.md5(usedforsecurity=False)
-        try:
-            with tmp.open("wb") as fh:
-                for chunk in self._counted_body():
-                    md5.update(chunk)
-                    fh.write(chunk)
-            tmp.replace(dest)
-        finally:
-            tmp.unlink(missing_ok=True)
-        self._json(200, {}, {"ETag": f'"{md5.hexdigest()}"'})
+        with self.emu._upload_request():
+            if not part:
+                self.emu._store_upload(found, oid, self._counted_body(oid), found.announced.get(oid))
+                self._json(200, {})
+                if self._held is not None:
+                    self._held.answered.set()
+                return
+            dest = found.root / "tmp" / f"{oid}.part{int(part)}"
+            tmp, md5 = dest.with_suffix(f".{uuid.uuid4().hex}"), hashlib.md5(usedforsecurity=False)
+            try:
+                with tmp.open("wb") as fh:
+                    for chunk in self._counted_body(oid):
+                        md5.update(chunk)
+                        fh.write(chunk)
+                tmp.replace(dest)
+            finally:
+                tmp.unlink(missing_ok=True)
+            self._json(200, {}, {"ETag": f'"{md5.hexdigest()}"'})
+            if self._held is not None:
+                self._held.answered.set()
 
     def _h_lfs_complete(self, rtype: str, repo: str, oid: str) -> None:
         found, body = self._repo(rtype, repo, presigned=True), self._json_body()

@@ -562,8 +562,9 @@ def test_disk_full_while_writing(
     shards = sorted((out / "data").glob("*.parquet"))
     assert len(shards) == 1, "the first shard was complete and is kept"
     assert pq.read_metadata(shards[0]).num_rows > 0
-    state = json.loads((out / ".bids2hf" / "state.json").read_text())
-    assert set(state["shards"]) == {f"data/{shards[0].name}"} and not state["complete"]
+    state = OutputFolder(out).load_state()
+    assert state is not None and not state.complete
+    assert set(state.shards) == {f"data/{shards[0].name}"}
     assert not (out / "README.md").exists(), "the card is written last"
     # Space freed: the same command finishes and keeps the complete shard.
     disk_fills_in_second_shard()

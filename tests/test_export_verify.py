@@ -238,6 +238,84 @@ def test_export_of_an_incomplete_upload_fails_cleanly(
     assert "internal error" not in result.output
 
 
+def test_export_without_a_manifest_restores_dataset_files_from_bids_folder(
+    cli: Cli, synthetic: GeneratedDataset, hf_all: Path, tmp_path: Path
+) -> None:
+    """No manifest (an older tool, a lost file): embedded files come from the shard footers and
+    dataset-level files from ``bids/``, which holds them verbatim; nothing is dropped."""
+    hf = tmp_path / "hf"
+    shutil.copytree(hf_all, hf)
+    dataset_files = {e.path for e in manifest(hf) if e.placement == "dataset_file"}
+    assert {"dataset_description.json", "participants.tsv"} <= dataset_files
+    (hf / MANIFEST_PATH).unlink()
+    out = tmp_path / "exported"
+    result = cli("export", hf, out, "-q")
+    assert result.exit_code == 0, result.output
+    assert tree(out) == tree(synthetic.root)
+    assert not (out / EXPORT_TMP).exists()
+
+
+def test_export_without_manifest_or_bids_folder_says_what_it_cannot_restore(
+    cli: Cli, synthetic: GeneratedDataset, hf_all: Path, tmp_path: Path
+) -> None:
+    """An interrupted upload: shards only. Export refuses (exit 1) before writing anything and
+    names what it could not restore; ``--exclude`` of those files exports the rest."""
+    hf = tmp_path / "hf"
+    shutil.copytree(hf_all, hf)
+    (hf / MANIFEST_PATH).unlink()
+    shutil.rmtree(hf / "bids")
+    out = tmp_path / "exported"
+    result = cli("export", hf, out, "-q")
+    assert result.exit_code == 1, result.output
+    line = one_line_error(result)
+    assert "dataset_description.json" in line and "cannot be restored" in line
+    assert "--exclude" in line
+    assert not out.exists()
+
+    result = cli("export", hf, out, "-q", "--exclude", "dataset_description.json")
+    assert result.exit_code == 0, result.output
+    embedded = {k: v for k, v in tree(synthetic.root).items() if k not in _dataset_files(hf_all)}
+    assert tree(out) == embedded
+
+    # A partial export that does not want the dataset-level files is no problem.
+    out2 = tmp_path / "sub-01"
+    result = cli("export", hf, out2, "-q", "--include", "sub-01/ses-1/*")
+    assert result.exit_code == 0, result.output
+    assert tree(out2) == {k: v for k, v in embedded.items() if k.startswith("sub-01/ses-1/")}
+
+
+def test_export_with_a_stray_shard_trusts_the_manifest(
+    cli: Cli, synthetic: GeneratedDataset, bids_copy: Path, hf_all: Path, tmp_path: Path
+) -> None:
+    """A shard the manifest does not list, holding another version of a file: the manifest
+    decides; without a manifest, export refuses to guess which version is current."""
+    changed = "sub-01/ses-1/anat/sub-01_ses-1_T1w.json"
+    sidecar = json.loads((bids_copy / changed).read_text())
+    (bids_copy / changed).write_text(json.dumps({**sidecar, "EchoTime": 0.005}))
+    other = _convert(
+        bids_copy, tmp_path / "other", plan_options=PlanOptions(max_shard_bytes=200_000)
+    )
+    holder = next(e.location for e in manifest(other) if e.path == changed)
+    hf = tmp_path / "hf"
+    shutil.copytree(hf_all, hf)
+    shutil.copy(other / str(holder), hf / "data" / "train-zz-stray.parquet")
+
+    result = cli("export", hf, tmp_path / "exported", "-q")
+    assert result.exit_code == 0, result.output
+    assert tree(tmp_path / "exported") == tree(synthetic.root)
+
+    (hf / MANIFEST_PATH).unlink()
+    result = cli("export", hf, tmp_path / "exported2", "-q")
+    assert result.exit_code == 2, result.output
+    line = one_line_error(result)
+    assert repr(changed) in line and "held twice" in line
+    assert not (tmp_path / "exported2").exists()
+
+
+def _dataset_files(hf: Path) -> set[str]:
+    return {e.path for e in manifest(hf) if e.placement == "dataset_file"}
+
+
 def test_export_refuses_a_symlinked_folder_inside_the_output(
     cli: Cli, hf_all: Path, tmp_path: Path
 ) -> None:

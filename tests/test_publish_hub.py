@@ -239,13 +239,15 @@ def test_push_converted_folder(
 def test_survives_faults(
     emu: HubEmulator, env: dict[str, str], synthetic: GeneratedDataset, tmp_path: Path
 ) -> None:
-    emu.inject(r"/commit/", "POST", status=429, retry_after=1)
-    emu.inject(r"/commit/", "POST", status=503)
-    emu.inject(r"/preupload/", "POST", status=500)
-    emu.inject(r"/commit/", "POST", lose_response=True)  # applied, but the answer never arrives
-    emu.inject(r"objects/batch", "POST", drop=True)
-    emu.inject(r"/api/datasets/org/ds/revision", "GET", status=502)
-    emu.inject(r"/tree/", "GET", delay=0.5)
+    faults = [
+        emu.inject(r"/commit/", "POST", status=429, retry_after=1),
+        emu.inject(r"/commit/", "POST", status=503),
+        emu.inject(r"/preupload/", "POST", status=500),
+        emu.inject(r"/commit/", "POST", lose_response=True),  # applied, but the answer is lost
+        emu.inject(r"objects/batch", "POST", drop=True),
+        emu.inject(r"/api/datasets/org/ds/revision", "GET", status=502),
+        emu.inject(r"/tree/", "GET", delay=0.5),
+    ]
     run(
         env,
         "convert",
@@ -255,7 +257,10 @@ def test_survives_faults(
         "--commit-every",
         "2",
     )
-    assert emu.stats["faults_fired"] >= 6
+    # Every injected fault was served (a fault no request met would test nothing).
+    unmet = emu.unmet_faults()
+    assert not unmet, [(f.pattern.pattern, f.method, f.fired, f.times) for f in unmet]
+    assert emu.stats["faults_fired"] == len(faults)
     run(env, "export", URL, str(tmp_path / "back"), "-q")
     assert tree(tmp_path / "back") == tree(synthetic.root)
     # The lost response did not produce a duplicate commit: no two commits hold the same change.
@@ -264,7 +269,8 @@ def test_survives_faults(
 
 
 def test_sigkill_and_resume(emu: HubEmulator, env: dict[str, str], tmp_path: Path) -> None:
-    """Kill the streaming upload at random points; re-runs end identical to an uninterrupted one."""
+    """Kill the streaming upload in the middle of an LFS upload, at random points; re-runs end
+    identical to an uninterrupted run."""
     bids = generate_bids(
         tmp_path / "bids", SyntheticSpec(n_subjects=5, target_bytes=3_000_000)
     ).root
@@ -280,16 +286,37 @@ def test_sigkill_and_resume(emu: HubEmulator, env: dict[str, str], tmp_path: Pat
         "--commit-every",
         "2",
     )
-    emu.upload_bandwidth = 6_000_000
-    rng = random.Random(7)
-    for _ in range(3):
+    seed = 7
+    rng = random.Random(seed)
+    for kill in range(3):
+        # The emulator pauses an upload mid-body (the first, second or third of this run, after
+        # a random number of bytes; shards are larger), so the kill lands while it is in progress.
+        hold = emu.hold_upload(rng.randrange(1, 50_000), skip=rng.randrange(3))
         proc = subprocess.Popen(
             [*BIDS2HF, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        time.sleep(rng.uniform(0.8, 2.5))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    emu.upload_bandwidth = None
+        where = f"seed {seed}, kill {kill}"
+        try:
+            deadline = time.monotonic() + 120
+            while not hold.wait(0.05) and proc.poll() is None and time.monotonic() < deadline:
+                pass
+            assert hold.reached.is_set(), f"{where}: no upload reached the kill point"
+            where += f", upload of {hold.oid} held after {hold.received} bytes"
+            # At this moment an upload has started and is not answered: the kill lands mid-upload.
+            assert proc.poll() is None, f"{where}: the run had ended ({proc.returncode})"
+            assert emu.lfs_uploads_in_progress == 1, where
+            proc.send_signal(signal.SIGKILL)
+            assert proc.wait() == -signal.SIGKILL, where
+            assert not hold.answered.is_set(), f"{where}: answered before the kill"
+        finally:
+            hold.release()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        deadline = time.monotonic() + 30
+        while emu.lfs_uploads_in_progress and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert emu.lfs_uploads_in_progress == 0, f"{where}: the held upload never ended"
     run(env, *args)
     resumed = remote_tree(emu)
     staging = staging_dir(env)

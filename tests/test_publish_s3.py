@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,39 +12,9 @@ from bids2hf.synthetic import GeneratedDataset
 from trees import tree
 
 pytest.importorskip("s3fs")
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("moto.server")
 
-BUCKET = "neuro"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def s3_env(tmp_path: Path) -> Iterator[dict[str, str]]:
-    port = _free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "FSSPEC_S3_ENDPOINT_URL": endpoint,  # fsspec passes FSSPEC_<PROTOCOL>_<KWARG> to s3fs
-        "BIDS2HF_CACHE": str(tmp_path / "cache"),
-    }
-    import boto3
-
-    boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
-                 region_name="us-east-1").create_bucket(Bucket=BUCKET)
-    try:
-        yield env
-    finally:
-        server.stop()
+BUCKET = "neuro"  # created by the s3_env fixture (conftest.py)
 
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from datasets.info import DatasetInfo
+from datasets import DatasetInfo, SplitDict, SplitInfo
+from datasets.info import DatasetInfosDict
 from huggingface_hub import DatasetCardData
 
 from . import __version__, bids_schema
@@ -65,7 +66,6 @@ def render_card(
     if license_id == "other":
         slug = re.sub(r"[^a-z0-9-]+", "-", str(bids_license).lower()).strip("-")
         extra["license_name"] = slug[:64].strip("-") or "custom"
-    info = DatasetInfo(features=plan.features)._to_yaml_dict()
     data = DatasetCardData(
         license=license_id,
         pretty_name=str(description.get("Name") or "BIDS dataset"),
@@ -77,14 +77,13 @@ def render_card(
                 "data_files": [{"split": split, "path": f"data/{split}-*.parquet"}],
             }
         ],
-        dataset_info={
-            **info,
-            "splits": [
-                {"name": split, "num_examples": plan.rows, "num_bytes": plan.embedded_bytes}
-            ],
-        },
+        dataset_info={},  # filled below, in `datasets`' own format
         **extra,
     )
+    splits = SplitDict()
+    splits.add(SplitInfo(name=split, num_bytes=plan.embedded_bytes, num_examples=plan.rows))
+    info = DatasetInfo(features=plan.features, splits=splits)
+    DatasetInfosDict({"default": info}).to_dataset_card_data(data)
     name = description.get("Name") or "BIDS dataset"
     lines = [
         "---",

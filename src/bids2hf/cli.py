@@ -239,7 +239,10 @@ def inspect(bids_dir: str, all_problems: bool, quiet: bool, **kw: Any) -> None:
     help="Processes writing shards (default: cores).",
 )
 @click.option(
-    "--overwrite", is_flag=True, help="Replace an existing bids2hf output of another plan."
+    "--overwrite",
+    is_flag=True,
+    help="Replace a bids2hf output of another plan (only files bids2hf recorded writing), or on "
+    "a remote, files in bids2hf's paths that no bids2hf record names.",
 )
 @click.option("--strict", is_flag=True, help="Fail if any file would be left out.")
 @click.option(
@@ -307,6 +310,11 @@ def convert(
         click.echo(report.publish.text())
         return
     click.echo(convert_summary(report))
+    if report.replaced:
+        click.echo(
+            f"replaced {len(report.replaced)} file(s) of the earlier bids2hf output; "
+            "files bids2hf did not write were kept"
+        )
     if report.publish is not None:
         click.echo(report.publish.text())
 
@@ -315,6 +323,11 @@ def convert(
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 @click.argument("destination")
 @publish_options
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace remote files in bids2hf's paths that no bids2hf record names.",
+)
 @common
 def push(
     folder: str,
@@ -324,6 +337,7 @@ def push(
     commit_every: int,
     dry_run: bool,
     timeout: float,
+    overwrite: bool,
 ) -> None:
     """Upload an already converted FOLDER to DESTINATION (hf://datasets/ORG/NAME or a URL)."""
     from .publish import push as run
@@ -336,6 +350,7 @@ def push(
         dry_run=dry_run,
         timeout=timeout or None,
         progress=not quiet,
+        overwrite=overwrite,
     )
     click.echo(report.text())
 
@@ -345,18 +360,35 @@ def push(
 @click.option("--subjects", type=click.IntRange(min=1), default=4, show_default=True)
 @common
 def demo(directory: str, subjects: int, quiet: bool) -> None:
-    """Generate a small synthetic BIDS dataset in DIRECTORY/bids and convert it to DIRECTORY/hf."""
-    import shutil
+    """Generate a small synthetic BIDS dataset in DIRECTORY/bids and convert it to DIRECTORY/hf.
 
+    DIRECTORY must be new or empty: the demo never deletes or replaces anything.
+    """
     from .conversion import convert as run
+    from .errors import DestinationError
     from .report import convert_summary
     from .synthetic import SyntheticSpec, generate_bids
 
     root = Path(directory)
+    # Refuse any non-empty folder rather than clean it: what is in it may be the user's own work
+    # (a real `bids` folder was once deleted here), and an earlier demo is theirs to remove.
+    if root.exists() or root.is_symlink():
+        if not root.is_dir():
+            raise DestinationError(f"{root}: not a folder; give a new or empty folder for the demo")
+        try:
+            empty = not any(root.iterdir())
+        except OSError as exc:
+            raise DestinationError(f"{root}: cannot be listed ({exc.strerror or exc})") from None
+        if not empty:
+            raise DestinationError(
+                f"{root}: not empty (an earlier demo?); the demo only writes into a new or empty "
+                "folder and never deletes: give another folder, or remove this one yourself"
+            )
     bids = root / "bids"
-    if bids.exists():
-        shutil.rmtree(bids)
-    generated = generate_bids(bids, SyntheticSpec(n_subjects=subjects))
+    try:
+        generated = generate_bids(bids, SyntheticSpec(n_subjects=subjects))
+    except FileExistsError:  # created by someone else since the check above
+        raise DestinationError(f"{bids}: not empty; give a new or empty folder") from None
     click.echo(
         f"generated {len(generated.files)} files ({generated.total_bytes / 1e6:.1f} MB) in {bids}"
     )
@@ -364,7 +396,6 @@ def demo(directory: str, subjects: int, quiet: bool) -> None:
         bids,
         root / "hf",
         scan_options=ScanOptions(derivatives=("all",)),
-        overwrite=True,
         progress=not quiet,
     )
     click.echo(convert_summary(report))

@@ -1,23 +1,25 @@
 """``convert``: scan → plan → write shards (in parallel) → dataset files → manifest → card.
 
-Resumable: a shard is recorded in the state file only after it was renamed into place, so a
-re-run after any interruption skips complete shards and rewrites the rest, deterministically.
+Resumable: a shard is recorded in the state journal (:mod:`bids2hf.state`) only after it was
+renamed into place, so a re-run after any interruption skips complete shards and rewrites the
+rest, deterministically. Every path is recorded as bids2hf's before it is written, and only such
+paths are ever deleted or replaced.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
 import os
 import queue
 import re
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +36,20 @@ from .publish import (
     PublishReport,
     default_staging,
     final_files,
+    kept_paths,
+    recorded_paths,
+    refuse_remote_conflicts,
+    remote_conflicts,
     same_content,
     stale_paths,
     verify_remote,
 )
 from .scan import ScanOptions, scan
 from .shard_plan import ShardPlan
+from .state import DatasetFileRecord, ResumeState, ShardRecord
 from .targets import RemoteFile, StagedFile, Target, is_remote, open_target
 from .units import human_bytes
-from .write import EmbeddedFile, ShardResult, init_worker, write_job, write_shard
+from .write import ShardResult, init_worker, write_job, write_shard
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +76,7 @@ class ConvertReport:
     written: list[str] = field(default_factory=list)  # shards written by this run
     reused: list[str] = field(default_factory=list)  # complete shards found from an earlier run
     removed: list[str] = field(default_factory=list)  # stale shards deleted
+    replaced: list[str] = field(default_factory=list)  # another plan's files (--overwrite)
     seconds: float = 0.0
     bytes_read: int = 0
     publish: PublishReport | None = None
@@ -211,44 +219,53 @@ def write_shards(
 
 
 # -- the verb ------------------------------------------------------------------------------
-def _prepare_output(
-    out: OutputFolder, plan: ConversionPlan, source: Path, overwrite: bool
-) -> dict[str, Any]:
-    state = out.load_state()
-    if out.is_empty():
-        pass
-    elif state is not None and state.get("plan_id") == plan.plan_id:
-        log.info("resuming the conversion in %s", out.root)
-    elif state is not None and not state.get("complete") and state.get("source") == str(source):
+def _check_destination(
+    out: OutputFolder,
+    state: ResumeState | None,
+    plan: ConversionPlan,
+    source: Path,
+    overwrite: bool,
+    remote_url: str | None,
+) -> str:
+    """What this run does in ``out``: ``new``, ``resume``, ``update`` or ``replace``.
+
+    A folder is a bids2hf output only if it holds bids2hf's state; anything else that is not
+    empty is refused, with or without --overwrite. Raises :class:`DestinationError`.
+    """
+    foreign = out.foreign_entries()
+    if state is None:
+        if not foreign:
+            return "new"
+        if remote_url is not None:
+            raise DestinationError(
+                f"{out.root}: not empty and not a bids2hf staging folder (no .bids2hf state); "
+                "choose an empty or new folder for --staging"
+            )
+        if overwrite:
+            raise DestinationError(
+                f"{out.root}: not empty and not a bids2hf output (no .bids2hf state records "
+                "what bids2hf wrote there); --overwrite only replaces files bids2hf wrote — "
+                "choose an empty folder"
+            )
+        raise DestinationError(
+            f"{out.root}: is not empty and holds no bids2hf output; choose an empty folder "
+            "(--overwrite only replaces bids2hf outputs)"
+        )
+    if state.plan_id == plan.plan_id:
+        return "resume"
+    if remote_url is not None:
+        return "update"  # a staging folder holds only what bids2hf wrote: always ours to update
+    if not state.complete and state.source == str(source):
         # An unfinished run of the same source whose files changed since: finish it with the
         # new plan (shards still up to date are kept).
-        log.info("updating the unfinished conversion in %s", out.root)
-    elif overwrite:
-        if not out.looks_like_ours():
-            raise DestinationError(
-                f"{out.root}: not empty and not a bids2hf output; --overwrite only replaces "
-                "bids2hf outputs (choose an empty folder)"
-            )
-    else:
-        reason = (
-            "holds a bids2hf output of a different plan (source or options changed)"
-            if state is not None
-            else "is not empty"
-        )
-        raise DestinationError(
-            f"{out.root}: {reason}; pass --overwrite to replace it, or choose an empty folder"
-        )
-    if state is None or state.get("plan_id") != plan.plan_id:
-        # Shards of an older plan are kept when their content id still matches (cheap update).
-        old = (state or {}).get("shards", {})
-        state = {
-            "plan_id": plan.plan_id,
-            "source": str(source),
-            "version": __version__,
-            "shards": old,
-            "complete": False,
-        }
-    return state
+        return "update"
+    if overwrite:
+        return "replace"
+    raise DestinationError(
+        f"{out.root}: holds a bids2hf output of a different plan (source or options changed); "
+        "pass --overwrite to replace it (only files bids2hf wrote are replaced), or choose an "
+        "empty folder"
+    )
 
 
 def convert(
@@ -276,7 +293,9 @@ def convert(
         scan_options: what to include and how to check it.
         plan_options: layout, shard and row-group sizes, config.
         workers: processes writing shards in parallel (default: the number of cores).
-        overwrite: replace an existing local bids2hf output of another plan.
+        overwrite: replace an existing local bids2hf output of another plan (only the files
+            bids2hf recorded writing); on a remote, replace files at the paths bids2hf writes
+            that no bids2hf record names.
         strict: fail when any file would be left out.
         strict_privacy: fail when the privacy lint finds anything.
         progress: show a progress bar.
@@ -285,7 +304,9 @@ def convert(
 
     Returns:
         A :class:`ConvertReport`. Raises :class:`~bids2hf.errors.Bids2HfError` subclasses for
-        problems the user can fix.
+        problems the user can fix: :class:`InputError` for the source (also when it changes
+        during the run), :class:`DestinationError` for the destination (not empty, another
+        run using it, files bids2hf did not write in the way, disk full).
     """
     started = time.monotonic()
     inventory, plan = scan_and_plan(bids_dir, scan_options, plan_options)
@@ -306,33 +327,61 @@ def convert(
     else:
         out = OutputFolder(destination)
     report = ConvertReport(str(remote_url or out.root), plan, inventory)
-    # A staging folder is ours by construction; only a user's output folder needs --overwrite.
-    state = _prepare_output(out, plan, inventory.root, overwrite or remote_url is not None)
+    with out.locked():
+        _convert_locked(
+            out, report, remote_url, publish, workers, overwrite, progress, repo_hint or "ORG/NAME"
+        )
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _convert_locked(
+    out: OutputFolder,
+    report: ConvertReport,
+    remote_url: str | None,
+    publish: PublishOptions,
+    workers: int,
+    overwrite: bool,
+    progress: bool,
+    repo_hint: str,
+) -> None:
+    """The conversion proper, while holding the folder's lock."""
+    plan, inventory = report.plan, report.inventory
+    loaded = out.load_state()
+    mode = _check_destination(out, loaded, plan, inventory.root, overwrite, remote_url)
+    if mode != "new":
+        log.info("%s the conversion in %s", mode, out.root)
+    store = out.store
+    state = store.state  # empty when there was none; kept up to date by the store
     if remote_url is not None and publish.dry_run:
         report.publish = _dry_run(remote_url, plan, state, publish)
-        return report
+        return
     target = (
         open_target(remote_url, private=publish.private, timeout=publish.timeout)
         if remote_url
         else None
     )
     remote: dict[str, RemoteFile] = {}
+    remote_owned: set[str] = set()
     if target is not None:
         target.ensure()
         remote = target.files()
-    done_shards: dict[str, Any] = state["shards"]
+        remote_owned = recorded_paths(target, remote)
+        if state.destination == remote_url:
+            remote_owned |= state.remote_owned
     todo: list[ShardPlan] = []
     resubmit: list[ShardPlan] = []
     skip: list[ShardPlan] = []
     for shard in plan.shards:
-        rec: dict[str, Any] = done_shards.get(shard.path) or {}
+        rec = state.shards.get(shard.path)
         path = out.root / shard.path
-        current = rec.get("content_id") == shard.content_id
-        on_disk = current and path.is_file() and path.stat().st_size == rec.get("size")
+        current = rec is not None and rec.content_id == shard.content_id
+        on_disk = current and path.is_file() and rec is not None and path.stat().st_size == rec.size
         if (
             target is not None
+            and rec is not None
             and current
-            and same_content(remote.get(shard.path), rec["size"], rec["sha256"])
+            and same_content(remote.get(shard.path), rec.size, rec.sha256)
         ):
             skip.append(shard)  # already on the remote
         elif on_disk and target is not None:
@@ -341,6 +390,24 @@ def convert(
             report.reused.append(shard.path)
         else:
             todo.append(shard)
+    # Every path this run writes, known before anything is written: a file in the way that
+    # bids2hf did not write stops the run here, with the destination untouched.
+    dataset_paths = [DATASET_FILES_PREFIX + f.relpath for f in plan.dataset_files]
+    last_paths = [MANIFEST_PATH, "README.md"]
+    local_paths = [s.path for s in todo] + dataset_paths + last_paths
+    if conflicts := out.conflicts(local_paths):
+        more = f" [+{len(conflicts) - 1} more]" if len(conflicts) > 1 else ""
+        raise DestinationError(
+            f"{out.root / conflicts[0]}: exists and bids2hf did not write it{more}; move it "
+            "away, or choose another folder"
+        )
+    remote_paths = [s.path for s in plan.shards] + dataset_paths + last_paths
+    if target is not None and remote_url is not None:
+        known = {s.path for s in skip}  # the very bytes this run would write
+        conflicts = [
+            p for p in remote_conflicts(remote, remote_owned, remote_paths) if p not in known
+        ]
+        refuse_remote_conflicts(remote_url, conflicts, overwrite)
     staged_bound = publish.max_staged or 2 * workers
     needed = (
         sum(s.nbytes for s in todo)
@@ -349,22 +416,47 @@ def convert(
     ) + sum(f.size for f in plan.dataset_files)
     # Refuse for lack of space before anything in the destination is touched.
     out.check_space(int(needed * 1.02) + (1 << 20))
+    # The state first: a kill before it is recorded leaves nothing but .bids2hf/ behind, and a
+    # folder holding nothing else still counts as empty.
+    store.begin(plan.plan_id, str(inventory.root), __version__, remote_url)
     out.prepare()
+    if mode == "replace":
+        replaced = sorted(p for p in state.owned if os.path.lexists(out.root / p))
+        report.replaced = replaced
+        log.warning(
+            "%s: --overwrite: replacing the bids2hf output of another plan (%d file(s) bids2hf "
+            "wrote: %s); other files are kept",
+            out.root,
+            len(replaced),
+            ", ".join(replaced[:5]) + (" ..." if len(replaced) > 5 else ""),
+        )
+    if mode in ("update", "replace") and target is None:
+        # The card and manifest describe the output of another plan: until this run writes
+        # them anew (last), the folder must not pass for a complete output.
+        out.remove_owned(last_paths)
+    # Recorded before they are written: a kill never leaves a file of ours without a record.
+    store.own(local_paths)
+    if target is not None:
+        store.remote_own(remote_paths)
     for shard in skip:
         report.reused.append(shard.path)
-        (out.root / shard.path).unlink(missing_ok=True)
-    for shard in todo:
-        done_shards.pop(shard.path, None)
+        out.remove_owned([shard.path])  # the local copy of a shard the remote holds
     planned = {s.path for s in plan.shards}
-    for stale in sorted(set(done_shards) - planned):
-        done_shards.pop(stale)
-    for path in sorted((out.root / "data").glob("*.parquet")):
-        rel = f"data/{path.name}"
-        if rel not in planned:
-            path.unlink()
-            if target is None:
-                report.removed.append(rel)
-    out.save_state(state)
+    store.drop_shards([s.path for s in todo] + [p for p in state.shards if p not in planned])
+    removed = out.remove_owned(
+        [p for p in state.owned if p.startswith("data/") and p not in planned]
+    )
+    if target is None:
+        report.removed.extend(removed)
+        if foreign := out.unowned_files("data"):
+            log.warning(
+                "%s: kept %d file(s) in data/ that bids2hf did not write (%s); the dataset's "
+                "loaders read data/%s-*.parquet",
+                out.root,
+                len(foreign),
+                ", ".join(foreign[:5]),
+                plan.options.split,
+            )
     if target is not None and todo:
         # Uploads start when the first shard is done: write the smallest one first. (Shards are
         # independent files, so the order of writing changes nothing in the output.)
@@ -377,15 +469,14 @@ def convert(
         for s in todo
     )
     bar = ProgressBar(total, nfiles + len(plan.dataset_files), enabled=progress, desc="convert")
-    state_lock = threading.Lock()  # the upload thread records shard checksums too
     publisher = None
     if target is not None:
         report.publish = PublishReport(remote_url or "")
 
         def on_hashed(item: StagedFile) -> None:
-            with state_lock:
-                done_shards[item.path]["sha256"] = item.sha256
-                out.save_state(state)
+            # On the publisher's hashing thread; the store serialises appends.
+            if item.sha256 is not None:
+                store.set_shard_sha256(item.path, item.sha256)
 
         publisher = Publisher(
             target,
@@ -397,14 +488,11 @@ def convert(
         )
 
     def on_done(shard: ShardPlan, result: ShardResult) -> None:
-        with state_lock:
-            done_shards[shard.path] = {
-                "content_id": shard.content_id,
-                "size": result.size,
-                "sha256": result.sha256,
-                "files": [asdict(e) for e in result.files],
-            }
-            out.save_state(state)
+        store.put_shard(
+            ShardRecord(
+                shard.path, shard.content_id, result.size, result.sha256, tuple(result.files)
+            )
+        )
         report.written.append(shard.path)
         if publisher is not None:
             publisher.submit(
@@ -416,10 +504,10 @@ def convert(
         with bar:
             if publisher is not None:
                 for shard in resubmit:
-                    rec = done_shards[shard.path]
+                    rec = state.shards[shard.path]
                     publisher.acquire(True)
                     publisher.submit(
-                        StagedFile(shard.path, out.root / shard.path, rec["size"], rec["sha256"]),
+                        StagedFile(shard.path, out.root / shard.path, rec.size, rec.sha256),
                         holds_slot=True,
                     )
             write_shards(
@@ -432,22 +520,26 @@ def convert(
                 on_done,
                 acquire=publisher.acquire if publisher is not None else None,
             )
-            entries = finish_output(out, plan, inventory, state, bar, repo_hint or "ORG/NAME")
+            entries = finish_output(out, plan, inventory, bar, repo_hint)
         if publisher is not None and target is not None:
-            _publish_final(out, plan, state, publisher, target, remote, entries)
-    except OSError as exc:
+            _publish_final(out, plan, publisher, target, remote, remote_owned, entries)
+    except BaseException as exc:
+        if publisher is not None:
+            publisher.abort()
         if disk_full(exc):
-            out.finish()
-            remaining = sum(s.nbytes for s in plan.shards if s.path not in done_shards)
+            out.clean_tmp()  # no thread of this run writes there any more
+            remaining = sum(s.nbytes for s in plan.shards if s.path not in state.shards)
             remaining += sum(f.size for f in plan.dataset_files)
             raise DestinationError(
                 f"{out.root}: disk full; about {human_bytes(remaining)} more are needed — free "
                 "space and re-run the same command (complete shards are kept)"
             ) from None
         raise
-    report.seconds = time.monotonic() - started
+    store.mark_complete()
+    # Every thread of the run has ended (the publisher joined its own in finish()).
+    store.compact_if_wasteful()
+    out.clean_tmp()
     report.bytes_read = bar.bytes
-    return report
 
 
 def _repo_hint(url: str) -> str:
@@ -458,10 +550,10 @@ def _repo_hint(url: str) -> str:
 def _publish_final(
     out: OutputFolder,
     plan: ConversionPlan,
-    state: dict[str, Any],
     publisher: Publisher,
     target: Target,
     remote: dict[str, RemoteFile],
+    remote_owned: set[str],
     entries: list[ManifestEntry],
 ) -> None:
     """Last commit (dataset files, manifest, card, deletions), then verify the remote."""
@@ -472,40 +564,44 @@ def _publish_final(
     ]
     final = final_files(out, dataset)
     keep = {s.path for s in plan.shards} | {f.path for f in final}
-    publisher.finish(
-        final, stale_paths(remote, keep), "bids2hf: dataset card, manifest and dataset-level files"
-    )
-    expected = {
-        s.path: (state["shards"][s.path]["size"], state["shards"][s.path]["sha256"])
-        for s in plan.shards
-    }
-    expected.update({f.path: (f.size, f.sha256) for f in final})
-    verify_remote(target, expected, {f.path: f.local for f in final})
+    # Only files a bids2hf run recorded writing there are deleted; others are kept and named.
+    deletions = stale_paths(remote, keep, remote_owned)
+    publisher.report.kept = kept_paths(stale_paths(remote, keep), remote_owned)
+    publisher.finish(final, deletions, "bids2hf: dataset card, manifest and dataset-level files")
+    out.store.remote_disown(deletions)
+    shards = out.store.state.shards
+    expected = {s.path: (shards[s.path].size, shards[s.path].sha256 or "") for s in plan.shards}
+    expected.update({f.path: (f.size, f.checksum()) for f in final})
+    verify_remote(target, expected, {f.path: f.local for f in final}, remote_owned)
     # The staging folder keeps only the resume state.
-    for name in ("data", "bids", "bids2hf", "README.md"):
-        path = out.root / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+    out.remove_owned(
+        [p for p in out.owned if p.startswith(("data/", DATASET_FILES_PREFIX, "bids2hf/"))]
+        + ["README.md"]
+    )
+    for name in ("data", "bids", "bids2hf"):
+        with contextlib.suppress(OSError):  # not empty: holds files bids2hf did not write
+            (out.root / name).rmdir()
 
 
 def _dry_run(
-    url: str, plan: ConversionPlan, state: dict[str, Any], publish: PublishOptions
+    url: str, plan: ConversionPlan, state: ResumeState, publish: PublishOptions
 ) -> PublishReport:
     target = open_target(url, private=publish.private, timeout=publish.timeout)
     try:
         remote = target.files()
+        owned = recorded_paths(target, remote)
     except Exception as exc:  # a repository that does not exist yet holds nothing
         log.debug("listing %s failed: %s", url, exc)
-        remote = {}
+        remote, owned = {}, set()
+    if state.destination == url:
+        owned |= state.remote_owned
     report = PublishReport(url, dry_run=True)
     for shard in plan.shards:
-        rec = state["shards"].get(shard.path)
+        rec = state.shards.get(shard.path)
         if (
             rec
-            and rec.get("content_id") == shard.content_id
-            and same_content(remote.get(shard.path), rec["size"], rec["sha256"])
+            and rec.content_id == shard.content_id
+            and same_content(remote.get(shard.path), rec.size, rec.sha256)
         ):
             report.unchanged.append(shard.path)
         else:
@@ -515,7 +611,8 @@ def _dry_run(
         DATASET_FILES_PREFIX + f.relpath for f in plan.dataset_files
     }
     keep |= {MANIFEST_PATH, "README.md"}
-    report.deleted = stale_paths(remote, keep)
+    report.deleted = stale_paths(remote, keep, owned)
+    report.kept = kept_paths(stale_paths(remote, keep), owned)
     return report
 
 
@@ -523,36 +620,44 @@ def finish_output(
     out: OutputFolder,
     plan: ConversionPlan,
     inventory: Inventory,
-    state: dict[str, Any],
     bar: ProgressBar,
     repo_hint: str,
 ) -> list[ManifestEntry]:
-    """Copy dataset-level files, then write the manifest and, last, the card."""
-    copied: dict[str, Any] = state.setdefault("dataset_files", {})
-    entries: list[ManifestEntry] = []
+    """Copy dataset-level files, then write the manifest and, last, the card.
+
+    Raises :class:`~bids2hf.write.SourceChangedError` if a dataset-level file changed since
+    planning (nothing of it is copied; re-running converts the new version).
+    """
+    store = out.store
+    state = store.state
     wanted = {DATASET_FILES_PREFIX + f.relpath for f in plan.dataset_files}
-    bids_dir = out.root / DATASET_FILES_PREFIX.rstrip("/")
-    if bids_dir.is_dir():
-        # Dataset-level files removed from the source since an earlier run must not linger.
-        for path in sorted(p for p in bids_dir.rglob("*") if p.is_file()):
-            if path.relative_to(out.root).as_posix() not in wanted:
-                path.unlink()
+    # Dataset-level files removed from the source since an earlier run must not linger (those
+    # bids2hf wrote: anything else under bids/ is not ours to delete).
+    out.remove_owned(
+        [p for p in state.owned if p.startswith(DATASET_FILES_PREFIX) and p not in wanted]
+    )
+    store.drop_dataset_files(
+        [r for r in state.dataset_files if DATASET_FILES_PREFIX + r not in wanted]
+    )
+    entries: list[ManifestEntry] = []
     for f in plan.dataset_files:
         rel = DATASET_FILES_PREFIX + f.relpath
-        rec = copied.get(f.relpath)
+        rec = state.dataset_files.get(f.relpath)
         dest = out.root / rel
-        if not (rec and rec["size"] == f.size and rec["mtime_ns"] == f.mtime_ns and dest.is_file()):
-            sha = out.copy_in(inventory.root / f.relpath, rel, lambda n: bar.update(n, 0))
-            rec = copied[f.relpath] = {"size": f.size, "mtime_ns": f.mtime_ns, "sha256": sha}
+        if not (rec and rec.size == f.size and rec.mtime_ns == f.mtime_ns and dest.is_file()):
+            sha = out.copy_in(
+                inventory.root / f.relpath, rel, f.size, f.mtime_ns, lambda n: bar.update(n, 0)
+            )
+            rec = DatasetFileRecord(f.relpath, f.size, f.mtime_ns, sha)
+            store.put_dataset_file(rec)
         bar.update(0, 1)
         entries.append(
-            ManifestEntry(f.relpath, f.size, Placement.DATASET_FILE.value, rec["sha256"], rel)
+            ManifestEntry(f.relpath, f.size, Placement.DATASET_FILE.value, rec.sha256, rel)
         )
     for f in plan.left_out:
         entries.append(ManifestEntry(f.relpath, f.size, Placement.LEFT_OUT.value, reason=f.reason))
     for shard in plan.shards:
-        for e in state["shards"][shard.path]["files"]:
-            ef = EmbeddedFile(**e)
+        for ef in state.shards[shard.path].files:
             entries.append(
                 ManifestEntry(
                     ef.path,
@@ -569,7 +674,4 @@ def finish_output(
     out.write_bytes(
         out.root / "README.md", render_card(plan, inventory.description, repo_hint).encode()
     )
-    state["complete"] = True
-    out.save_state(state)
-    out.finish()
     return entries

@@ -10,26 +10,31 @@ describes once the run ends.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import os
+import posixpath
 import queue
 import re
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import VerificationError
-from .manifest import DATASET_FILES_PREFIX, MANIFEST_PATH
+from .errors import DestinationError, VerificationError
+from .manifest import DATASET_FILES_PREFIX, MANIFEST_PATH, loads
 from .output_folder import OutputFolder
 from .progress import ProgressBar
-from .targets import RemoteFile, StagedFile, Target, git_blob_oid
+from .retry import call_with_retries
+from .targets import FsspecTarget, HubTarget, RemoteFile, StagedFile, Target, git_blob_oid
 from .units import human_bytes
 from .write import sha256_file
 
 log = logging.getLogger(__name__)
 
-#: Remote folders bids2hf owns: files there that the new output lacks are deleted.
+#: Remote folders bids2hf writes. A file there that the new output lacks is deleted only if a
+#: bids2hf run recorded writing it (see :func:`recorded_paths`); others are kept.
 OWNED_PREFIXES = ("data/", DATASET_FILES_PREFIX, "bids2hf/")
 
 
@@ -41,6 +46,7 @@ class PublishReport:
     uploaded: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # stale-looking files bids2hf did not write
     uploaded_bytes: int = 0
     commits: int = 0
     peak_staged: int = 0
@@ -54,6 +60,12 @@ class PublishReport:
             f"{len(self.unchanged)} already there; "
             f"{'would delete' if self.dry_run else 'deleted'} {len(self.deleted)} stale file(s)",
         ]
+        if self.kept:
+            shown = ", ".join(self.kept[:5]) + (" ..." if len(self.kept) > 5 else "")
+            lines.append(
+                f"  kept {len(self.kept)} file(s) in bids2hf's folders that no bids2hf record "
+                f"says it wrote: {shown}"
+            )
         if not self.dry_run:
             lines.append(
                 f"  {self.commits} commit(s); at most {self.peak_staged} shard(s) staged locally; verified"
@@ -62,9 +74,16 @@ class PublishReport:
 
 
 def default_staging(url: str) -> Path:
-    """Per-destination staging folder that survives interruptions (it holds the resume state)."""
+    """Per-destination staging folder that survives interruptions (it holds the resume state).
+
+    Its name is the URL made safe for a file name, plus a digest of the URL itself: making it
+    safe maps several URLs to one name (``org/a_b`` and ``org_a/b``), the digest does not.
+    """
     base = Path(os.environ.get("BIDS2HF_CACHE", Path.home() / ".cache" / "bids2hf"))
-    return base / "staging" / re.sub(r"[^0-9A-Za-z_.@-]+", "_", url).strip("_")
+    canonical = url.rstrip("/")
+    slug = re.sub(r"[^0-9A-Za-z_.@-]+", "_", canonical).strip("_")[:80]
+    digest = hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    return base / "staging" / f"{slug}-{digest}"
 
 
 def same_content(
@@ -110,6 +129,7 @@ class Publisher:
         self._pending: list[StagedFile] = []
         self._holding: list[StagedFile] = []  # committed-later files that still hold a slot
         self.error: BaseException | None = None
+        self._aborted = False
         self._threads = [
             threading.Thread(
                 target=self._guard, args=(self._hash,), name="bids2hf-hash", daemon=True
@@ -141,6 +161,14 @@ class Publisher:
     def raise_if_failed(self) -> None:
         if self.error is not None:
             raise self.error
+
+    def abort(self) -> None:
+        """Stop the background threads after a failure elsewhere: nothing more is uploaded or
+        committed, and no more checksums are reported (the file being hashed or uploaded now
+        is finished first)."""
+        self._aborted = True
+        self._queue.put(None)
+        self._hashed.put(None)
 
     def finish(self, final: Sequence[StagedFile], deletions: Sequence[str], message: str) -> None:
         """Upload what is left and make the last commit (card, manifest, deletions)."""
@@ -192,7 +220,7 @@ class Publisher:
                     break
 
     def _hash(self) -> None:
-        while (got := self._queue.get()) is not None:
+        while (got := self._queue.get()) is not None and not self._aborted:
             item, _ = got
             if item.sha256 is None:
                 # Hashed here rather than by the writer: the shard is still in the page cache.
@@ -203,7 +231,7 @@ class Publisher:
         self._hashed.put(None)
 
     def _run(self) -> None:
-        while (got := self._hashed.get()) is not None and self.error is None:
+        while (got := self._hashed.get()) is not None and self.error is None and not self._aborted:
             item, holds_slot = got
             if same_content(self.remote.get(item.path), item.size, item.sha256):
                 self.report.unchanged.append(item.path)
@@ -237,15 +265,114 @@ def final_files(
     return items
 
 
-def stale_paths(remote: dict[str, RemoteFile], keep: Iterable[str]) -> list[str]:
+def stale_paths(
+    remote: Collection[str], keep: Iterable[str], owned: Collection[str] | None = None
+) -> list[str]:
+    """Remote files in bids2hf's folders that the new output lacks; with ``owned``, only those
+    a bids2hf run recorded writing (the ones it may delete)."""
     wanted = set(keep)
-    return sorted(p for p in remote if p.startswith(OWNED_PREFIXES) and p not in wanted)
+    return sorted(
+        p
+        for p in remote
+        if p.startswith(OWNED_PREFIXES) and p not in wanted and (owned is None or p in owned)
+    )
+
+
+def recorded_paths(target: Target, remote: dict[str, RemoteFile]) -> set[str]:
+    """Remote paths that a bids2hf run recorded writing, as far as the remote itself says.
+
+    That is the files its manifest places (shards, dataset-level files), the manifest and the
+    card committed with it, and on fsspec targets every file in ``bids2hf/checksums.json``.
+    A staging folder's state adds the paths its own runs wrote (see ``ResumeState.remote_owned``).
+    A manifest that does not parse records nothing (a warning says so): unknown files are never
+    deleted. Raises :class:`DestinationError` if the manifest cannot be fetched at all.
+    """
+    owned: set[str] = set()
+    if isinstance(target, FsspecTarget):
+        owned.update(target.checksums())
+    if MANIFEST_PATH not in remote:
+        return owned
+    try:
+        data = _read_remote(target, MANIFEST_PATH)
+    except FileNotFoundError:
+        return owned
+    except Exception as exc:
+        # Without it, bids2hf's own files there would pass for someone else's.
+        raise DestinationError(
+            f"{target.url}/{MANIFEST_PATH}: cannot be read ({type(exc).__name__}: "
+            f"{str(exc)[:200]}); it records what bids2hf wrote there: re-run later"
+        ) from None
+    try:
+        entries = loads(data)
+    except (ValueError, TypeError, KeyError) as exc:
+        log.warning(
+            "%s/%s: unreadable (%s); files it would place are treated as not written by bids2hf",
+            target.url,
+            MANIFEST_PATH,
+            exc,
+        )
+        return owned
+    owned.update((MANIFEST_PATH, "README.md"))
+    owned.update(e.location for e in entries if e.location)
+    return owned
+
+
+def _read_remote(target: Target, path: str) -> bytes:
+    if isinstance(target, HubTarget):
+        from huggingface_hub import HfFileSystem
+
+        def read() -> bytes:
+            # A fresh instance: a cached one may hold a listing from before the last commit.
+            fs = HfFileSystem(skip_instance_cache=True)
+            with fs.open(f"datasets/{target.repo_id}/{path}", "rb", revision=target.revision) as f:
+                return bytes(f.read())
+
+        return bytes(call_with_retries(f"read {path} ({target.repo_id})", read, target.policy))
+    if isinstance(target, FsspecTarget):
+        with target.fs.open(posixpath.join(target.root, path), "rb") as f:
+            return bytes(f.read())
+    raise TypeError(f"cannot read from {type(target).__name__}")
+
+
+def remote_conflicts(
+    remote: dict[str, RemoteFile], owned: Collection[str], paths: Iterable[str]
+) -> list[str]:
+    """Paths this run writes where the remote holds a file no bids2hf run recorded writing."""
+    return sorted(p for p in set(paths) if p in remote and p not in owned)
+
+
+def refuse_remote_conflicts(url: str, conflicts: Sequence[str], overwrite: bool) -> None:
+    """Refuse to replace files bids2hf did not write, unless ``overwrite`` (then say which).
+
+    Raises :class:`DestinationError` naming the first file.
+    """
+    if not conflicts:
+        return
+    more = f" [+{len(conflicts) - 1} more]" if len(conflicts) > 1 else ""
+    if not overwrite:
+        raise DestinationError(
+            f"{url}: {conflicts[0]} exists there and no bids2hf record says bids2hf wrote it"
+            f"{more}; pass --overwrite to replace such files, or publish to another repository"
+        )
+    log.warning(
+        "%s: --overwrite: replacing %d file(s) bids2hf did not write: %s",
+        url,
+        len(conflicts),
+        ", ".join(conflicts[:10]) + (" ..." if len(conflicts) > 10 else ""),
+    )
 
 
 def verify_remote(
-    target: Target, expected: dict[str, tuple[int, str]], local: dict[str, Path]
+    target: Target,
+    expected: dict[str, tuple[int, str]],
+    local: dict[str, Path],
+    owned: Collection[str] | None = None,
 ) -> None:
-    """Compare the remote file list, sizes and checksums with what was written."""
+    """Compare the remote file list, sizes and checksums with what was written.
+
+    A file in bids2hf's folders that is not expected counts as a difference if bids2hf wrote it
+    (in ``owned``; any such file if ``owned`` is None). Raises :class:`VerificationError`.
+    """
     remote = target.files()
     problems = []
     for path, (size, sha) in sorted(expected.items()):
@@ -264,7 +391,7 @@ def verify_remote(
             and got.git_oid != git_blob_oid(local[path])
         ):
             problems.append(f"content {path}")
-    extra = stale_paths(remote, expected)
+    extra = stale_paths(remote, expected, owned)
     problems += [f"unexpected {p}" for p in extra]
     if problems:
         shown = "; ".join(problems[:10]) + (
@@ -282,52 +409,90 @@ def push(
     dry_run: bool = False,
     timeout: float | None = 300.0,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> PublishReport:
     """Upload an already converted local folder to ``url`` (hf:// or an fsspec URL).
 
     Only files the remote does not already hold with the same checksum are uploaded; stale files
-    in the folders bids2hf owns are deleted in the last commit, then the remote is verified.
-    """
+    in bids2hf's folders are deleted in the last commit if a bids2hf run recorded writing them
+    (:func:`recorded_paths`), then the remote is verified. A remote file at a path the folder
+    holds, not written by bids2hf and different, is replaced only with ``overwrite``.
 
+    Raises :class:`~bids2hf.errors.InputError` for a folder that is no complete output,
+    :class:`DestinationError` for conflicts or a folder another run is using, and
+    :class:`VerificationError` if the remote differs from what was written.
+    """
+    out = OutputFolder(folder)
+    # The folder is only read; the lock keeps a conversion from changing it meanwhile (a folder
+    # we may not write cannot be converted into either).
+    writable = out.state_dir.is_dir() and os.access(out.state_dir, os.W_OK)
+    with out.locked() if writable else contextlib.nullcontext():
+        return _push(out, url, private, commit_every, dry_run, timeout, progress, overwrite)
+
+
+def _push(
+    out: OutputFolder,
+    url: str,
+    private: bool,
+    commit_every: int,
+    dry_run: bool,
+    timeout: float | None,
+    progress: bool,
+    overwrite: bool,
+) -> PublishReport:
     from .errors import InputError
     from .targets import open_target
 
-    out = OutputFolder(folder)
     state = out.load_state()
     if not (out.root / MANIFEST_PATH).is_file() or not (out.root / "README.md").is_file():
         raise InputError(
             f"{out.root}: not a complete bids2hf output (no manifest or card); run convert first"
         )
-    if state is not None and not state.get("complete", False):
+    if state is not None and not state.complete:
         raise InputError(f"{out.root}: the conversion did not finish; re-run convert first")
-    recorded = (state or {}).get("shards", {})
     files: list[StagedFile] = []
     for path in sorted(p for p in out.root.rglob("*") if p.is_file()):
         rel = path.relative_to(out.root).as_posix()
         if not rel.startswith(OWNED_PREFIXES) and rel != "README.md":
             continue
-        rec = recorded.get(rel)
+        if state is not None and rel not in state.owned:
+            log.warning("%s: not written by bids2hf, not pushed", path)
+            continue
+        rec = state.shards.get(rel) if state is not None else None
         size = path.stat().st_size
         # Hashed lazily (by the upload thread) unless an earlier run recorded it.
-        known = rec.get("sha256") if rec and rec.get("size") == size else None
+        known = rec.sha256 if rec is not None and rec.size == size else None
         files.append(StagedFile(rel, path, size, known))
     target = open_target(url, private=private, timeout=timeout)
     report = PublishReport(url, dry_run=dry_run)
+    keep = [f.path for f in files]
     if dry_run:
         try:
             remote = target.files()
+            owned = recorded_paths(target, remote)
         except Exception:
-            remote = {}
+            remote, owned = {}, set()
         for item in files:
             if same_content(remote.get(item.path), item.size, item.checksum(), item.local):
                 report.unchanged.append(item.path)
             else:
                 report.uploaded.append(item.path)
                 report.uploaded_bytes += item.size
-        report.deleted = stale_paths(remote, [f.path for f in files])
+        report.deleted = stale_paths(remote, keep, owned)
+        report.kept = kept_paths(stale_paths(remote, keep), owned)
         return report
     target.ensure()
     remote = target.files()
+    owned = recorded_paths(target, remote)
+    by_path = {f.path: f for f in files}
+    conflicts = [
+        p
+        for p in remote_conflicts(remote, owned, keep)
+        if not same_content(remote[p], by_path[p].size, by_path[p].checksum(), by_path[p].local)
+    ]
+    refuse_remote_conflicts(url, conflicts, overwrite)
+    deletions = stale_paths(remote, keep, owned)
+    report.kept = kept_paths(stale_paths(remote, keep), owned)
     shards = [f for f in files if f.path.startswith("data/")]
     final = [f for f in files if not f.path.startswith("data/")]
     final.sort(key=lambda f: (f.path in (MANIFEST_PATH, "README.md"), f.path))
@@ -337,12 +502,22 @@ def push(
         )
         for item in shards:
             publisher.submit(item, holds_slot=False)
-        publisher.finish(
-            final,
-            stale_paths(remote, [f.path for f in files]),
-            "bids2hf: dataset card, manifest and dataset-level files",
-        )
+        try:
+            publisher.finish(
+                final, deletions, "bids2hf: dataset card, manifest and dataset-level files"
+            )
+        except BaseException:
+            publisher.abort()
+            raise
     verify_remote(
-        target, {f.path: (f.size, f.checksum()) for f in files}, {f.path: f.local for f in files}
+        target,
+        {f.path: (f.size, f.checksum()) for f in files},
+        {f.path: f.local for f in files},
+        owned | set(keep),
     )
     return report
+
+
+def kept_paths(stale: Iterable[str], owned: Collection[str]) -> list[str]:
+    """Files the new output lacks that stay, since no record says bids2hf wrote them."""
+    return [p for p in stale if p not in owned]

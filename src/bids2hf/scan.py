@@ -54,7 +54,13 @@ class ScanOptions:
 
 
 @dataclass
-class _Walked:
+class Walked:
+    """One entry found by :func:`walk`: a file, or a folder that was not entered.
+
+    Folders that were not entered carry a trailing ``/`` in ``relpath``: version-control
+    folders (``vcs_dir``) and folders given by ``not_followed`` (why they were not read).
+    """
+
     relpath: str
     size: int = 0
     mtime_ns: int = 0
@@ -62,10 +68,55 @@ class _Walked:
     broken: bool = False
     unreadable: bool = False
     vcs_dir: bool = False
+    not_followed: str = ""
+
+    @property
+    def is_file(self) -> bool:
+        """A regular file (or a symlink to one) whose size and mtime are known."""
+        return not (self.broken or self.unreadable or self.vcs_dir or self.not_followed)
 
 
-def _walk(root: Path) -> list[_Walked]:
-    out: list[_Walked] = []
+#: Reasons a folder is not read. They go into the published manifest, so they never name a path
+#: outside the dataset (which could reveal a local user name).
+LINK_INTO_DATASET = (
+    "directory symlink back into the dataset (not followed: it would read a folder twice)"
+)
+LINK_OUT_OF_DATASET = "directory symlink leading out of the dataset (not followed)"
+FOLDER_SEEN = "folder already read under another name (a bind mount loop?), not read again"
+
+
+def _link_reason(root: Path, link: str) -> tuple[str, str]:
+    """Why a directory symlink is not followed: (reason for the manifest, detail for the user)."""
+    target = Path(os.path.realpath(link))
+    if target == root or target.is_relative_to(root):
+        inside = target.relative_to(root).as_posix()
+        where = "the dataset's top folder" if inside == "." else f"{inside}/"
+        return LINK_INTO_DATASET, f"a directory symlink to {where} (a loop, or a folder read twice)"
+    return LINK_OUT_OF_DATASET, f"a directory symlink to {target}, outside the dataset"
+
+
+def walk(root: str | os.PathLike[str], details: dict[str, str] | None = None) -> list[Walked]:
+    """Every file under ``root``, sorted by relative path, as ``scan`` and ``verify`` see them.
+
+    Symlinked files are followed wherever they point (git-annex/DataLad keep content in
+    ``.git/annex`` or elsewhere). Symlinked folders are never followed: inside the dataset they
+    would read a folder twice or loop (``loop -> ..``), outside it they could pull in anything.
+    A real folder already read (same device and inode: a bind mount) is not read again either.
+    Such folders are returned with ``not_followed`` set; ``details`` (if given) receives, for
+    each, a longer explanation for the user (which may name paths outside the dataset).
+    Version-control folders are returned, not entered.
+
+    Raises:
+        InputError: ``root`` itself cannot be listed.
+    """
+    root = Path(root)
+    real_root = root.resolve()
+    out: list[Walked] = []
+    try:
+        top = root.stat()
+    except OSError as exc:
+        raise InputError(f"{root}: cannot be read ({exc.strerror or exc})") from None
+    seen = {(top.st_dev, top.st_ino)}
     stack = [""]
     while stack:
         rel_dir = stack.pop()
@@ -78,36 +129,70 @@ def _walk(root: Path) -> list[_Walked]:
                     f"{root}: cannot be listed (permission denied); fix its permissions "
                     "(chmod a+rx)"
                 ) from None
-            out.append(_Walked(rel_dir, unreadable=True))
+            out.append(Walked(rel_dir, unreadable=True))
             continue
         for entry in entries:
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            is_link = entry.is_symlink()
             try:
                 is_dir = entry.is_dir(follow_symlinks=True)
             except OSError:  # a symlink loop (ELOOP) is no folder; stat below says what it is
                 is_dir = False
             if is_dir:
                 if entry.name in VCS_DIRS:
-                    out.append(_Walked(rel + "/", vcs_dir=True))
-                else:
-                    stack.append(rel)
+                    out.append(Walked(rel + "/", vcs_dir=True))
+                    continue
+                if is_link:
+                    reason, detail = _link_reason(real_root, entry.path)
+                    out.append(Walked(rel + "/", is_symlink=True, not_followed=reason))
+                    if details is not None:
+                        details[rel + "/"] = detail
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    out.append(Walked(rel, unreadable=True))
+                    continue
+                if (st.st_dev, st.st_ino) in seen:
+                    out.append(Walked(rel + "/", not_followed=FOLDER_SEEN))
+                    if details is not None:
+                        details[rel + "/"] = "a folder already read under another name"
+                    continue
+                seen.add((st.st_dev, st.st_ino))
+                stack.append(rel)
                 continue
-            is_link = entry.is_symlink()
             try:
                 st = entry.stat(follow_symlinks=True)
             except OSError as exc:
                 # A symlink to nothing (unfetched git-annex content) or to itself (ELOOP).
                 if is_link or isinstance(exc, FileNotFoundError):
-                    out.append(_Walked(rel, is_symlink=is_link, broken=True))
+                    out.append(Walked(rel, is_symlink=is_link, broken=True))
                 else:
-                    out.append(_Walked(rel, unreadable=True))
+                    out.append(Walked(rel, unreadable=True))
                 continue
             if not stat.S_ISREG(st.st_mode):
                 continue
             readable = os.access(entry.path, os.R_OK)
-            out.append(_Walked(rel, st.st_size, st.st_mtime_ns, is_link, unreadable=not readable))
+            out.append(Walked(rel, st.st_size, st.st_mtime_ns, is_link, unreadable=not readable))
     out.sort(key=lambda w: w.relpath)
     return out
+
+
+def not_followed_problem(
+    folders: Sequence[str],
+    details: dict[str, str],
+    consequence: str = "listed as left out in the manifest",
+) -> Problem:
+    """One warning for every folder that :func:`walk` did not enter (``folders`` non-empty)."""
+    first = folders[0]
+    return Problem(
+        Severity.WARNING,
+        "symlink-not-followed",
+        first.rstrip("/"),
+        f"{details.get(first, 'a folder')}, not followed; {len(folders)} folder(s) not read in all",
+        f"{consequence}; copy a linked folder into the dataset to convert its files, or remove "
+        "a link that loops",
+    )
 
 
 def _unreadable(relpath: str, exc: OSError) -> Problem:
@@ -209,7 +294,7 @@ def _parse_subject_path(rel: str, derivative_dataset: bool) -> bids_schema.Parse
 
 
 def _classify(
-    w: _Walked,
+    w: Walked,
     options: ScanOptions,
     bidsignore: list[str],
     derivative_names: Callable[[str], bool],
@@ -222,6 +307,20 @@ def _classify(
     top = parts[0]
     if w.vcs_dir:
         f.placement, f.reason = Placement.LEFT_OUT, "version-control metadata (folder not read)"
+        return f
+    if w.not_followed:
+        # A folder that was not read: the reason its path is left out anyway (--exclude,
+        # sourcedata/, an unselected pipeline) wins; only otherwise is the link itself the reason.
+        as_path = _classify(
+            Walked(rel.rstrip("/")),
+            options,
+            bidsignore,
+            derivative_names,
+            units,
+            derivative_dataset,
+        )
+        f.placement = Placement.LEFT_OUT
+        f.reason = as_path.reason if as_path.placement is Placement.LEFT_OUT else w.not_followed
         return f
     pattern = _matches(rel, options.exclude)
     if pattern is not None:
@@ -309,7 +408,8 @@ def scan(
         raise InputError(f"{desc_path}: must hold a JSON object with Name and BIDSVersion")
     root_path = root_path.resolve()
 
-    walked = _walk(root_path)
+    link_details: dict[str, str] = {}
+    walked = walk(root_path, link_details)
     bidsignore = _bidsignore_patterns(root_path)
     wanted = set(options.derivatives)
     available = {w.relpath.split("/")[1] for w in walked if w.relpath.startswith("derivatives/")}
@@ -328,9 +428,12 @@ def scan(
     problems: list[Problem] = []
     files: list[SourceFile] = []
     broken: list[str] = []
+    not_followed: list[str] = []
     for w in walked:
         f = _classify(w, options, bidsignore, derivative_selected, units, derivative_dataset)
         files.append(f)
+        if w.not_followed and f.reason == w.not_followed:
+            not_followed.append(w.relpath)
         if f.placement is Placement.LEFT_OUT:
             continue
         if w.broken:
@@ -355,6 +458,9 @@ def scan(
         for f in files:
             if f.relpath in broken_set:
                 f.placement, f.reason = Placement.LEFT_OUT, "broken symlink (content not fetched)"
+
+    if not_followed:
+        problems.append(not_followed_problem(not_followed, link_details))
 
     if not any(f.subject for f in files if f.placement is Placement.ROW):
         raise InputError(

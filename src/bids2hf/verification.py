@@ -6,6 +6,7 @@ The published side is read from metadata only (manifest and shard footers), so v
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,8 +15,10 @@ from .errors import InputError
 from .manifest import DATASET_FILES_PREFIX, ManifestEntry
 from .progress import ProgressBar
 from .published import open_dataset
-from .scan import VCS_DIRS
+from .scan import Walked, not_followed_problem, walk
 from .write import sha256_file
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -58,14 +61,15 @@ class VerifyReport:
         return "\n".join(lines)
 
 
-def _source_files(root: Path) -> dict[str, Path]:
-    found: dict[str, Path] = {}
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if d not in VCS_DIRS)
-        for name in filenames:
-            full = Path(dirpath) / name
-            found[full.relative_to(root).as_posix()] = full
-    return found
+def _source_files(root: Path) -> dict[str, Walked]:
+    """The BIDS folder as ``convert`` saw it: the same walk, the same folders not entered."""
+    details: dict[str, str] = {}
+    walked = walk(root, details)
+    skipped = [w.relpath for w in walked if w.not_followed]
+    if skipped:
+        problem = not_followed_problem(skipped, details, "their files are not compared")
+        log.warning("%s", problem.one_line())
+    return {w.relpath: w for w in walked if not (w.vcs_dir or w.not_followed)}
 
 
 def _sha256(path: Path, bar: ProgressBar) -> str:
@@ -102,10 +106,11 @@ def verify(bids_dir: str | os.PathLike[str], source: str, *, progress: bool = Tr
         if e.placement == "dataset_file" and e.location not in stored:
             published.pop(e.path)
     report = VerifyReport(left_out=len(left_out))
-    source_files = _source_files(Path(bids_dir))
-    total = sum(p.stat().st_size for rel, p in source_files.items() if rel in published)
+    root = Path(bids_dir)
+    source_files = _source_files(root)
+    total = sum(w.size for rel, w in source_files.items() if rel in published and w.is_file)
     with ProgressBar(total, len(source_files), enabled=progress, desc="verify") as bar:
-        for rel, path in sorted(source_files.items()):
+        for rel, w in sorted(source_files.items()):
             entry = published.get(rel)
             if entry is None:
                 if rel not in left_out:
@@ -114,13 +119,21 @@ def verify(bids_dir: str | os.PathLike[str], source: str, *, progress: bool = Tr
                     )
                 continue
             report.checked += 1
-            size = path.stat().st_size
-            if size != entry.size:
+            if w.broken or w.unreadable:
+                what = "broken symlink" if w.broken else "permission denied"
+                report.differences.append(Difference(rel, "changed", f"cannot be read ({what})"))
+            elif w.size != entry.size:
                 report.differences.append(
-                    Difference(rel, "changed", f"size {size} vs {entry.size} published")
+                    Difference(rel, "changed", f"size {w.size} vs {entry.size} published")
                 )
-            elif _sha256(path, bar) != entry.sha256:
-                report.differences.append(Difference(rel, "changed", "sha256 differs"))
+            else:
+                try:
+                    digest = _sha256(root / rel, bar)
+                except OSError as exc:  # removed or made unreadable since the walk
+                    digest = f"cannot be read ({exc.strerror or exc})"
+                if digest != entry.sha256:
+                    detail = digest if digest.startswith("cannot") else "sha256 differs"
+                    report.differences.append(Difference(rel, "changed", detail))
     for rel, entry in sorted(published.items()):
         if rel not in source_files:
             # Every published entry has a location: its shard or its path under bids/.

@@ -1,0 +1,330 @@
+"""Damaged or crafted indexes: ``export`` and ``verify`` never crash on them.
+
+The manifest (``bids2hf/manifest.jsonl``) and each shard's footer index (the ``bids2hf`` key of
+its Parquet metadata) are damaged at random with a fixed seed: truncation, wrong types, missing
+keys, out-of-range rows and indices, huge sizes, swapped paths, flipped bytes. Whatever the
+damage, ``export`` either rebuilds the dataset exactly or refuses with one line: exit 2 when the
+index is unusable (types, ranges, paths, an index that contradicts the shard), exit 1 when
+published bytes or files do not match what the index records. It never writes outside the
+target, and never leaves a partial or wrong file in it.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import random
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from bids2hf.conversion import convert
+from bids2hf.errors import Bids2HfError
+from bids2hf.export_bids import export
+from bids2hf.manifest import MANIFEST_PATH
+from bids2hf.plan import PlanOptions
+from bids2hf.scan import ScanOptions
+from bids2hf.synthetic import SyntheticSpec, generate_bids
+from bids2hf.verification import verify
+from bids2hf.write import FOOTER_KEY
+from trees import tree
+
+SEED = 20261127
+EXPORT_TMP = ".bids2hf-export-tmp"
+Records = list[Any]
+
+
+# -- the dataset ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    spec = SyntheticSpec(n_subjects=2, sessions=("1",), threads=1, derivatives=False)
+    return generate_bids(tmp_path_factory.mktemp("fuzz") / "bids", spec).root
+
+
+@pytest.fixture(scope="module")
+def published(source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The dataset converted over a few shards; nothing is left out (read-only)."""
+    out = tmp_path_factory.mktemp("fuzz") / "hf"
+    convert(
+        source,
+        out,
+        scan_options=ScanOptions(),
+        plan_options=PlanOptions(max_shard_bytes=150_000),
+        workers=1,
+        progress=False,
+    )
+    assert len(list((out / "data").glob("*.parquet"))) >= 2
+    lines = (out / MANIFEST_PATH).read_text().splitlines()
+    assert not [line for line in lines if '"left_out"' in line]
+    return out
+
+
+# -- damage ------------------------------------------------------------------------------------
+WRONG_VALUES: list[Any] = ["x", "", -1, -2, 1.5, None, [], {}, True, 10**30, "../x", "/etc/passwd"]
+
+
+def _damage_records(
+    records: Records, rng: random.Random, n_rows: int, serialize: Callable[[Records], bytes]
+) -> tuple[str, bytes]:
+    """Apply one random kind of damage to a list of index records; return (kind, new bytes)."""
+    records = copy.deepcopy(records)
+    kind = rng.choice(
+        [
+            "wrong-type",
+            "out-of-range",
+            "huge-size",
+            "drop-key",
+            "swap-paths",
+            "truncate",
+            "flip-byte",
+            "not-an-object",
+        ]
+    )
+    dicts = [r for r in records if isinstance(r, dict)]
+    victim = rng.choice(dicts)
+    if kind == "wrong-type":
+        victim[rng.choice(sorted(victim))] = rng.choice(WRONG_VALUES)
+    elif kind == "out-of-range":
+        key = rng.choice([k for k in ("row", "index") if k in victim] or ["row"])
+        victim[key] = rng.choice([n_rows, n_rows + rng.randint(1, 5), 10**9, -2, 2**63, 2**64])
+    elif kind == "huge-size":
+        victim["size"] = rng.choice([victim.get("size", 0) + 1, 2**40, 2**63, 10**30])
+    elif kind == "drop-key":
+        victim.pop(rng.choice(sorted(victim)))
+    elif kind == "swap-paths":
+        other = rng.choice(dicts)
+        victim["path"], other["path"] = other.get("path"), victim.get("path")
+    elif kind == "not-an-object":
+        records.insert(rng.randrange(len(records) + 1), rng.choice([[1, 2], None, "x", 3]))
+    data = serialize(records)
+    if kind == "truncate":
+        data = data[: rng.randrange(len(data))]
+    elif kind == "flip-byte":
+        at = rng.randrange(len(data))
+        data = data[:at] + bytes([data[at] ^ (1 << rng.randrange(8))]) + data[at + 1 :]
+    return kind, data
+
+
+def _manifest_records(hf: Path) -> Records:
+    return [json.loads(line) for line in (hf / MANIFEST_PATH).read_text().splitlines()]
+
+
+def damage_manifest(hf: Path, rng: random.Random, n_rows: int) -> str:
+    kind, data = _damage_records(_manifest_records(hf), rng, n_rows, _jsonl)
+    (hf / MANIFEST_PATH).write_bytes(data)
+    return kind
+
+
+def _jsonl(records: Records) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in records).encode()
+
+
+def _json(records: Records) -> bytes:
+    return json.dumps(records).encode()
+
+
+def rewrite_footer_index(shard: Path, change: Callable[[bytes, int], bytes]) -> None:
+    """Write ``shard`` again with its footer index replaced by ``change(index, rows)``."""
+    index = pq.ParquetFile(shard).metadata.metadata[FOOTER_KEY]
+    table = pq.read_table(shard)
+    with pq.ParquetWriter(shard, table.schema) as writer:
+        writer.write_table(table)
+        writer.add_key_value_metadata({FOOTER_KEY: change(index, table.num_rows)})
+
+
+def damage_footer(hf: Path, rng: random.Random) -> str:
+    shard = rng.choice(sorted((hf / "data").glob("*.parquet")))
+    kinds = []
+
+    def change(index: bytes, n_rows: int) -> bytes:
+        kind, data = _damage_records(json.loads(index), rng, n_rows, _json)
+        kinds.append(kind)
+        return data
+
+    rewrite_footer_index(shard, change)
+    return kinds[0]
+
+
+# -- checking one outcome ---------------------------------------------------------------------
+def _snapshot(root: Path, skip: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and skip not in p.parents
+    }
+
+
+def run_export(hf: Path, out: Path) -> tuple[int, str]:
+    """Exit code and message of an export through the API; anything else is a crash."""
+    try:
+        export(str(hf), out, progress=False)
+    except Bids2HfError as exc:
+        return exc.exit_code, str(exc)
+    return 0, ""
+
+
+def check_outcome(case: Path, out: Path, source: Path, code: int, message: str, what: str) -> None:
+    expected = tree(source)
+    assert code in (0, 1, 2), what
+    if code:
+        assert message and "\n" not in message and "Traceback" not in message, what
+        assert "internal error" not in message, what
+        if code == 1:
+            # Exit 1 is for published bytes that differ from the recorded size/sha256, or for
+            # files the index lists that are not there; an unusable index is exit 2.
+            assert any(w in message for w in ("sha256", "size", "missing")), (what, message)
+    assert not (out / EXPORT_TMP).exists(), what
+    written = tree(out) if out.exists() else {}
+    for rel, digest in written.items():
+        assert expected.get(rel) == digest, f"{what}: {rel} is partial, wrong or foreign"
+    if code == 0:
+        assert written == expected, f"{what}: exported without error but incomplete"
+
+
+# -- the fuzz tests ---------------------------------------------------------------------------
+def _cases(
+    published: Path, tmp_path: Path, n: int, damage: Callable[[Path, random.Random], str]
+) -> list[tuple[Path, Path, str]]:
+    rng = random.Random(SEED + n)
+    cases = []
+    for i in range(n):
+        case = tmp_path / f"case{i}"
+        hf = case / "hf"
+        shutil.copytree(published, hf)
+        kind = damage(hf, rng)
+        cases.append((case, hf, f"case {i} ({kind})"))
+    return cases
+
+
+def _n_rows(published: Path) -> int:
+    return max(pq.ParquetFile(p).metadata.num_rows for p in (published / "data").glob("*.parquet"))
+
+
+def test_fuzzed_manifest(published: Path, source: Path, tmp_path: Path) -> None:
+    n_rows = _n_rows(published)
+    outcomes: dict[int, int] = {}
+    for case, hf, what in _cases(
+        published, tmp_path, 60, lambda hf, rng: damage_manifest(hf, rng, n_rows)
+    ):
+        before = _snapshot(case, skip=case / "out")
+        code, message = run_export(hf, case / "out")
+        check_outcome(case, case / "out", source, code, message, what)
+        assert _snapshot(case, skip=case / "out") == before, f"{what}: wrote outside the target"
+        outcomes[code] = outcomes.get(code, 0) + 1
+        try:
+            verify(source, str(hf), progress=False)
+        except Bids2HfError as exc:
+            assert "\n" not in str(exc), what
+    assert outcomes.get(2, 0) >= 30, outcomes  # most damage is refused, not tolerated
+
+
+@pytest.mark.parametrize("with_manifest", [True, False])
+def test_fuzzed_footer_index(
+    published: Path, source: Path, tmp_path: Path, with_manifest: bool
+) -> None:
+    def damage(hf: Path, rng: random.Random) -> str:
+        if not with_manifest:
+            (hf / MANIFEST_PATH).unlink()
+        return damage_footer(hf, rng)
+
+    outcomes: dict[int, int] = {}
+    for case, hf, what in _cases(published, tmp_path, 25, damage):
+        before = _snapshot(case, skip=case / "out")
+        code, message = run_export(hf, case / "out")
+        check_outcome(case, case / "out", source, code, message, what)
+        assert _snapshot(case, skip=case / "out") == before, f"{what}: wrote outside the target"
+        outcomes[code] = outcomes.get(code, 0) + 1
+        try:
+            verify(source, str(hf), progress=False)
+        except Bids2HfError as exc:
+            assert "\n" not in str(exc), what
+    assert outcomes.get(2, 0) >= 10, outcomes
+
+
+# -- targeted damage: each is refused with exit 2 before anything is written -------------------
+def _row_entry(records: Records, column_is_list: bool = True) -> dict[str, Any]:
+    return next(
+        r
+        for r in records
+        if r.get("placement", "row") == "row" and (r["index"] >= 0) == column_is_list
+    )
+
+
+TARGETED: list[tuple[str, Callable[[Records, int], None]]] = [
+    ("index out of range", lambda rs, n: _row_entry(rs).update(index=10_000)),
+    ("negative index", lambda rs, n: _row_entry(rs).update(index=-7)),
+    ("row out of range", lambda rs, n: _row_entry(rs).update(row=n)),
+    ("row as text", lambda rs, n: _row_entry(rs).update(row="0")),
+    ("size as text", lambda rs, n: _row_entry(rs).update(size="12")),
+    ("huge size", lambda rs, n: _row_entry(rs).update(size=2**62)),
+    ("column of no file", lambda rs, n: _row_entry(rs).update(column="subject_id")),
+    ("unknown column", lambda rs, n: _row_entry(rs).update(column="nope")),
+    ("path of another file", lambda rs, n: _row_entry(rs).update(path="sub-01/other.json")),
+    ("bad sha256", lambda rs, n: _row_entry(rs).update(sha256="xyz")),
+]
+
+
+@pytest.mark.parametrize("index", ["manifest", "footer"])
+@pytest.mark.parametrize("name", [name for name, _ in TARGETED])
+def test_targeted_damage_is_refused_before_writing(
+    published: Path, source: Path, tmp_path: Path, index: str, name: str
+) -> None:
+    change = dict(TARGETED)[name]
+    hf = tmp_path / "hf"
+    shutil.copytree(published, hf)
+    n_rows = _n_rows(published)
+    if index == "manifest":
+        records = _manifest_records(hf)
+        change(records, n_rows)
+        (hf / MANIFEST_PATH).write_bytes(_jsonl(records))
+    else:
+        (hf / MANIFEST_PATH).unlink()  # the footers are then the only index
+
+        def edit(index: bytes, n_rows: int) -> bytes:
+            records = json.loads(index)
+            change(records, n_rows)
+            return _json(records)
+
+        rewrite_footer_index(sorted((hf / "data").glob("*.parquet"))[0], edit)
+    out = tmp_path / "out"
+    code, message = run_export(hf, out)
+    assert code == 2, message
+    assert "\n" not in message and "internal error" not in message
+    assert not out.exists(), "refused before anything was written"
+
+
+def test_cli_refuses_damaged_indexes_in_one_line(published: Path, tmp_path: Path) -> None:
+    """The real command: one line on stderr, no traceback, exit 2, nothing written."""
+    damaged = []
+    for name in ("index out of range", "row as text", "huge size"):
+        hf = tmp_path / name.replace(" ", "-")
+        shutil.copytree(published, hf)
+        records = _manifest_records(hf)
+        dict(TARGETED)[name](records, _n_rows(published))
+        (hf / MANIFEST_PATH).write_bytes(_jsonl(records))
+        damaged.append(hf)
+    truncated = tmp_path / "truncated-footer"
+    shutil.copytree(published, truncated)
+    (truncated / MANIFEST_PATH).unlink()
+    shard = sorted((truncated / "data").glob("*.parquet"))[0]
+    rewrite_footer_index(shard, lambda index, n_rows: index[: len(index) // 2])
+    damaged.append(truncated)
+    for hf in damaged:
+        out = hf.parent / (hf.name + "-out")
+        run = subprocess.run(
+            [sys.executable, "-m", "bids2hf", "export", str(hf), str(out), "-q"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert run.returncode == 2, (hf.name, run.stderr)
+        assert run.stderr.count("\n") == 1 and run.stderr.startswith("error: "), run.stderr
+        assert "Traceback" not in run.stderr and "internal error" not in run.stderr
+        assert not out.exists()
