@@ -58,7 +58,7 @@ PY = sys.executable
 BIDS2HF = str(Path(PY).with_name("bids2hf"))
 MB = 1e6
 WARM_IMPORTS = (
-    "import bids2hf.cli, bids2hf.conversion, bids2hf.write, pyarrow.parquet, datasets, pandas, "
+    "import bids2hf.cli, bids2hf.api, bids2hf.write.workers, pyarrow.parquet, datasets, pandas, "
     "nibabel, psutil"
 )
 
@@ -291,9 +291,9 @@ def rm(path: Path) -> None:
 # ------------------------------------------------------------------------------------------
 def _session_table(bids: str) -> tuple[dict[str, list[Any]], list[str]]:
     """Rows of file paths grouped exactly like bids2hf's default (session) layout."""
-    from bids2hf.conversion import scan_and_plan
-    from bids2hf.plan import Role
-    from bids2hf.scan import ScanOptions
+    from bids2hf.api import scan_and_plan
+    from bids2hf.bids.options import ScanOptions
+    from bids2hf.model.rows import Role
 
     _, plan = scan_and_plan(bids, ScanOptions(derivatives=("all",)))
     cols = [c.name for c in plan.columns if c.role is Role.FILE and c.nifti]
@@ -606,7 +606,8 @@ class Bench:
         res.update(target=nbytes, lite=lite)
         work = Path(a.tmp) / label
         bids = work / "bids"
-        from bids2hf.synthetic import SyntheticSpec, generate_bids
+        from bids2hf.testing.spec import SyntheticSpec
+        from bids2hf.testing.synthetic import generate_bids
 
         n_subjects = max(4, round(nbytes / a.bytes_per_subject))
         if not bids.exists():

@@ -59,8 +59,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import bids2hf.units as units
 from bench_convert import src_fingerprint
-from bids2hf import units
 
 HERE = Path(__file__).resolve()
 REPO = HERE.parent.parent
@@ -228,11 +228,13 @@ def run_child(cmd: list[str], env: dict[str, str], log: Path) -> dict[str, Any]:
 def trace_child(trace_path: str, argv: list[str]) -> None:
     """Run ``bids2hf ARGV`` in this process, recording when each publishing phase ran."""
     t_start = time.time()
-    import bids2hf.cli as cli
-    import bids2hf.conversion as C
-    import bids2hf.publish as P
-    import bids2hf.state as S
-    import bids2hf.targets as T
+    import bids2hf.api as C
+    import bids2hf.cli.commands as cli
+    import bids2hf.publish.pipeline as P
+    import bids2hf.publish.targets.base as T
+    import bids2hf.publish.targets.hub as H
+    import bids2hf.publish.uploader as U
+    import bids2hf.write.state_store as S
 
     events: list[dict[str, Any]] = []
     t_imported = time.time()
@@ -269,9 +271,9 @@ def trace_child(trace_path: str, argv: list[str]) -> None:
     wrap(C, "write_shards", "write shards (all)")
     wrap(C, "finish_output", "dataset files, manifest, card")
     wrap(C, "_publish_final", "final: join uploads, last commit, verify")
-    wrap(P.Publisher, "acquire", "writer waits for a staging slot", min_s=0.002)
-    wrap(P.Publisher, "submit", "shard handed to uploader", key=item_info)
-    wrap(P.Publisher, "finish", "publisher.finish (join + last commit)")
+    wrap(U.Publisher, "acquire", "writer waits for a staging slot", min_s=0.002)
+    wrap(U.Publisher, "submit", "shard handed to uploader", key=item_info)
+    wrap(U.Publisher, "finish", "publisher.finish (join + last commit)")
     wrap(
         T.StagedFile,
         "checksum",
@@ -279,19 +281,18 @@ def trace_child(trace_path: str, argv: list[str]) -> None:
         key=lambda self: {"path": self.path, "bytes": self.size},
         when=lambda self: self.sha256 is None,
     )
-    wrap(T.HubTarget, "stage", "upload (preupload+LFS PUT)", key=item_info)
+    wrap(H.HubTarget, "stage", "upload (preupload+LFS PUT)", key=item_info)
     wrap(
-        T.HubTarget,
+        H.HubTarget,
         "commit",
         "commit",
         key=lambda self, items, deletions, message: {"files": len(items)},
     )
-    wrap(T.HubTarget, "files", "list remote tree")
-    wrap(T.HubTarget, "ensure", "create repo")
-    wrap(T.HubTarget, "head", "head")
+    wrap(H.HubTarget, "files", "list remote tree")
+    wrap(H.HubTarget, "ensure", "create repo")
+    wrap(H.HubTarget, "head", "head")
     wrap(S.StateStore, "_append", "save state (write+fsync)")
     wrap(P, "verify_remote", "verify remote")
-    wrap(C, "verify_remote", "verify remote")
     rc = 0
     try:
         cli.main(argv, prog_name="bids2hf")
@@ -474,7 +475,8 @@ class Bench:
         return d
 
     def generate(self) -> None:
-        from bids2hf.synthetic import SyntheticSpec, generate_bids
+        from bids2hf.testing.spec import SyntheticSpec
+        from bids2hf.testing.synthetic import generate_bids
 
         size = parse_size(self.args.size)
         subjects = max(1, round(size / self.args.bytes_per_subject))

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from bids2hf.cli import main
-from bids2hf.synthetic import GeneratedDataset, SyntheticSpec, generate_bids
+from bids2hf.cli.commands import main
+from bids2hf.testing.spec import GeneratedDataset, SyntheticSpec
+from bids2hf.testing.synthetic import generate_bids
+from golden import BIDS_EXAMPLES, FILL_PLACEHOLDERS, SHARED, example_names, fill_examples
 from hub_emulator import HubEmulator
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-if not SHARED.is_dir():
-    SHARED = Path(os.environ.get("BIDS2HF_SHARED", "/nonexistent"))
-BIDS_EXAMPLES = SHARED / "bids-examples"
+__all__ = ["BIDS_EXAMPLES", "SHARED"]
+
 S3_BUCKET = "neuro"  # the bucket the `s3_env` fixture creates
 
 
@@ -35,6 +35,17 @@ def _isolated_hf_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: py
 def synthetic(tmp_path_factory: pytest.TempPathFactory) -> GeneratedDataset:
     """A small generated dataset (read-only: copy it before changing it)."""
     return generate_bids(tmp_path_factory.mktemp("synthetic") / "bids", SyntheticSpec(n_subjects=4))
+
+
+@pytest.fixture(scope="session")
+def filled_examples(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """All bids-examples copied once, every empty NIfTI placeholder turned into a tiny valid
+    image (read-only: shared by the round-trip and golden-output tests)."""
+    if not example_names():
+        pytest.skip(f"{BIDS_EXAMPLES} not found")
+    if not FILL_PLACEHOLDERS.is_file():
+        pytest.skip(f"{FILL_PLACEHOLDERS} not found")
+    return fill_examples(tmp_path_factory.mktemp("bids-examples-filled"))
 
 
 @pytest.fixture

@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,15 +17,15 @@ from typing import Any
 import pytest
 from click.testing import Result
 
-from bids2hf.conversion import convert, scan_and_plan
-from bids2hf.export_bids import export
-from bids2hf.manifest import MANIFEST_PATH, ManifestEntry, loads
-from bids2hf.scan import ScanOptions
-from bids2hf.synthetic import GeneratedDataset
-from bids2hf.verification import verify
+from bids2hf.api import convert, scan_and_plan
+from bids2hf.bids.options import ScanOptions
+from bids2hf.model.format import MANIFEST_PATH
+from bids2hf.model.manifest import ManifestEntry, loads
+from bids2hf.readback.export import export
+from bids2hf.readback.verify import verify
+from bids2hf.testing.spec import GeneratedDataset
 from conftest import BIDS_EXAMPLES
 
-FILL_PLACEHOLDERS = BIDS_EXAMPLES.parent / "tools" / "fill_placeholders.py"
 VCS = frozenset({".git", ".datalad"})
 
 #: Datasets that convert refuses, on purpose, with ``--derivatives all``: name → (file, why).
@@ -119,22 +117,10 @@ def test_converts_and_accounts_for_every_file(
 
 
 # -- (b) round trip with real image content -------------------------------------------------------
-@pytest.fixture(scope="module")
-def filled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture
+def filled(filled_examples: Path) -> Path:
     """All datasets copied once, every empty NIfTI placeholder turned into a tiny valid image."""
-    if not NAMES:
-        pytest.skip(f"{BIDS_EXAMPLES} not found")
-    if not FILL_PLACEHOLDERS.is_file():
-        pytest.skip(f"{FILL_PLACEHOLDERS} not found")
-    dest = tmp_path_factory.mktemp("bids-examples-filled")
-    proc = subprocess.run(
-        [sys.executable, str(FILL_PLACEHOLDERS), str(BIDS_EXAMPLES), str(dest), *NAMES],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return dest
+    return filled_examples
 
 
 @pytest.mark.parametrize("name", DATASETS)

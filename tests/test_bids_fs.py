@@ -24,11 +24,12 @@ import pyarrow.parquet as pq
 import pytest
 from fsspec.implementations.local import LocalFileSystem
 
-from bids2hf.bids_fs import BidsHfFileSystem
-from bids2hf.byte_ranges import RangeError, record_offsets, replace_footer_value
 from bids2hf.errors import InputError
-from bids2hf.synthetic import GeneratedDataset
-from bids2hf.write import FOOTER_KEY, read_footer_index
+from bids2hf.model.format import FOOTER_KEY, read_footer_index
+from bids2hf.model.ranges import RangeError
+from bids2hf.readback.bids_fs import BidsHfFileSystem
+from bids2hf.testing.spec import GeneratedDataset
+from bids2hf.write.ranges import record_offsets, replace_footer_value
 from hub_emulator import HubEmulator
 from test_byte_ranges import convert
 
@@ -36,7 +37,11 @@ MANIFEST = "bids2hf/manifest.jsonl"
 T1W = "sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz"
 SIDECAR = "sub-01/ses-1/anat/sub-01_ses-1_T1w.json"
 
-fsspec.register_implementation("bids2hf", "bids2hf.bids_fs.BidsHfFileSystem", clobber=True)
+
+
+def test_protocol_registered_by_entry_point() -> None:
+    """pyproject's fsspec entry point names the class where it lives."""
+    assert fsspec.get_filesystem_class("bids2hf") is BidsHfFileSystem
 
 
 def add_offsets(out: Path) -> None:

@@ -15,18 +15,11 @@ import fsspec
 import pyarrow.parquet as pq
 import pytest
 
-from bids2hf.byte_ranges import (
-    FileRange,
-    RangeError,
-    coalesce,
-    fetch_ranges,
-    locate_ranges,
-    read_range,
-    record_offsets,
-    replace_footer_value,
-)
-from bids2hf.synthetic import GeneratedDataset
-from bids2hf.write import FOOTER_KEY, read_footer_index
+from bids2hf.model.format import FOOTER_KEY, read_footer_index
+from bids2hf.model.ranges import FileRange, RangeError
+from bids2hf.readback.ranges import coalesce, fetch_ranges, read_range
+from bids2hf.testing.spec import GeneratedDataset
+from bids2hf.write.ranges import locate_ranges, record_offsets, replace_footer_value
 
 
 def convert(src: Path, out: Path, *args: str) -> Path:

@@ -13,7 +13,7 @@ from datasets import load_dataset
 from huggingface_hub import DatasetCard, DatasetCardData
 
 import bids2hf
-from bids2hf.card_facts import (
+from bids2hf.report.card_facts import (
     USER_END,
     USER_START,
     UserSectionError,
@@ -23,9 +23,9 @@ from bids2hf.card_facts import (
     participant_summary,
     shorten_readme,
 )
-from bids2hf.card_render import CardFacts, GeneratedSections, render
-from bids2hf.image_facts import HeaderFacts, facts_from_header, header_facts, summarize_kind
-from bids2hf.synthetic import GeneratedDataset
+from bids2hf.report.card_render import CardFacts, GeneratedSections, render
+from bids2hf.report.image_facts import HeaderFacts, facts_from_header, header_facts, summarize_kind
+from bids2hf.testing.spec import GeneratedDataset
 
 
 @pytest.mark.parametrize(

@@ -12,9 +12,10 @@ from click.testing import Result
 from datasets import List, Nifti, Value, load_dataset
 
 import bids2hf
-from bids2hf.config import parse_config
 from bids2hf.errors import InputError
-from bids2hf.synthetic import GeneratedDataset, SyntheticSpec, generate_bids
+from bids2hf.plan.config import parse_config
+from bids2hf.testing.spec import GeneratedDataset, SyntheticSpec
+from bids2hf.testing.synthetic import generate_bids
 
 ARC_CONFIG = Path(bids2hf.__file__).parent / "examples" / "arc.toml"
 ARC_COLUMNS = [

@@ -9,11 +9,11 @@ import pyarrow.parquet as pq
 import pytest
 from datasets import load_dataset
 
-from bids2hf.conversion import convert
-from bids2hf.plan import PlanOptions
-from bids2hf.scan import ScanOptions
-from bids2hf.synthetic import GeneratedDataset
-from bids2hf.write import FOOTER_KEY, read_footer_index
+from bids2hf.api import convert
+from bids2hf.bids.options import ScanOptions
+from bids2hf.model.format import FOOTER_KEY, read_footer_index
+from bids2hf.plan.options import PlanOptions
+from bids2hf.testing.spec import GeneratedDataset
 from trees import sha256, tree
 
 
@@ -255,8 +255,8 @@ def test_default_check_never_decompresses_good_files(
     synthetic: GeneratedDataset, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The cheap check reads headers and gzip trailers only; full decompression is for --check full."""
-    from bids2hf import nifti_header
-    from bids2hf.scan import scan
+    import bids2hf.bids.nifti as nifti_header
+    from bids2hf.bids.scan import scan
 
     def refuse(path: str) -> int:
         raise AssertionError(f"decompressed {path} during the cheap check")

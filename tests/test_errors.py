@@ -32,13 +32,14 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import Result
 
-import bids2hf.conversion as convert_module
-from bids2hf.conversion import convert, scan_and_plan
+import bids2hf.api as convert_module
+from bids2hf.api import convert, scan_and_plan
 from bids2hf.errors import DestinationError, InputError
-from bids2hf.output_folder import OutputFolder
-from bids2hf.plan import PlanOptions
-from bids2hf.synthetic import GeneratedDataset
-from bids2hf.write import EmbeddedFile, read_footer_index, write_shard
+from bids2hf.model.format import EmbeddedFile, read_footer_index
+from bids2hf.plan.options import PlanOptions
+from bids2hf.testing.spec import GeneratedDataset
+from bids2hf.write.output_folder import OutputFolder
+from bids2hf.write.shard import write_shard
 from trees import tree
 
 Cli = Callable[..., Result]

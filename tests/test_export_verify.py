@@ -21,13 +21,14 @@ import pytest
 from click.testing import Result
 from fsspec.implementations.memory import MemoryFileSystem
 
-from bids2hf.conversion import convert
-from bids2hf.manifest import MANIFEST_PATH, ManifestEntry, dumps, loads
-from bids2hf.plan import PlanOptions
-from bids2hf.scan import ScanOptions
-from bids2hf.synthetic import GeneratedDataset, SyntheticSpec, generate_bids
-from bids2hf.verification import verify
-from bids2hf.write import FOOTER_KEY, read_footer_index
+from bids2hf.api import convert
+from bids2hf.bids.options import ScanOptions
+from bids2hf.model.format import FOOTER_KEY, MANIFEST_PATH, read_footer_index
+from bids2hf.model.manifest import ManifestEntry, dumps, loads
+from bids2hf.plan.options import PlanOptions
+from bids2hf.readback.verify import verify
+from bids2hf.testing.spec import GeneratedDataset, SyntheticSpec
+from bids2hf.testing.synthetic import generate_bids
 
 Cli = Callable[..., Result]
 EXPORT_TMP = ".bids2hf-export-tmp"

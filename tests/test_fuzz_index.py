@@ -25,15 +25,15 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from bids2hf.conversion import convert
+from bids2hf.api import convert
+from bids2hf.bids.options import ScanOptions
 from bids2hf.errors import Bids2HfError
-from bids2hf.export_bids import export
-from bids2hf.manifest import MANIFEST_PATH
-from bids2hf.plan import PlanOptions
-from bids2hf.scan import ScanOptions
-from bids2hf.synthetic import SyntheticSpec, generate_bids
-from bids2hf.verification import verify
-from bids2hf.write import FOOTER_KEY
+from bids2hf.model.format import FOOTER_KEY, MANIFEST_PATH
+from bids2hf.plan.options import PlanOptions
+from bids2hf.readback.export import export
+from bids2hf.readback.verify import verify
+from bids2hf.testing.spec import SyntheticSpec
+from bids2hf.testing.synthetic import generate_bids
 from trees import tree
 
 SEED = 20261127

@@ -14,15 +14,11 @@ import pytest
 from PIL import Image
 
 import bids2hf
-from bids2hf.card_facts import (
-    description_facts,
-    participant_summary,
-    shorten_readme,
-)
-from bids2hf.html_report import GENERATOR, ReportData, render_html, write_report
-from bids2hf.image_facts import header_facts, summarize_kind
-from bids2hf.synthetic import GeneratedDataset
-from bids2hf.thumbnails import thumbnail_png
+from bids2hf.report.card_facts import description_facts, participant_summary, shorten_readme
+from bids2hf.report.html_report import GENERATOR, ReportData, render_html, write_report
+from bids2hf.report.image_facts import header_facts, summarize_kind
+from bids2hf.testing.spec import GeneratedDataset
+from bids2hf.write.thumbnails import thumbnail_png
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -164,7 +160,7 @@ def test_renders_in_headless_chromium(report: tuple[Path, ReportData], tmp_path:
 
 
 def test_size_histogram_labels_stay_distinct() -> None:
-    from bids2hf.html_report import _size_bins
+    from bids2hf.report.html_report import _size_bins
     from bids2hf.units import human_bytes
 
     bins = _size_bins([4400, 4410, 4420, 4420])

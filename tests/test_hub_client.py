@@ -23,9 +23,9 @@ from datasets import Features
 from datasets.info import DatasetInfosDict
 from huggingface_hub import DatasetCard
 
-from bids2hf.conversion import convert
-from bids2hf.scan import ScanOptions
-from bids2hf.synthetic import GeneratedDataset
+from bids2hf.api import convert
+from bids2hf.bids.options import ScanOptions
+from bids2hf.testing.spec import GeneratedDataset
 from hub_emulator import HubEmulator
 
 PRELUDE = textwrap.dedent(
@@ -34,8 +34,9 @@ PRELUDE = textwrap.dedent(
     from pathlib import Path
     from huggingface_hub import get_session
     from huggingface_hub.utils import are_progress_bars_disabled
-    from bids2hf.targets import HubTarget, StagedFile
-    from bids2hf.write import sha256_file
+    from bids2hf.publish.targets.base import StagedFile
+    from bids2hf.publish.targets.hub import HubTarget
+    from bids2hf.model.format import sha256_file
 
     work = Path(sys.argv[1])
     out = {}

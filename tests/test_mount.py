@@ -21,11 +21,11 @@ from typing import Any
 
 import pytest
 
-from bids2hf.synthetic import GeneratedDataset
+from bids2hf.testing.spec import GeneratedDataset
 from test_bids_fs import MANIFEST, T1W, add_offsets
 from test_byte_ranges import convert
 
-MOUNT = [sys.executable, "-m", "bids2hf.mount"]
+MOUNT = [sys.executable, "-m", "bids2hf.readback.mount"]
 
 
 def _fuse_usable() -> str | None:
@@ -41,7 +41,7 @@ def _fuse_usable() -> str | None:
 
 
 class Mount:
-    """A running ``bids2hf.mount`` process and its mount point."""
+    """A running ``bids2hf.readback.mount`` process and its mount point."""
 
     def __init__(self, source: Path, point: Path, env: dict[str, str] | None = None) -> None:
         point.mkdir(parents=True, exist_ok=True)
@@ -205,7 +205,7 @@ def test_without_fuse_the_error_is_one_line(source: Path, tmp_path: Path) -> Non
 def test_a_missing_binding_names_the_extra(
     source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from bids2hf.mount import FuseUnavailableError, mount
+    from bids2hf.readback.mount import FuseUnavailableError, mount
 
     device = tmp_path / "fuse"
     device.write_text("")

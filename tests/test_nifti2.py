@@ -15,7 +15,7 @@ from click.testing import Result
 from datasets import List, Nifti, load_dataset
 
 import bids2hf
-from bids2hf.nifti_header import check_nifti
+from bids2hf.bids.nifti import check_nifti
 
 
 def test_nifti2_is_stored_verbatim_and_readable(

@@ -3,7 +3,7 @@
 The files: every ``.nii``/``.nii.gz`` in nibabel's installed test data (always there), plus the
 data files of dipy and nilearn when those are installed (skipped otherwise). The verdict of the
 check (accept/refuse) must equal "nibabel loads the file and reads all of its data", on the real
-files and on hand-damaged copies of them, except where ``bids2hf.nifti_header`` documents that it
+files and on hand-damaged copies of them, except where ``bids2hf.bids.nifti`` documents that it
 is stricter; each of those cases is pinned down here with nibabel's own verdict, so a change on
 either side shows.
 """
@@ -29,8 +29,8 @@ from click.testing import Result
 from datasets import List, Nifti, load_dataset
 
 import bids2hf
-from bids2hf import nifti_header
-from bids2hf.nifti_header import check_nifti
+import bids2hf.bids.nifti as nifti_header
+from bids2hf.bids.nifti import check_nifti
 
 Cli = Callable[..., Result]
 

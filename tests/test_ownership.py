@@ -21,8 +21,9 @@ import fsspec
 import pytest
 from click.testing import Result
 
-from bids2hf.publish import default_staging
-from bids2hf.synthetic import SyntheticSpec, generate_bids
+from bids2hf.publish.pipeline import default_staging
+from bids2hf.testing.spec import SyntheticSpec
+from bids2hf.testing.synthetic import generate_bids
 from hub_emulator import HubEmulator
 from trees import tree
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bids2hf import bids_schema
-from bids2hf.inheritance import SidecarIndex
-from bids2hf.inventory import Inventory, Placement, SourceFile
-from bids2hf.plan import PlanOptions, make_plan
-from bids2hf.shard_plan import row_groups
+import bids2hf.bids.schema as bids_schema
+from bids2hf.bids.inheritance import SidecarIndex
+from bids2hf.model.inventory import Inventory, Placement, SourceFile
+from bids2hf.plan.options import PlanOptions
+from bids2hf.plan.plan import make_plan
+from bids2hf.plan.shards import row_groups
 
 
 def _inventory(subjects: list[str], sizes: dict[str, int] | None = None) -> Inventory:
@@ -110,7 +111,7 @@ def test_every_file_is_placed() -> None:
 
 
 def test_planning_leaves_the_inventory_unchanged() -> None:
-    from bids2hf.config import parse_config
+    from bids2hf.plan.config import parse_config
 
     inv = _inventory(["01", "02"])
     before = [(f.relpath, f.placement, f.reason) for f in inv.files]

@@ -19,7 +19,7 @@ from huggingface_hub import DatasetCard
 from PIL import Image
 
 import bids2hf
-from bids2hf.previews import (
+from bids2hf.report.previews import (
     PREVIEWS_CONFIG,
     PREVIEWS_PATH,
     PreviewRow,
@@ -27,8 +27,8 @@ from bids2hf.previews import (
     choose_previews,
     previews_parquet,
 )
-from bids2hf.synthetic import GeneratedDataset
-from bids2hf.thumbnails import thumbnail_png
+from bids2hf.testing.spec import GeneratedDataset
+from bids2hf.write.thumbnails import thumbnail_png
 from hub_emulator import HubEmulator
 
 KEYS = ("subject_id", "session_id")

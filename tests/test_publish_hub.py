@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from bids2hf.synthetic import GeneratedDataset, SyntheticSpec, generate_bids
+from bids2hf.testing.spec import GeneratedDataset, SyntheticSpec
+from bids2hf.testing.synthetic import generate_bids
 from hub_emulator import HubEmulator
 from trees import sha256, tree
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bids2hf.synthetic import GeneratedDataset
+from bids2hf.testing.spec import GeneratedDataset
 from trees import tree
 
 pytest.importorskip("s3fs")

@@ -13,7 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bids2hf.synthetic import SyntheticSpec, generate_bids
+from bids2hf.testing.spec import SyntheticSpec
+from bids2hf.testing.synthetic import generate_bids
 from trees import tree
 
 CAP = 320 * 1024 * 1024  # bytes of resident memory a child may use

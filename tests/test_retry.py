@@ -22,7 +22,7 @@ import httpx2
 import pytest
 from huggingface_hub.errors import HfHubHTTPError
 
-from bids2hf.retry import (
+from bids2hf.publish.retry import (
     RetryPolicy,
     call_with_retries,
     is_transient,
@@ -191,8 +191,9 @@ SCRIPT = textwrap.dedent(
     """
     import json, sys
     from pathlib import Path
-    from bids2hf.targets import HubTarget, StagedFile
-    from bids2hf.write import sha256_file
+    from bids2hf.publish.targets.base import StagedFile
+    from bids2hf.publish.targets.hub import HubTarget
+    from bids2hf.model.format import sha256_file
 
     work = Path(sys.argv[1])
     target = HubTarget("hf://datasets/org/ds")

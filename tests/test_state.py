@@ -20,10 +20,12 @@ from typing import Any
 import pytest
 from click.testing import Result
 
-import bids2hf.conversion as convert_module
-from bids2hf.state import DatasetFileRecord, ShardRecord, StateStore
-from bids2hf.synthetic import SyntheticSpec, generate_bids
-from bids2hf.write import EmbeddedFile
+import bids2hf.api as convert_module
+from bids2hf.model.format import EmbeddedFile
+from bids2hf.model.state import DatasetFileRecord, ShardRecord
+from bids2hf.testing.spec import SyntheticSpec
+from bids2hf.testing.synthetic import generate_bids
+from bids2hf.write.state_store import StateStore
 from hub_emulator import HubEmulator
 from trees import tree
 

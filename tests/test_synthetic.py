@@ -1,4 +1,4 @@
-"""Tests for bids2hf.synthetic (fast: the whole module runs in a few seconds)."""
+"""Tests for bids2hf.testing (the synthetic generator) (fast: the whole module runs in a few seconds)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bids2hf import synthetic
-from bids2hf.synthetic import (
-    ENTITY_ORDER,
-    GeneratedDataset,
-    SyntheticSpec,
-    bids_filename,
-    generate_bids,
-)
+import bids2hf.testing.nifti as synthetic_nifti
+from bids2hf.testing.spec import ENTITY_ORDER, GeneratedDataset, SyntheticSpec, bids_filename
+from bids2hf.testing.synthetic import generate_bids
 
 NIFTI_RE = re.compile(r"\.nii(\.gz)?$")
 
@@ -142,7 +137,7 @@ def test_determinism_same_spec_same_bytes(tmp_path: Path) -> None:
 def test_multi_piece_stream_independent_of_threads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(synthetic, "_CHUNK", 64 * 1024)  # many pieces per image
+    monkeypatch.setattr(synthetic_nifti, "_CHUNK", 64 * 1024)  # many pieces per image
 
     def spec(threads: int) -> SyntheticSpec:
         return SyntheticSpec(

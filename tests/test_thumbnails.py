@@ -12,7 +12,7 @@ import pytest
 from nibabel.orientations import axcodes2ornt, ornt_transform
 from PIL import Image
 
-from bids2hf.thumbnails import (
+from bids2hf.write.thumbnails import (
     ThumbnailError,
     ThumbnailOptions,
     mid_slices,
@@ -81,7 +81,7 @@ def bright_quadrant(panel: np.ndarray) -> tuple[str, str]:
 
 
 def assert_expected_views(slices_: object) -> None:
-    from bids2hf.thumbnails import Slices
+    from bids2hf.write.thumbnails import Slices
 
     assert isinstance(slices_, Slices)
     nx, ny, nz = SHAPE

@@ -39,9 +39,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bids2hf.conversion import convert
-from bids2hf.plan import PlanOptions
-from bids2hf.synthetic import SyntheticSpec, generate_bids
+from bids2hf.api import convert
+from bids2hf.plan.options import PlanOptions
+from bids2hf.testing.spec import SyntheticSpec
+from bids2hf.testing.synthetic import generate_bids
 from hub_emulator import HubEmulator
 from trees import tree
 

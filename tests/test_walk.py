@@ -21,10 +21,12 @@ from pathlib import Path
 import pytest
 from click.testing import Result
 
-from bids2hf.inventory import Placement, Severity
-from bids2hf.manifest import MANIFEST_PATH, loads
-from bids2hf.scan import scan, walk
-from bids2hf.verification import verify
+from bids2hf.bids.scan import scan
+from bids2hf.bids.walk import walk
+from bids2hf.model.format import MANIFEST_PATH
+from bids2hf.model.inventory import Placement, Severity
+from bids2hf.model.manifest import loads
+from bids2hf.readback.verify import verify
 from trees import tree
 
 Cli = Callable[..., Result]
@@ -124,7 +126,7 @@ def test_verify_warns_once_about_directory_symlinks(
 
 def test_excluded_directory_symlink_is_no_warning(bids_copy: Path, tmp_path: Path) -> None:
     (bids_copy / UP).symlink_to("..", target_is_directory=True)
-    from bids2hf.scan import ScanOptions
+    from bids2hf.bids.options import ScanOptions
 
     inventory = scan(bids_copy, ScanOptions(exclude=["sub-02/up"]))
     assert not [p for p in inventory.problems if p.code == "symlink-not-followed"]

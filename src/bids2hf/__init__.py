@@ -19,24 +19,24 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-
-from .nifti_header import load_nifti
+from bids2hf._version import __version__
 
 if TYPE_CHECKING:
-    from .conversion import convert
-    from .conversion import scan_and_plan as inspect
-    from .export_bids import export
-    from .publish import push
-    from .verification import verify
+    from bids2hf.api import convert, push
+    from bids2hf.api import scan_and_plan as inspect
+    from bids2hf.bids.nifti import load_nifti
+    from bids2hf.readback.export import export
+    from bids2hf.readback.verify import verify
 
-# verb → (module, attribute)
+# verb → (module, attribute); imported on first use, so that `import bids2hf.write.workers` (every
+# spawned shard writer) loads neither datasets nor nibabel
 _API = {
-    "convert": ("conversion", "convert"),
-    "inspect": ("conversion", "scan_and_plan"),
-    "push": ("publish", "push"),
-    "export": ("export_bids", "export"),
-    "verify": ("verification", "verify"),
+    "convert": ("bids2hf.api", "convert"),
+    "inspect": ("bids2hf.api", "scan_and_plan"),
+    "push": ("bids2hf.api", "push"),
+    "export": ("bids2hf.readback.export", "export"),
+    "verify": ("bids2hf.readback.verify", "verify"),
+    "load_nifti": ("bids2hf.bids.nifti", "load_nifti"),
 }
 
 __all__ = ["__version__", "convert", "export", "inspect", "load_nifti", "push", "verify"]
@@ -45,5 +45,5 @@ __all__ = ["__version__", "convert", "export", "inspect", "load_nifti", "push", 
 def __getattr__(name: str) -> Any:
     if name in _API:
         module, attribute = _API[name]
-        return getattr(importlib.import_module(f".{module}", __name__), attribute)
+        return getattr(importlib.import_module(module), attribute)
     raise AttributeError(f"module 'bids2hf' has no attribute {name!r}")

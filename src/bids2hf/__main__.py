@@ -1,3 +1,5 @@
-from .cli import main
+"""`python -m bids2hf`: the command line."""
+
+from bids2hf.cli import main
 
 main()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import unicodedata
 
+__all__ = ["Bids2HfError", "DestinationError", "InputError", "VerificationError", "one_line"]
+
 #: Characters that would break a message across lines (or garble a terminal) if printed as is.
 _BREAKING = frozenset({"Cc", "Zl", "Zp"})
 
@@ -49,3 +51,5 @@ class VerificationError(Bids2HfError):
     """Published data differ from what was written or from the source."""
 
     exit_code = 1
+
+_RERUN = "re-run the same command to convert the folder as it is now (complete shards are kept)"

@@ -7,6 +7,8 @@ from types import TracebackType
 
 from tqdm.auto import tqdm
 
+__all__ = ["ProgressBar"]
+
 
 class ProgressBar:
     """Thread-safe byte/file counter with an optional tqdm bar on stderr."""

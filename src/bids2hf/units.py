@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+__all__ = ["human_bytes", "parse_size"]
+
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {
     "": 1,

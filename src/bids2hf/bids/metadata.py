@@ -1,0 +1,182 @@
+"""What scan reads besides file names: sidecars, bval/bvec texts, NIfTI header checks, participants and sessions tables.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from bids2hf.bids.nifti import check_nifti
+from bids2hf.bids.options import ScanOptions
+from bids2hf.bids.privacy import lint_nifti_text, lint_sidecar
+from bids2hf.bids.tabular import read_tsv
+from bids2hf.model.inventory import Inventory, Placement, Problem, Severity
+
+
+def _unreadable(relpath: str, exc: OSError) -> Problem:
+    reason = "permission denied" if isinstance(exc, PermissionError) else exc.strerror or str(exc)
+    return Problem(
+        Severity.ERROR,
+        "unreadable",
+        relpath,
+        f"cannot be read ({reason})",
+        "fix its permissions (chmod a+r) or --exclude it",
+    )
+
+
+def _read_text(path: Path, relpath: str, problems: list[Problem], **kw: str) -> str | None:
+    """The text of a small metadata file, or None (with an ``unreadable`` problem)."""
+    try:
+        return path.read_text(**kw)
+    except OSError as exc:
+        if not any(p.code == "unreadable" and p.path == relpath for p in problems):
+            problems.append(_unreadable(relpath, exc))
+        return None
+
+
+def _load_json(path: Path, relpath: str, problems: list[Problem]) -> dict[str, Any] | None:
+    text = _read_text(path, relpath, problems, encoding="utf-8-sig")
+    if text is None:
+        return None
+    try:
+        data = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        problems.append(
+            Problem(
+                Severity.ERROR,
+                "bad-json",
+                relpath,
+                f"not valid JSON ({exc})",
+                "fix the syntax, e.g. with `python -m json.tool`",
+            )
+        )
+        return None
+    if not isinstance(data, dict):
+        problems.append(
+            Problem(Severity.ERROR, "bad-json", relpath, "JSON top level is not an object", "")
+        )
+        return None
+    return data
+
+
+def _read_metadata(inv: Inventory, options: ScanOptions) -> None:
+    root = inv.root
+    problems = inv.problems
+    # Unreadable files already have their one problem; reading them would only add noise.
+    unreadable = {p.path for p in problems if p.code == "unreadable"}
+    present = [
+        f
+        for f in inv.files
+        if f.placement is not Placement.LEFT_OUT and f.relpath not in unreadable
+    ]
+    # JSON sidecars: needed for the inheritance principle and the privacy lint. Files that
+    # .bidsignore (or --on-invalid keep) exempts from BIDS are stored as they are, never parsed.
+    for f in present:
+        if f.reason:
+            continue
+        if f.relpath.endswith(".json") and f.relpath != "dataset_description.json":
+            data = _load_json(root / f.relpath, f.relpath, problems)
+            if data is not None:
+                inv.sidecars[f.relpath] = data
+                problems.extend(lint_sidecar(f.relpath, data))
+        elif f.relpath.endswith((".bval", ".bvec")) and f.size <= 1 << 20:
+            text = _read_text(
+                root / f.relpath, f.relpath, problems, encoding="utf-8", errors="replace"
+            )
+            if text is not None:
+                inv.texts[f.relpath] = text
+    niftis = [f for f in present if f.is_nifti and not f.reason.startswith("invalid")]
+    # Header checks are small reads spread over the disk: several in flight keep it busy.
+    with ThreadPoolExecutor(8, thread_name_prefix="bids2hf-check") as pool:
+        results = pool.map(lambda f: check_nifti(str(root / f.relpath), options.check), niftis)
+        checked = list(zip(niftis, results, strict=True))
+    for f, result in checked:
+        f.nifti_version = result.version
+        if result.error:
+            problems.append(
+                Problem(
+                    Severity.ERROR,
+                    "bad-nifti",
+                    f.relpath,
+                    result.error,
+                    "re-download or re-convert it, or --exclude it",
+                )
+            )
+        if result.version == 2:
+            problems.append(
+                Problem(
+                    Severity.WARNING,
+                    "nifti2",
+                    f.relpath,
+                    "NIfTI-2 file: stored verbatim, but `datasets` cannot decode NIfTI-2",
+                    "its column is published undecoded; read it with bids2hf.load_nifti()",
+                )
+            )
+        problems.extend(lint_nifti_text(f.relpath, result.text_fields))
+    _read_tables(inv)
+
+
+def _read_tables(inv: Inventory) -> None:
+    root = inv.root
+    subjects = sorted(
+        {f.subject for f in inv.files if f.row_key and f.derivative is None and f.subject}
+        & {f.subject for f in inv.files if f.subject and f.subject.startswith("sub-")}
+    )
+    participants_path = root / "participants.tsv"
+    text = (
+        _read_text(participants_path, "participants.tsv", inv.problems, encoding="utf-8-sig")
+        if participants_path.is_file()
+        else None
+    )
+    if text is not None:
+        table, found = read_tsv(
+            text,
+            "participants.tsv",
+            "participant_id",
+            inv.sidecars.get("participants.json"),
+        )
+        inv.problems.extend(found)
+        if table is not None:
+            inv.participants = table
+            listed = {k if k.startswith("sub-") else f"sub-{k}" for k in table.rows}
+            missing = [s for s in subjects if s not in listed]
+            extra = sorted(listed - set(subjects))
+            if missing:
+                inv.problems.append(
+                    Problem(
+                        Severity.ERROR,
+                        "participants-missing",
+                        "participants.tsv",
+                        f"no row for {len(missing)} subject folder(s): " + ", ".join(missing[:5]),
+                        "add their rows (n/a for unknown values)",
+                    )
+                )
+            if extra:
+                inv.problems.append(
+                    Problem(
+                        Severity.WARNING,
+                        "participants-extra",
+                        "participants.tsv",
+                        f"{len(extra)} participant(s) without a folder get no row: "
+                        + ", ".join(extra[:5]),
+                        "expected when participants were withdrawn",
+                    )
+                )
+    for subject in subjects:
+        rel = f"{subject}/{subject}_sessions.tsv"
+        path = root / rel
+        text = _read_text(path, rel, inv.problems, encoding="utf-8-sig") if path.is_file() else None
+        if text is None:
+            continue
+        table, found = read_tsv(
+            text,
+            rel,
+            "session_id",
+            inv.sidecars.get(f"{subject}/{subject}_sessions.json")
+            or inv.sidecars.get("sessions.json"),
+        )
+        inv.problems.extend(found)
+        if table is not None:
+            inv.sessions[subject] = table

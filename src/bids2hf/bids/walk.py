@@ -1,0 +1,195 @@
+"""The one walk of a BIDS folder (scan and verify share it): .bidsignore and --exclude, VCS folders, symlinks.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bids2hf.errors import InputError
+from bids2hf.model.format import VCS_DIRS
+from bids2hf.model.inventory import Problem, Severity
+
+__all__ = [
+    "FOLDER_SEEN", "LINK_INTO_DATASET", "LINK_OUT_OF_DATASET", "Walked", "not_followed_problem",
+    "walk",
+]
+
+
+@dataclass
+class Walked:
+    """One entry found by :func:`walk`: a file, or a folder that was not entered.
+
+    Folders that were not entered carry a trailing ``/`` in ``relpath``: version-control
+    folders (``vcs_dir``) and folders given by ``not_followed`` (why they were not read).
+    """
+
+    relpath: str
+    size: int = 0
+    mtime_ns: int = 0
+    is_symlink: bool = False
+    broken: bool = False
+    unreadable: bool = False
+    vcs_dir: bool = False
+    not_followed: str = ""
+
+    @property
+    def is_file(self) -> bool:
+        """A regular file (or a symlink to one) whose size and mtime are known."""
+        return not (self.broken or self.unreadable or self.vcs_dir or self.not_followed)
+
+
+#: Reasons a folder is not read. They go into the published manifest, so they never name a path
+#: outside the dataset (which could reveal a local user name).
+LINK_INTO_DATASET = (
+    "directory symlink back into the dataset (not followed: it would read a folder twice)"
+)
+LINK_OUT_OF_DATASET = "directory symlink leading out of the dataset (not followed)"
+FOLDER_SEEN = "folder already read under another name (a bind mount loop?), not read again"
+
+
+def _link_reason(root: Path, link: str) -> tuple[str, str]:
+    """Why a directory symlink is not followed: (reason for the manifest, detail for the user)."""
+    target = Path(os.path.realpath(link))
+    if target == root or target.is_relative_to(root):
+        inside = target.relative_to(root).as_posix()
+        where = "the dataset's top folder" if inside == "." else f"{inside}/"
+        return LINK_INTO_DATASET, f"a directory symlink to {where} (a loop, or a folder read twice)"
+    return LINK_OUT_OF_DATASET, f"a directory symlink to {target}, outside the dataset"
+
+
+def walk(root: str | os.PathLike[str], details: dict[str, str] | None = None) -> list[Walked]:
+    """Every file under ``root``, sorted by relative path, as ``scan`` and ``verify`` see them.
+
+    Symlinked files are followed wherever they point (git-annex/DataLad keep content in
+    ``.git/annex`` or elsewhere). Symlinked folders are never followed: inside the dataset they
+    would read a folder twice or loop (``loop -> ..``), outside it they could pull in anything.
+    A real folder already read (same device and inode: a bind mount) is not read again either.
+    Such folders are returned with ``not_followed`` set; ``details`` (if given) receives, for
+    each, a longer explanation for the user (which may name paths outside the dataset).
+    Version-control folders are returned, not entered.
+
+    Raises:
+        InputError: ``root`` itself cannot be listed.
+    """
+    root = Path(root)
+    real_root = root.resolve()
+    out: list[Walked] = []
+    try:
+        top = root.stat()
+    except OSError as exc:
+        raise InputError(f"{root}: cannot be read ({exc.strerror or exc})") from None
+    seen = {(top.st_dev, top.st_ino)}
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        full_dir = root / rel_dir if rel_dir else root
+        try:
+            entries = sorted(os.scandir(full_dir), key=lambda e: e.name)
+        except PermissionError:
+            if not rel_dir:
+                raise InputError(
+                    f"{root}: cannot be listed (permission denied); fix its permissions "
+                    "(chmod a+rx)"
+                ) from None
+            out.append(Walked(rel_dir, unreadable=True))
+            continue
+        for entry in entries:
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            is_link = entry.is_symlink()
+            try:
+                is_dir = entry.is_dir(follow_symlinks=True)
+            except OSError:  # a symlink loop (ELOOP) is no folder; stat below says what it is
+                is_dir = False
+            if is_dir:
+                if entry.name in VCS_DIRS:
+                    out.append(Walked(rel + "/", vcs_dir=True))
+                    continue
+                if is_link:
+                    reason, detail = _link_reason(real_root, entry.path)
+                    out.append(Walked(rel + "/", is_symlink=True, not_followed=reason))
+                    if details is not None:
+                        details[rel + "/"] = detail
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    out.append(Walked(rel, unreadable=True))
+                    continue
+                if (st.st_dev, st.st_ino) in seen:
+                    out.append(Walked(rel + "/", not_followed=FOLDER_SEEN))
+                    if details is not None:
+                        details[rel + "/"] = "a folder already read under another name"
+                    continue
+                seen.add((st.st_dev, st.st_ino))
+                stack.append(rel)
+                continue
+            try:
+                st = entry.stat(follow_symlinks=True)
+            except OSError as exc:
+                # A symlink to nothing (unfetched git-annex content) or to itself (ELOOP).
+                if is_link or isinstance(exc, FileNotFoundError):
+                    out.append(Walked(rel, is_symlink=is_link, broken=True))
+                else:
+                    out.append(Walked(rel, unreadable=True))
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            readable = os.access(entry.path, os.R_OK)
+            out.append(Walked(rel, st.st_size, st.st_mtime_ns, is_link, unreadable=not readable))
+    out.sort(key=lambda w: w.relpath)
+    return out
+
+
+def not_followed_problem(
+    folders: Sequence[str],
+    details: dict[str, str],
+    consequence: str = "listed as left out in the manifest",
+) -> Problem:
+    """One warning for every folder that :func:`walk` did not enter (``folders`` non-empty)."""
+    first = folders[0]
+    return Problem(
+        Severity.WARNING,
+        "symlink-not-followed",
+        first.rstrip("/"),
+        f"{details.get(first, 'a folder')}, not followed; {len(folders)} folder(s) not read in all",
+        f"{consequence}; copy a linked folder into the dataset to convert its files, or remove "
+        "a link that loops",
+    )
+
+
+def _bidsignore_patterns(root: Path) -> list[str]:
+    path = root / ".bidsignore"
+    if not path.is_file():
+        return []
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []  # the walk reports it as unreadable
+    patterns = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            patterns.append(line)
+    return patterns
+
+
+def _matches(relpath: str, patterns: Sequence[str]) -> str | None:
+    """The first gitignore-style pattern that matches ``relpath`` (or one of its folders)."""
+    parts = relpath.split("/")
+    for pattern in patterns:
+        pat = pattern.strip("/")
+        anchored = pattern.startswith("/") or "/" in pat
+        for i in range(len(parts)):
+            candidates = ["/".join(parts[: i + 1])] if anchored else [parts[i]]
+            if not anchored:
+                candidates.append("/".join(parts[: i + 1]))
+            if any(fnmatch.fnmatchcase(c, pat) for c in candidates):
+                return pattern
+        if fnmatch.fnmatchcase(relpath, pat):
+            return pattern
+    return None

@@ -1,0 +1,5 @@
+"""`python -m bids2hf.cli`: the command line."""
+
+from bids2hf.cli import main
+
+main()

@@ -1,0 +1,198 @@
+"""The command line's shared click options, size parsing, logging and error policy."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from bids2hf.bids.options import ScanOptions
+from bids2hf.errors import Bids2HfError, one_line
+from bids2hf.plan.config import Config, load_config
+from bids2hf.plan.options import PlanOptions
+from bids2hf.units import parse_size
+
+__all__ = ["SIZE", "SizeType", "common", "input_options", "publish_options"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class SizeType(click.ParamType):
+    name = "SIZE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_size(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+SIZE = SizeType()
+
+
+def _setup_logging(quiet: bool, debug: bool) -> None:
+    level = logging.DEBUG if debug else logging.ERROR if quiet else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
+    if not debug:
+        logging.getLogger("bidsschematools").setLevel(logging.WARNING)
+
+
+def common(func: F) -> F:
+    """--quiet/--debug and the error policy: one line and exit 2, tracebacks only with --debug."""
+
+    @click.option(
+        "--quiet", "-q", is_flag=True, help="No progress bar; print only errors and the result."
+    )
+    @click.option("--debug", is_flag=True, help="Verbose logging and full tracebacks.")
+    @functools.wraps(func)
+    def wrapper(*args: Any, quiet: bool, debug: bool, **kwargs: Any) -> Any:
+        _setup_logging(quiet, debug)
+        try:
+            return func(*args, quiet=quiet, **kwargs)
+        except Bids2HfError as exc:
+            if debug:
+                raise
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            if debug:
+                raise
+            click.echo("interrupted: re-run the same command to resume", err=True)
+            sys.exit(130)
+        except click.exceptions.Exit:
+            raise
+        except Exception as exc:
+            if debug:
+                raise
+            click.echo(
+                one_line(f"internal error: {type(exc).__name__}: {exc}")
+                + " (re-run with --debug for details)",
+                err=True,
+            )
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def input_options(func: F) -> F:
+    """Options that decide what is read and how it is laid out (shared by inspect and convert)."""
+    options = [
+        click.option(
+            "--layout",
+            type=click.Choice(["session", "scan"]),
+            default="session",
+            show_default=True,
+            help="One row per subject x session, or one row per image file.",
+        ),
+        click.option(
+            "--config",
+            "config_path",
+            type=click.Path(dir_okay=False),
+            help="TOML config: rename, select, group, split columns.",
+        ),
+        click.option(
+            "--derivatives",
+            multiple=True,
+            metavar="NAME",
+            help="Derivative pipeline under derivatives/ to join as columns ('all' for every one). Repeatable.",
+        ),
+        click.option(
+            "--include",
+            multiple=True,
+            type=click.Choice(["sourcedata"]),
+            help="Also store sourcedata/ (left out by default).",
+        ),
+        click.option(
+            "--exclude",
+            multiple=True,
+            metavar="GLOB",
+            help="Leave out matching paths (listed in the manifest). Repeatable.",
+        ),
+        click.option(
+            "--on-invalid",
+            type=click.Choice(["error", "skip", "keep"]),
+            default="error",
+            show_default=True,
+            help="Files with invalid BIDS names: stop, leave out, or keep verbatim.",
+        ),
+        click.option(
+            "--check",
+            type=click.Choice(["none", "header", "full"]),
+            default="header",
+            show_default=True,
+            help="NIfTI integrity check: header + gzip trailer, or full decompression.",
+        ),
+        click.option(
+            "--max-shard-size",
+            type=SIZE,
+            default="500MB",
+            show_default=True,
+            help="Target Parquet shard size.",
+        ),
+        click.option(
+            "--row-group-size",
+            type=SIZE,
+            default="128MiB",
+            show_default=True,
+            help="Row group size (memory per worker).",
+        ),
+        click.option("--split", default="train", show_default=True, help="Split name of the rows."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def publish_options(func: F) -> F:
+    """Options of remote destinations, shared by convert and push."""
+    options = [
+        click.option("--private", is_flag=True, help="Create the Hub repository as private."),
+        click.option(
+            "--commit-every",
+            type=click.IntRange(min=1),
+            default=100,
+            show_default=True,
+            help="Data shards per commit (the card and manifest always come last).",
+        ),
+        click.option(
+            "--dry-run",
+            is_flag=True,
+            help="Print what would be uploaded and deleted; change nothing.",
+        ),
+        click.option(
+            "--timeout",
+            type=float,
+            default=300.0,
+            show_default=True,
+            help="Seconds a request may wait for each read or write (0: no limit).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _options(kw: dict[str, Any]) -> tuple[ScanOptions, PlanOptions]:
+    config = load_config(kw.pop("config_path")) if kw.get("config_path") else Config()
+    kw.pop("config_path", None)
+    scan_options = ScanOptions(
+        derivatives=tuple(kw.pop("derivatives")),
+        include_sourcedata="sourcedata" in kw.pop("include"),
+        exclude=tuple(kw.pop("exclude")),
+        on_invalid=kw.pop("on_invalid"),
+        check=kw.pop("check"),
+    )
+    plan_options = PlanOptions(
+        layout=kw.pop("layout"),
+        max_shard_bytes=kw.pop("max_shard_size"),
+        row_group_bytes=kw.pop("row_group_size"),
+        split=kw.pop("split"),
+        config=config,
+    )
+    return scan_options, plan_options

@@ -1,0 +1,77 @@
+"""The output's on-disk contract: well-known paths, owned prefixes, the Parquet footer index and file hashing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+__all__ = [
+    "CHECKSUMS_PATH", "DATASET_FILES_PREFIX", "FOOTER_KEY", "JOURNAL_NAME", "LEGACY_NAME",
+    "LOCK_NAME", "MANIFEST_PATH", "OWNED_PREFIXES", "STATE_DIR", "VCS_DIRS", "EmbeddedFile",
+    "read_footer_index", "sha256_file",
+]
+
+MANIFEST_PATH = "bids2hf/manifest.jsonl"
+DATASET_FILES_PREFIX = "bids/"
+
+JOURNAL_NAME = "state.jsonl"
+LEGACY_NAME = "state.json"  # written by bids2hf up to 0.x: migrated on the first write
+
+#: Folders that hold version-control bookkeeping, never data.
+VCS_DIRS = frozenset({".git", ".datalad", ".svn", ".hg"})
+
+#: Key of the shard's Parquet footer metadata that lists the files embedded in it.
+FOOTER_KEY = b"bids2hf"
+
+
+@dataclass(frozen=True)
+class EmbeddedFile:
+    """Where one source file sits inside a shard."""
+
+    path: str
+    size: int
+    sha256: str
+    row: int
+    column: str
+    index: int  # position in the cell's list; -1 for single-valued columns
+
+
+def sha256_file(
+    path: Path, chunk: int = 8 << 20, on_bytes: Callable[[int], object] | None = None
+) -> str:
+    """sha256 of a file, read in chunks into one reused buffer; ``on_bytes`` reports progress."""
+    sha = hashlib.sha256()
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            sha.update(view[:n])
+            if on_bytes is not None:
+                on_bytes(n)
+    return sha.hexdigest()
+
+
+def read_footer_index(metadata: pq.FileMetaData) -> list[EmbeddedFile]:
+    """The embedded-file index a shard carries in its footer (empty for foreign files)."""
+    kv = metadata.metadata or {}
+    raw = kv.get(FOOTER_KEY)
+    if raw is None:
+        return []
+    return [EmbeddedFile(**e) for e in json.loads(raw)]
+
+STATE_DIR = ".bids2hf"
+LOCK_NAME = "lock"
+
+#: Remote folders bids2hf writes. A file there that the new output lacks is deleted only if a
+#: bids2hf run recorded writing it (see :func:`recorded_paths`); others are kept.
+OWNED_PREFIXES = ("data/", DATASET_FILES_PREFIX, "bids2hf/")
+
+
+# -- fsspec file systems (s3://, gs://, file://, ...) -----------------------------------------
+CHECKSUMS_PATH = "bids2hf/checksums.json"

@@ -1,0 +1,69 @@
+"""The row model shared by the planner and the shard writer: columns, file references, rows.
+
+Kept apart from :mod:`bids2hf.plan` so that shard-writing worker processes import only pyarrow
+and numpy, not ``datasets`` (which costs about 70 MB of memory per process).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["ColumnSpec", "FileRef", "Role", "RowPlan", "ShardPlan"]
+
+
+class Role(str, enum.Enum):
+    """How the writer fills a column."""
+
+    VALUE = "value"  # values fixed at plan time
+    FILE = "file"  # embedded file bytes, read while writing
+    SHA256 = "sha256"  # sha256 of files, computed while writing
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """A source file as the plan saw it (size and mtime detect changes during the run)."""
+
+    relpath: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """One output column."""
+
+    name: str
+    role: Role
+    feature: Any  # a `datasets` feature type
+    single: bool = False  # one value per row instead of a list
+    nifti: bool = False  # FILE columns: Nifti struct (bytes, path) vs generic (path, bytes)
+    description: str = ""
+
+
+@dataclass
+class RowPlan:
+    """One row: plain values, and the files its FILE and SHA256 columns hold."""
+
+    key: str
+    values: dict[str, Any]
+    files: dict[str, list[FileRef]] = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        embedded = {f.relpath: f.size for refs in self.files.values() for f in refs}
+        # Rows without files still cost something; count their metadata so planning stays sane.
+        return sum(embedded.values()) + 256 + len(json.dumps(self.values, default=str))
+
+
+@dataclass
+class ShardPlan:
+    """One Parquet file of the output."""
+
+    path: str  # relative to the output root, e.g. "data/train-sub-01_ses-1.parquet"
+    rows: list[RowPlan]
+    row_groups: list[int]  # rows per row group, in order
+    content_id: str  # changes whenever any input of this shard changes
+    nbytes: int  # embedded bytes (source file sizes)

@@ -1,0 +1,2 @@
+"""Planning, pure: Inventory to ConversionPlan (columns, features, rows, shards); config and layouts.
+"""

@@ -1,0 +1,177 @@
+"""What is already at the destination: same-content checks, stale and owned remote paths, conflicts, verification.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+from collections.abc import Collection, Iterable, Sequence
+from pathlib import Path
+
+from bids2hf.errors import DestinationError, VerificationError
+from bids2hf.model.format import MANIFEST_PATH, OWNED_PREFIXES
+from bids2hf.model.manifest import loads
+from bids2hf.publish.retry import call_with_retries
+from bids2hf.publish.targets.base import RemoteFile, Target, git_blob_oid
+from bids2hf.publish.targets.fsspec import FsspecTarget
+from bids2hf.publish.targets.hub import HubTarget
+
+__all__ = [
+    "kept_paths", "recorded_paths", "refuse_remote_conflicts", "remote_conflicts",
+    "same_content", "stale_paths", "verify_remote",
+]
+
+log = logging.getLogger(__name__)
+
+
+def same_content(
+    remote: RemoteFile | None, size: int, sha256: str | None, local: Path | None = None
+) -> bool:
+    """Whether the remote already holds these bytes (sha256 for LFS/recorded files, git oid otherwise)."""
+    if remote is None or remote.size != size or sha256 is None:
+        return False
+    if remote.sha256 is not None:
+        return remote.sha256 == sha256
+    if remote.git_oid is not None and local is not None and local.exists():
+        return remote.git_oid == git_blob_oid(local)
+    return False
+
+
+def stale_paths(
+    remote: Collection[str], keep: Iterable[str], owned: Collection[str] | None = None
+) -> list[str]:
+    """Remote files in bids2hf's folders that the new output lacks; with ``owned``, only those
+    a bids2hf run recorded writing (the ones it may delete)."""
+    wanted = set(keep)
+    return sorted(
+        p
+        for p in remote
+        if p.startswith(OWNED_PREFIXES) and p not in wanted and (owned is None or p in owned)
+    )
+
+
+def recorded_paths(target: Target, remote: dict[str, RemoteFile]) -> set[str]:
+    """Remote paths that a bids2hf run recorded writing, as far as the remote itself says.
+
+    That is the files its manifest places (shards, dataset-level files), the manifest and the
+    card committed with it, and on fsspec targets every file in ``bids2hf/checksums.json``.
+    A staging folder's state adds the paths its own runs wrote (see ``ResumeState.remote_owned``).
+    A manifest that does not parse records nothing (a warning says so): unknown files are never
+    deleted. Raises :class:`DestinationError` if the manifest cannot be fetched at all.
+    """
+    owned: set[str] = set()
+    if isinstance(target, FsspecTarget):
+        owned.update(target.checksums())
+    if MANIFEST_PATH not in remote:
+        return owned
+    try:
+        data = _read_remote(target, MANIFEST_PATH)
+    except FileNotFoundError:
+        return owned
+    except Exception as exc:
+        # Without it, bids2hf's own files there would pass for someone else's.
+        raise DestinationError(
+            f"{target.url}/{MANIFEST_PATH}: cannot be read ({type(exc).__name__}: "
+            f"{str(exc)[:200]}); it records what bids2hf wrote there: re-run later"
+        ) from None
+    try:
+        entries = loads(data)
+    except (ValueError, TypeError, KeyError) as exc:
+        log.warning(
+            "%s/%s: unreadable (%s); files it would place are treated as not written by bids2hf",
+            target.url,
+            MANIFEST_PATH,
+            exc,
+        )
+        return owned
+    owned.update((MANIFEST_PATH, "README.md"))
+    owned.update(e.location for e in entries if e.location)
+    return owned
+
+
+def _read_remote(target: Target, path: str) -> bytes:
+    if isinstance(target, HubTarget):
+        from huggingface_hub import HfFileSystem
+
+        def read() -> bytes:
+            # A fresh instance: a cached one may hold a listing from before the last commit.
+            fs = HfFileSystem(skip_instance_cache=True)
+            with fs.open(f"datasets/{target.repo_id}/{path}", "rb", revision=target.revision) as f:
+                return bytes(f.read())
+
+        return bytes(call_with_retries(f"read {path} ({target.repo_id})", read, target.policy))
+    if isinstance(target, FsspecTarget):
+        with target.fs.open(posixpath.join(target.root, path), "rb") as f:
+            return bytes(f.read())
+    raise TypeError(f"cannot read from {type(target).__name__}")
+
+
+def remote_conflicts(
+    remote: dict[str, RemoteFile], owned: Collection[str], paths: Iterable[str]
+) -> list[str]:
+    """Paths this run writes where the remote holds a file no bids2hf run recorded writing."""
+    return sorted(p for p in set(paths) if p in remote and p not in owned)
+
+
+def refuse_remote_conflicts(url: str, conflicts: Sequence[str], overwrite: bool) -> None:
+    """Refuse to replace files bids2hf did not write, unless ``overwrite`` (then say which).
+
+    Raises :class:`DestinationError` naming the first file.
+    """
+    if not conflicts:
+        return
+    more = f" [+{len(conflicts) - 1} more]" if len(conflicts) > 1 else ""
+    if not overwrite:
+        raise DestinationError(
+            f"{url}: {conflicts[0]} exists there and no bids2hf record says bids2hf wrote it"
+            f"{more}; pass --overwrite to replace such files, or publish to another repository"
+        )
+    log.warning(
+        "%s: --overwrite: replacing %d file(s) bids2hf did not write: %s",
+        url,
+        len(conflicts),
+        ", ".join(conflicts[:10]) + (" ..." if len(conflicts) > 10 else ""),
+    )
+
+
+def verify_remote(
+    target: Target,
+    expected: dict[str, tuple[int, str]],
+    local: dict[str, Path],
+    owned: Collection[str] | None = None,
+) -> None:
+    """Compare the remote file list, sizes and checksums with what was written.
+
+    A file in bids2hf's folders that is not expected counts as a difference if bids2hf wrote it
+    (in ``owned``; any such file if ``owned`` is None). Raises :class:`VerificationError`.
+    """
+    remote = target.files()
+    problems = []
+    for path, (size, sha) in sorted(expected.items()):
+        got = remote.get(path)
+        if got is None:
+            problems.append(f"missing {path}")
+        elif got.size != size:
+            problems.append(f"size {path}: {got.size} != {size}")
+        elif got.sha256 is not None and got.sha256 != sha:
+            problems.append(f"sha256 {path}")
+        elif (
+            got.sha256 is None
+            and got.git_oid is not None
+            and path in local
+            and local[path].exists()
+            and got.git_oid != git_blob_oid(local[path])
+        ):
+            problems.append(f"content {path}")
+    extra = stale_paths(remote, expected, owned)
+    problems += [f"unexpected {p}" for p in extra]
+    if problems:
+        shown = "; ".join(problems[:10]) + (
+            f"; +{len(problems) - 10} more" if len(problems) > 10 else ""
+        )
+        raise VerificationError(f"{target.url}: the remote differs from what was written: {shown}")
+
+
+def kept_paths(stale: Iterable[str], owned: Collection[str]) -> list[str]:
+    """Files the new output lacks that stay, since no record says bids2hf wrote them."""
+    return [p for p in stale if p not in owned]

@@ -1,0 +1,506 @@
+"""``export``: rebuild the BIDS folder from a converted dataset, byte for byte.
+
+Everything that can be checked without reading the embedded bytes is checked before the first
+file is written: every index entry (types, ranges, safe paths), the manifest against each
+shard's own footer index, every row/column/list position against the shard's structure, and
+the stored path of every wanted cell (a small read of the ``path`` fields only). Then it streams
+one row group at a time (only the columns that hold wanted files) and checks every file's size
+and sha256 before it is renamed into place.
+
+Exit codes (through the CLI): 2 when the index is refused (damaged or crafted, or a path that
+would land outside the output folder), 1 when published files are missing or their bytes do not
+match the recorded size/sha256.
+
+Without a manifest, embedded files come from the shards' footer indexes and dataset-level files
+from ``bids/``, where conversion stores them verbatim; what cannot be restored that way is named
+and the export refused.
+"""
+
+from __future__ import annotations
+
+import bisect
+import fnmatch
+import hashlib
+import logging
+import os
+import shutil
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from bids2hf.errors import DestinationError, InputError, VerificationError
+from bids2hf.model.format import DATASET_FILES_PREFIX, MANIFEST_PATH, EmbeddedFile
+from bids2hf.model.manifest import ManifestEntry
+from bids2hf.progress import ProgressBar
+from bids2hf.readback.published import PublishedDataset, open_dataset, safe_relpath
+
+__all__ = ["ExportReport", "export"]
+
+log = logging.getLogger(__name__)
+
+_TMP = ".bids2hf-export-tmp"
+_REFUSED = (
+    "the index is damaged or crafted, so it is refused (download or convert the dataset again)"
+)
+#: Dataset-level files every converted dataset has (scan refuses a folder without it).
+_REQUIRED = ("dataset_description.json",)
+
+#: (column, row, index) of a file inside one shard; index -1 for single-valued columns.
+_Slot = tuple[str, int, int]
+
+
+@dataclass
+class ExportReport:
+    """What ``export`` wrote."""
+
+    output: str
+    files: int = 0
+    bytes: int = 0
+    skipped: list[str] = field(default_factory=list)  # left out at conversion time
+
+
+def _wanted(path: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
+    if include and not any(fnmatch.fnmatchcase(path, p) for p in include):
+        return False
+    return not any(fnmatch.fnmatchcase(path, p) for p in exclude)
+
+
+def _slot(e: ManifestEntry | EmbeddedFile) -> _Slot:
+    assert e.column is not None and e.row is not None
+    return (e.column, e.row, -1 if e.index is None else e.index)
+
+
+@dataclass
+class _Shard:
+    """What a shard's footer says: its row groups, file columns and bids2hf index."""
+
+    path: str
+    meta: pq.FileMetaData
+    index: dict[_Slot, EmbeddedFile]
+
+    @property
+    def starts(self) -> list[int]:
+        out, n = [], 0
+        for i in range(self.meta.num_row_groups):
+            out.append(n)
+            n += self.meta.row_group(i).num_rows
+        return out
+
+    def file_column(self, name: str) -> _FileColumn | None:
+        """How column ``name`` stores files, or None if it is no file column."""
+        schema = self.meta.schema.to_arrow_schema()
+        if name not in schema.names:
+            return None
+        kind = schema.field(name).type
+        is_list = pa.types.is_list(kind) or pa.types.is_large_list(kind)
+        item = kind.value_type if is_list else kind
+        if not pa.types.is_struct(item):
+            return None
+        types = {item.field(i).name: item.field(i).type for i in range(item.num_fields)}
+        path_type, bytes_type = types.get("path", pa.null()), types.get("bytes", pa.null())
+        if not (pa.types.is_string(path_type) or pa.types.is_large_string(path_type)):
+            return None
+        if not (pa.types.is_binary(bytes_type) or pa.types.is_large_binary(bytes_type)):
+            return None
+        depth = 4 if is_list else 2  # NAME.list.element.FIELD or NAME.FIELD
+        leaves: dict[str, tuple[int, str]] = {}
+        for i in range(len(self.meta.schema)):
+            parts = self.meta.schema.column(i).path.split(".")
+            if len(parts) == depth and parts[0] == name and parts[-1] in ("path", "bytes"):
+                leaves[parts[-1]] = (i, ".".join(parts))
+        if len(leaves) != 2:
+            return None
+        return _FileColumn(is_list, leaves["path"][1], leaves["bytes"][0])
+
+    def max_bytes(self, column: _FileColumn, group: int) -> int:
+        """An upper bound of one file's size in ``column`` within row group ``group``.
+
+        Embedded bytes are stored uncompressed or compressed (other files use zstd), so the
+        shard's size is no bound; the uncompressed size of the column chunk is.
+        """
+        return int(self.meta.row_group(group).column(column.bytes_leaf).total_uncompressed_size)
+
+
+@dataclass(frozen=True)
+class _FileColumn:
+    """A column of files: a list of {path, bytes} structs per row, or one struct."""
+
+    is_list: bool
+    path_leaf: str  # Parquet column path of the ``path`` field, to read paths alone
+    bytes_leaf: int  # Parquet column index of the ``bytes`` field
+
+
+def _read_shards(dataset: PublishedDataset) -> dict[str, _Shard]:
+    shards = {}
+    for path in dataset.shards():
+        meta, files = dataset.footer(path)
+        index: dict[_Slot, EmbeddedFile] = {}
+        for e in files:
+            if _slot(e) in index:
+                raise InputError(
+                    f"{dataset.url}/{path}: its bids2hf index lists row {e.row} column "
+                    f"{e.column} index {e.index} twice; {_REFUSED}"
+                )
+            index[_slot(e)] = e
+        shards[path] = _Shard(path, meta, index)
+    return shards
+
+
+def _from_footer(shard: str, e: EmbeddedFile) -> ManifestEntry:
+    return ManifestEntry(e.path, e.size, "row", e.sha256, shard, e.column, e.row, e.index)
+
+
+def _entries(
+    dataset: PublishedDataset, shards: dict[str, _Shard], bids_files: dict[str, int]
+) -> tuple[list[ManifestEntry], list[ManifestEntry], bool]:
+    """The manifest's entries, the files the manifest does not list, and whether there is one.
+
+    The manifest is checked against each shard's own index; files that one of the shards or
+    ``bids/`` holds but the manifest does not list (a manifest cut short) are added.
+    """
+    manifest = dataset.manifest()
+    entries = list(manifest or [])
+    in_rows: set[tuple[str, _Slot]] = set()
+    in_bids: set[str] = set()
+    for e in entries:
+        if e.placement == "dataset_file":
+            assert e.location is not None
+            in_bids.add(e.location)
+        elif e.placement == "row":
+            assert e.location is not None
+            in_rows.add((e.location, _slot(e)))
+            shard = shards.get(e.location)
+            if shard is None or not shard.index:
+                continue  # a missing shard is reported if its files are wanted
+            found = shard.index.get(_slot(e))
+            if found is None or (found.path, found.size, found.sha256) != (
+                e.path,
+                e.size,
+                e.sha256,
+            ):
+                theirs = f"{found.path!r} ({found.size} bytes)" if found else "nothing"
+                raise InputError(
+                    f"{dataset.url}/{MANIFEST_PATH}: puts {e.path!r} ({e.size} bytes) at row "
+                    f"{e.row}, column {e.column}, index {e.index} of {e.location}, where that "
+                    f"shard's own index has {theirs}; {_REFUSED}"
+                )
+    extra = [
+        _from_footer(path, e)
+        for path, shard in shards.items()
+        for slot, e in shard.index.items()
+        if (path, slot) not in in_rows
+    ]
+    for location, size in sorted(bids_files.items()):
+        if location not in in_bids:
+            path = safe_relpath(location[len(DATASET_FILES_PREFIX) :], f"{dataset.url}/{location}")
+            # No sha256 is recorded for these: their size is checked, and the copy is verbatim.
+            extra.append(ManifestEntry(path, size, "dataset_file", None, location))
+    if manifest is None:
+        log.warning(
+            "%s has no %s: embedded files are restored from the shards' own index (sha256 "
+            "checked), dataset-level files from bids/ (size checked); files left out at "
+            "conversion time are not known",
+            dataset.url,
+            MANIFEST_PATH,
+        )
+    elif extra:
+        log.warning(
+            "%s/%s does not list %d file(s) that the shards or bids/ hold (e.g. %s; a manifest "
+            "cut short?): restored from the shards' index and bids/",
+            dataset.url,
+            MANIFEST_PATH,
+            len(extra),
+            extra[0].path,
+        )
+    return entries, extra, manifest is not None
+
+
+def _by_group(starts: list[int], entries: list[ManifestEntry]) -> dict[int, list[ManifestEntry]]:
+    """Entries by the row group that holds their row (rows already checked to be in range)."""
+    by_group: dict[int, list[ManifestEntry]] = defaultdict(list)
+    for e in entries:
+        assert e.row is not None
+        by_group[bisect.bisect_right(starts, e.row) - 1].append(e)
+    return by_group
+
+
+def _check_row_entries(
+    dataset: PublishedDataset, shard: _Shard, entries: list[ManifestEntry]
+) -> None:
+    """Check entries against the shard's structure and the paths stored in their cells.
+
+    Reads only the ``path`` fields of the wanted cells, never the embedded bytes.
+    """
+    where = f"{dataset.url}/{shard.path}"
+    starts = shard.starts
+    rows = shard.meta.num_rows
+    columns: dict[str, _FileColumn] = {}
+    for e in entries:
+        assert e.column is not None and e.row is not None
+        column = columns.get(e.column) or shard.file_column(e.column)
+        if column is None:
+            raise InputError(
+                f"{where}: has no file column {e.column!r}, where {e.path!r} is said to be; "
+                f"{_REFUSED}"
+            )
+        columns[e.column] = column
+        index = -1 if e.index is None else e.index
+        if e.row >= rows or (index >= 0) != column.is_list:
+            raise InputError(
+                f"{where}: has no row {e.row} / index {e.index} in column {e.column!r} "
+                f"({rows} rows, {'a list' if column.is_list else 'one file'} per row), where "
+                f"{e.path!r} is said to be; {_REFUSED}"
+            )
+        limit = shard.max_bytes(column, bisect.bisect_right(starts, e.row) - 1)
+        if e.size > limit:
+            raise InputError(
+                f"{where}: {e.path!r} is said to hold {e.size} bytes, more than all of column "
+                f"{e.column!r} in its row group ({limit}); {_REFUSED}"
+            )
+    with _open(dataset, shard.path) as f:
+        pf = pq.ParquetFile(f)
+        for group, wanted in _by_group(starts, entries).items():
+            leaves = sorted({columns[e.column].path_leaf for e in wanted if e.column})
+            table = pf.read_row_group(group, columns=leaves)
+            for e in wanted:
+                assert e.column is not None and e.row is not None
+                cell = table.column(e.column)[e.row - starts[group]]
+                item = _item(cell, e, where)
+                stored = item["path"].as_py() if item.is_valid else None
+                if stored != e.path:
+                    if isinstance(stored, str):
+                        safe_relpath(stored, where)  # a crafted cell is named as such
+                    raise InputError(
+                        f"{where}: row {e.row} column {e.column} holds {stored!r}, where the "
+                        f"index says {e.path!r}; {_REFUSED}"
+                    )
+
+
+def _item(cell: pa.Scalar, e: ManifestEntry, where: str) -> pa.StructScalar:
+    """The struct of ``e`` inside its cell (a struct, or a list of them)."""
+    if e.index is None or e.index < 0:
+        item = cell
+    else:
+        values = cell.values if cell.is_valid else None
+        if values is None or e.index >= len(values):
+            n = 0 if values is None else len(values)
+            raise InputError(
+                f"{where}: row {e.row} column {e.column} holds {n} file(s), no index {e.index} "
+                f"where {e.path!r} is said to be; {_REFUSED}"
+            )
+        item = values[e.index]
+    assert isinstance(item, pa.StructScalar)
+    return item
+
+
+class _Target:
+    """Writes one output file atomically and checks its checksum."""
+
+    def __init__(self, out: Path, entry: ManifestEntry) -> None:
+        self.entry = entry
+        self.final = out / entry.path
+        self.tmp = out / _TMP / hashlib.sha256(entry.path.encode()).hexdigest()
+
+    def write(self, chunks: Iterable[memoryview | bytes]) -> int:
+        sha = hashlib.sha256()
+        size = 0
+        with open(self.tmp, "wb") as f:
+            for chunk in chunks:
+                sha.update(chunk)
+                size += f.write(chunk)
+                if size > self.entry.size:
+                    break  # already wrong: do not fill the disk with a crafted stream
+            f.flush()
+            os.fsync(f.fileno())
+        if size != self.entry.size or (self.entry.sha256 and sha.hexdigest() != self.entry.sha256):
+            self.tmp.unlink()
+            raise VerificationError(
+                f"{self.entry.path}: stored bytes do not match the recorded size/sha256; "
+                "the published copy is damaged"
+            )
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.tmp, self.final)
+        return size
+
+
+def _chunks(f: BinaryIO) -> Iterator[bytes]:
+    while chunk := f.read(8 << 20):
+        yield chunk
+
+
+def _open(dataset: PublishedDataset, relpath: str) -> BinaryIO:
+    try:
+        f: BinaryIO = dataset.fs.open(dataset.path(relpath), "rb")
+    except FileNotFoundError:
+        raise _missing(dataset, relpath) from None
+    return f
+
+
+def _missing(dataset: PublishedDataset, relpath: str) -> VerificationError:
+    return VerificationError(
+        f"{dataset.url}/{relpath}: listed in the manifest but missing from the published "
+        "dataset (an incomplete upload?)"
+    )
+
+
+def _choose(
+    dataset: PublishedDataset,
+    include: Sequence[str],
+    exclude: Sequence[str],
+    report: ExportReport,
+) -> tuple[dict[str, ManifestEntry], dict[str, _Shard]]:
+    """The entries to write, by path, all checked; and the shards they come from."""
+    shards = _read_shards(dataset)
+    bids_files = dataset.files(DATASET_FILES_PREFIX.rstrip("/"))
+    entries, extra, listed = _entries(dataset, shards, bids_files)
+    chosen: dict[str, ManifestEntry] = {}
+    for e in entries:
+        if e.placement == "left_out":
+            # Never written, so its path is only reported. Left-out version-control folders are
+            # listed with a trailing slash (``.git/``), which safe_relpath rightly refuses.
+            report.skipped.append(e.path)
+        elif _wanted(e.path, include, exclude) and e.path not in chosen:
+            chosen[e.path] = e
+    unlisted: dict[str, ManifestEntry] = {}
+    for e in extra:
+        listed_here = e.path in chosen and e.path not in unlisted
+        if listed_here or not _wanted(e.path, include, exclude):
+            continue  # the manifest's word wins over a stray copy
+        other = unlisted.get(e.path)
+        if other is not None and (other.size, other.sha256) != (e.size, e.sha256):
+            raise InputError(
+                f"{dataset.url}: {e.path!r} is held twice, with different contents, in "
+                f"{other.location} and {e.location}, and no manifest says which is current; "
+                "remove the stale copy or restore the manifest"
+            )
+        chosen.setdefault(e.path, e)
+        unlisted[e.path] = e
+    if not listed:
+        lost = [p for p in _REQUIRED if p not in chosen and _wanted(p, include, exclude)]
+        if lost:
+            where = "bids/ holds no dataset-level files" if not bids_files else "not in bids/"
+            raise VerificationError(
+                f"{dataset.url}: without {MANIFEST_PATH}, {', '.join(lost)} cannot be restored "
+                f"({where}; an interrupted upload? re-run the convert or push to complete it); "
+                f"to export the rest anyway, add --exclude {' --exclude '.join(lost)}"
+            )
+    by_shard: dict[str, list[ManifestEntry]] = defaultdict(list)
+    for e in chosen.values():
+        assert e.location is not None
+        if e.placement == "dataset_file":
+            size = bids_files.get(e.location)
+            if size is None:
+                raise _missing(dataset, e.location)
+            if size != e.size:
+                raise VerificationError(
+                    f"{dataset.url}/{e.location}: {size} bytes where the manifest records "
+                    f"{e.size}; the published copy is damaged"
+                )
+        elif e.location in shards:
+            by_shard[e.location].append(e)
+        elif dataset.exists(e.location):
+            raise InputError(
+                f"{dataset.url}/{MANIFEST_PATH}: puts {e.path!r} in {e.location!r}, which is no "
+                f"shard (data/*.parquet); {_REFUSED}"
+            )
+        else:
+            raise _missing(dataset, e.location)
+    for path, wanted in by_shard.items():
+        _check_row_entries(dataset, shards[path], wanted)
+    return chosen, {path: shards[path] for path in by_shard}
+
+
+def export(
+    source: str,
+    bids_out: str | os.PathLike[str],
+    *,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    overwrite: bool = False,
+    progress: bool = True,
+) -> ExportReport:
+    """Rebuild the BIDS tree of a converted dataset.
+
+    Args:
+        source: a local output folder, ``hf://datasets/ORG/NAME[@REV]`` or an fsspec URL.
+        bids_out: folder to write the BIDS tree into.
+        include: glob patterns on BIDS paths; only matching files are written (all if empty).
+        exclude: glob patterns of files not to write.
+        overwrite: replace files that already exist in ``bids_out``.
+        progress: show a progress bar.
+
+    Raises:
+        InputError: the source is no bids2hf dataset, or its index is damaged or crafted
+            (refused before anything is written).
+        DestinationError: a file would be replaced without ``overwrite``.
+        VerificationError: published files are missing, differ from their recorded size or
+            sha256, or (without a manifest) dataset-level files cannot be restored.
+    """
+    dataset = open_dataset(source)
+    out = Path(bids_out)
+    report = ExportReport(str(out))
+    chosen, shards = _choose(dataset, include, exclude, report)
+    resolved_out = out.resolve()
+    for path in chosen:
+        if not (resolved_out / path).resolve().is_relative_to(resolved_out):
+            raise InputError(f"refusing stored path {path!r}: it resolves outside {out}")
+        if (out / path).exists() and not overwrite:
+            raise DestinationError(f"{out / path}: already exists; pass --overwrite to replace it")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / _TMP).mkdir(exist_ok=True)
+    total = sum(e.size for e in chosen.values())
+    try:
+        with ProgressBar(total, len(chosen), enabled=progress, desc="export") as bar:
+            for e in chosen.values():
+                if e.placement == "dataset_file":
+                    assert e.location is not None
+                    with _open(dataset, e.location) as f:
+                        report.bytes += _Target(out, e).write(_chunks(f))
+                    report.files += 1
+                    bar.update(e.size, 1)
+            by_shard: dict[str, list[ManifestEntry]] = defaultdict(list)
+            for e in chosen.values():
+                if e.placement == "row":
+                    assert e.location is not None
+                    by_shard[e.location].append(e)
+            for shard in sorted(by_shard):
+                _export_shard(dataset, shards[shard], by_shard[shard], out, report, bar)
+    finally:
+        shutil.rmtree(out / _TMP, ignore_errors=True)
+    return report
+
+
+def _export_shard(
+    dataset: PublishedDataset,
+    shard: _Shard,
+    entries: list[ManifestEntry],
+    out: Path,
+    report: ExportReport,
+    bar: ProgressBar,
+) -> None:
+    where = f"{dataset.url}/{shard.path}"
+    starts = shard.starts
+    by_group = _by_group(starts, entries)
+    with _open(dataset, shard.path) as f:
+        pf = pq.ParquetFile(f)
+        for group in sorted(by_group):
+            wanted = by_group[group]
+            columns = sorted({e.column for e in wanted if e.column})
+            table = pf.read_row_group(group, columns=columns)
+            for e in wanted:
+                assert e.row is not None and e.column is not None
+                item = _item(table.column(e.column)[e.row - starts[group]], e, where)
+                # Checked before writing began; checked again, since this is what is written.
+                if not item.is_valid or item["path"].as_py() != e.path:
+                    raise InputError(f"{where}: row {e.row} column {e.column} changed while read")
+                data = item["bytes"]
+                buffer = data.as_buffer() if data.is_valid else b""
+                report.bytes += _Target(out, e).write([memoryview(buffer)])
+                report.files += 1
+                bar.update(e.size, 1)
+            del table

@@ -1,0 +1,143 @@
+"""``verify``: compare a BIDS folder with a published dataset, file by file.
+
+The published side is read from metadata only (manifest and shard footers), so verifying a
+300 GB dataset on the Hub downloads kilobytes; the source side is hashed locally.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bids2hf.bids.walk import Walked, not_followed_problem, walk
+from bids2hf.errors import InputError
+from bids2hf.model.format import DATASET_FILES_PREFIX, sha256_file
+from bids2hf.model.manifest import ManifestEntry
+from bids2hf.progress import ProgressBar
+from bids2hf.readback.published import open_dataset
+
+__all__ = ["Difference", "VerifyReport", "verify"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Difference:
+    path: str
+    kind: str  # missing | changed | extra
+    detail: str = ""
+
+
+@dataclass
+class VerifyReport:
+    """Result of ``verify``; ``ok`` when nothing is missing, changed or extra."""
+
+    checked: int = 0
+    left_out: int = 0
+    differences: list[Difference] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.differences
+
+    def text(self) -> str:
+        if self.ok:
+            return f"identical: {self.checked} file(s) match" + (
+                f"; {self.left_out} left out on purpose (see the manifest)" if self.left_out else ""
+            )
+        counts = {
+            k: sum(d.kind == k for d in self.differences) for k in ("missing", "changed", "extra")
+        }
+        lines = [
+            f"differences: {counts['missing']} missing, {counts['changed']} changed, {counts['extra']} extra "
+            f"({self.checked} file(s) checked)",
+            "",
+            f"  {'status':<8}  path",
+        ]
+        lines += [
+            f"  {d.kind:<8}  {d.path}" + (f"  ({d.detail})" if d.detail else "")
+            for d in sorted(self.differences, key=lambda d: (d.kind, d.path))
+        ]
+        return "\n".join(lines)
+
+
+def _source_files(root: Path) -> dict[str, Walked]:
+    """The BIDS folder as ``convert`` saw it: the same walk, the same folders not entered."""
+    details: dict[str, str] = {}
+    walked = walk(root, details)
+    skipped = [w.relpath for w in walked if w.not_followed]
+    if skipped:
+        problem = not_followed_problem(skipped, details, "their files are not compared")
+        log.warning("%s", problem.one_line())
+    return {w.relpath: w for w in walked if not (w.vcs_dir or w.not_followed)}
+
+
+def _sha256(path: Path, bar: ProgressBar) -> str:
+    digest = sha256_file(path, on_bytes=bar.update)
+    bar.update(0, 1)
+    return digest
+
+
+def verify(bids_dir: str | os.PathLike[str], source: str, *, progress: bool = True) -> VerifyReport:
+    """Compare ``bids_dir`` with the dataset at ``source`` (folder, hf:// or fsspec URL)."""
+    if not Path(bids_dir).is_dir():
+        # Otherwise a typo would report every published file as "extra".
+        raise InputError(f"{bids_dir}: no such folder (give the BIDS folder to compare)")
+    dataset = open_dataset(source)
+    published: dict[str, ManifestEntry] = {}
+    left_out: set[str] = set()
+    manifest = dataset.manifest() or []
+    for e in manifest:
+        if e.placement == "left_out":
+            left_out.add(e.path)
+        elif e.placement == "dataset_file" and e.location:
+            published[e.path] = e
+    # Embedded files are taken from the shards themselves, not from the manifest's word.
+    for shard, files in dataset.embedded().items():
+        for ef in files:
+            published.setdefault(
+                ef.path,
+                ManifestEntry(
+                    ef.path, ef.size, "row", ef.sha256, shard, ef.column, ef.row, ef.index
+                ),
+            )
+    stored = dataset.listing(DATASET_FILES_PREFIX.rstrip("/"))
+    for e in list(published.values()):
+        if e.placement == "dataset_file" and e.location not in stored:
+            published.pop(e.path)
+    report = VerifyReport(left_out=len(left_out))
+    root = Path(bids_dir)
+    source_files = _source_files(root)
+    total = sum(w.size for rel, w in source_files.items() if rel in published and w.is_file)
+    with ProgressBar(total, len(source_files), enabled=progress, desc="verify") as bar:
+        for rel, w in sorted(source_files.items()):
+            entry = published.get(rel)
+            if entry is None:
+                if rel not in left_out:
+                    report.differences.append(
+                        Difference(rel, "missing", "not in the published dataset")
+                    )
+                continue
+            report.checked += 1
+            if w.broken or w.unreadable:
+                what = "broken symlink" if w.broken else "permission denied"
+                report.differences.append(Difference(rel, "changed", f"cannot be read ({what})"))
+            elif w.size != entry.size:
+                report.differences.append(
+                    Difference(rel, "changed", f"size {w.size} vs {entry.size} published")
+                )
+            else:
+                try:
+                    digest = _sha256(root / rel, bar)
+                except OSError as exc:  # removed or made unreadable since the walk
+                    digest = f"cannot be read ({exc.strerror or exc})"
+                if digest != entry.sha256:
+                    detail = digest if digest.startswith("cannot") else "sha256 differs"
+                    report.differences.append(Difference(rel, "changed", detail))
+    for rel, entry in sorted(published.items()):
+        if rel not in source_files:
+            # Every published entry has a location: its shard or its path under bids/.
+            report.differences.append(Difference(rel, "extra", f"in {entry.location}"))
+    return report

@@ -1,0 +1,1 @@
+"""Synthetic BIDS datasets for tests, benchmarks and `bids2hf demo`."""

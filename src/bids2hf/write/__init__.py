@@ -1,0 +1,2 @@
+"""Writing the output folder: shards (serially or in spawned workers), dataset files, manifest, state journal.
+"""

@@ -1,0 +1,361 @@
+"""Write one planned shard, row group by row group, with the source files embedded verbatim.
+
+Memory holds one row group: the files of a row group are read straight into one reusable buffer
+per column (hashing each chunk as it arrives), wrapped as Arrow arrays without copying, and
+handed to ``pyarrow.parquet.ParquetWriter``. The shard is written under a temporary name and
+renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from bids2hf.errors import InputError
+from bids2hf.model.format import FOOTER_KEY, EmbeddedFile
+from bids2hf.model.rows import ColumnSpec, FileRef, Role, RowPlan, ShardPlan
+
+__all__ = [
+    "Progress", "ShardResult", "SourceChangedError", "fsync_file", "parquet_options",
+    "write_shard",
+]
+
+_CHUNK = 8 * 1024 * 1024
+
+Progress = Callable[[int, int], None]  # (bytes, files) just written
+
+
+class SourceChangedError(InputError):
+    """A source file changed between planning and reading."""
+
+
+#: What to do after a source file changed mid-run: the unfinished output is updated to the new
+#: plan by the same command, keeping the shards that are still up to date.
+_RERUN = "re-run the same command to convert the folder as it is now (complete shards are kept)"
+
+
+@dataclass
+class ShardResult:
+    """A finished shard: its size and the files it holds.
+
+    The shard's own sha256 is computed only where it is needed (publishing), off the writer's
+    critical path.
+    """
+
+    path: str
+    size: int
+    sha256: str | None
+    files: list[EmbeddedFile] = field(default_factory=list)
+
+
+_WILLNEED = getattr(os, "POSIX_FADV_WILLNEED", None)
+
+
+def _row_group_rows(shard: ShardPlan) -> list[list[RowPlan]]:
+    groups, start = [], 0
+    for count in shard.row_groups:
+        groups.append(shard.rows[start : start + count])
+        start += count
+    return groups
+
+
+def _advise(root: Path, rows: Sequence[RowPlan], advice: int | None) -> None:
+    """Readahead hint for the files of some rows (a no-op where posix_fadvise is missing)."""
+    if advice is None:
+        return
+    for row in rows:
+        for refs in row.files.values():
+            for ref in refs:
+                try:
+                    fd = os.open(root / ref.relpath, os.O_RDONLY)
+                except OSError:
+                    continue  # reported when the file is read
+                try:
+                    os.posix_fadvise(fd, 0, 0, advice)
+                finally:
+                    os.close(fd)
+
+
+def _start_writeback(path: Path) -> None:
+    # POSIX_FADV_DONTNEED makes Linux start writing dirty pages back without waiting for them.
+    if not hasattr(os, "POSIX_FADV_DONTNEED"):
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def parquet_options(schema: pa.Schema, columns: Sequence[ColumnSpec]) -> dict[str, Any]:
+    """ParquetWriter options: embedded bytes uncompressed and without dictionaries or stats."""
+    buf = io.BytesIO()
+    with pq.ParquetWriter(buf, schema) as w:
+        w.write_table(schema.empty_table())
+    parquet_schema = pq.ParquetFile(io.BytesIO(buf.getvalue())).schema
+    nifti_cols = {c.name for c in columns if c.role is Role.FILE and c.nifti}
+    file_cols = {c.name for c in columns if c.role is Role.FILE}
+    paths = [parquet_schema.column(i).path for i in range(len(parquet_schema))]
+    raw = [p for p in paths if p.split(".")[0] in file_cols and p.endswith(".bytes")]
+    compression = {
+        p: ("none" if p.split(".")[0] in nifti_cols and p in raw else "zstd") for p in paths
+    }
+    return {
+        "compression": compression,
+        "use_dictionary": [p for p in paths if p not in raw],
+        "write_statistics": [p for p in paths if p not in raw],
+        # The writer buffers `write_batch_size` values before it checks the page size; with the
+        # default (1024) a whole column chunk of file bytes would be copied into one page buffer.
+        "write_batch_size": 1,
+    }
+
+
+class _Reader:
+    """Reads source files into one reusable buffer per row group, hashing as it goes.
+
+    Hashing runs on a second thread (``hashlib`` releases the GIL), chunk by chunk right behind
+    the reads, so sha256 costs no time on the read/write path; :meth:`flush` waits for it.
+    """
+
+    def __init__(self, root: Path, progress: Progress | None) -> None:
+        self.root = root
+        self.progress = progress
+        self._arena = np.empty(0, dtype=np.uint8)
+        self.hashes: dict[str, str] = {}
+        self._hasher = ThreadPoolExecutor(1, thread_name_prefix="bids2hf-sha256")
+        self._pending: list[Future[None]] = []
+
+    def close(self) -> None:
+        self._hasher.shutdown(wait=True)
+
+    def flush(self) -> None:
+        """Wait until every chunk read so far is hashed (before the buffer is reused)."""
+        for fut in self._pending:
+            fut.result()
+        self._pending.clear()
+
+    def _finish(self, relpath: str, sha: Any) -> None:
+        self.hashes[relpath] = sha.hexdigest()
+
+    def arena(self, size: int) -> np.ndarray:
+        """One buffer for all the files of a row group, reused from one row group to the next.
+
+        Reuse spares the kernel from faulting in fresh pages for every row group; the buffer only
+        grows when a row group is larger than any before it.
+        """
+        if self._arena.nbytes < size:
+            self._arena = np.empty(0, dtype=np.uint8)  # release the old one before allocating
+            self._arena = np.empty(size, dtype=np.uint8)
+        return self._arena
+
+    def read_into(self, ref: FileRef, out: memoryview) -> None:
+        path = self.root / ref.relpath
+        sha = hashlib.sha256()
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise SourceChangedError(f"{path}: removed after planning; {_RERUN}") from None
+        except PermissionError:
+            raise InputError(
+                f"{path}: cannot be read (permission denied); fix its permissions (chmod a+r) "
+                "or --exclude it"
+            ) from None
+        except OSError as exc:
+            raise InputError(
+                f"{path}: cannot be read ({exc.strerror or exc}); fix or --exclude it"
+            ) from None
+        try:
+            st = os.fstat(fd)
+            if st.st_size != ref.size or st.st_mtime_ns != ref.mtime_ns:
+                raise SourceChangedError(
+                    f"{path}: changed after planning (size or modification time); {_RERUN}"
+                )
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            done = 0
+            with os.fdopen(fd, "rb", buffering=0, closefd=False) as f:
+                while done < ref.size:
+                    n = f.readinto(out[done : min(ref.size, done + _CHUNK)])
+                    if not n:
+                        raise SourceChangedError(
+                            f"{path}: shorter than planned ({done} of {ref.size} bytes); {_RERUN}"
+                        )
+                    # One worker thread: updates run in submission order.
+                    self._pending.append(self._hasher.submit(sha.update, out[done : done + n]))
+                    done += n
+                    if self.progress:
+                        self.progress(n, 0)
+            if os.fstat(fd).st_mtime_ns != ref.mtime_ns:
+                raise SourceChangedError(f"{path}: modified while being read; {_RERUN}")
+        finally:
+            os.close(fd)
+        self._pending.append(self._hasher.submit(self._finish, ref.relpath, sha))
+        if self.progress:
+            self.progress(0, 1)
+
+    def sha256(self, ref: FileRef) -> str:
+        if ref.relpath not in self.hashes:
+            self.flush()
+        if ref.relpath not in self.hashes:
+            scratch = np.empty(ref.size, dtype=np.uint8)
+            self.read_into(ref, memoryview(scratch.data))
+            self.flush()
+        return self.hashes[ref.relpath]
+
+
+def _cells(rows: Sequence[RowPlan], column: str) -> list[list[FileRef]]:
+    return [row.files.get(column, []) for row in rows]
+
+
+def _file_array(
+    spec: ColumnSpec, typ: pa.DataType, rows: Sequence[RowPlan], reader: _Reader, arena: np.ndarray
+) -> pa.Array:
+    """The column's files read into ``arena`` (a slice of the row group's buffer), zero-copy."""
+    cells = _cells(rows, spec.name)
+    # One slot per embedded file; a single-valued column has one slot per row (None if absent).
+    slots: list[FileRef | None] = (
+        [cell[0] if cell else None for cell in cells]
+        if spec.single
+        else [r for c in cells for r in c]
+    )
+    sizes = np.array([r.size if r else 0 for r in slots], dtype=np.int64)
+    offsets = np.zeros(len(slots) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    total = int(offsets[-1])
+    view = memoryview(arena.data)
+    for i, ref in enumerate(slots):
+        if ref is not None:
+            reader.read_into(ref, view[int(offsets[i]) : int(offsets[i + 1])])
+    data = pa.py_buffer(arena[:total])
+    bytes_arr = pa.Array.from_buffers(
+        pa.binary(), len(slots), [None, pa.py_buffer(offsets.astype(np.int32)), data]
+    )
+    children = {
+        "bytes": bytes_arr,
+        "path": pa.array([r.relpath if r else None for r in slots], type=pa.string()),
+    }
+    item_fields = list(typ if spec.single else typ.value_type)
+    arrays = [children[f.name] for f in item_fields]
+    if spec.single:
+        mask = pa.array([r is None for r in slots], type=pa.bool_())
+        return pa.StructArray.from_arrays(arrays, fields=item_fields, mask=mask)
+    struct = pa.StructArray.from_arrays(arrays, fields=item_fields)
+    list_offsets = np.zeros(len(cells) + 1, dtype=np.int32)
+    np.cumsum([len(c) for c in cells], out=list_offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(list_offsets), struct, type=typ)
+
+
+def _sha_array(
+    spec: ColumnSpec, typ: pa.DataType, rows: Sequence[RowPlan], reader: _Reader
+) -> pa.Array:
+    cells = _cells(rows, spec.name)
+    if spec.single:
+        return pa.array([reader.sha256(c[0]) if c else None for c in cells], type=typ)
+    return pa.array([[reader.sha256(r) for r in c] for c in cells], type=typ)
+
+
+def write_shard(
+    shard: ShardPlan,
+    columns: Sequence[ColumnSpec],
+    schema: pa.Schema,
+    source_root: Path,
+    final_path: Path,
+    tmp_path: Path,
+    progress: Progress | None = None,
+) -> ShardResult:
+    """Write ``shard`` to ``tmp_path``, then rename it to ``final_path``.
+
+    Raises :class:`SourceChangedError` if a source file differs from the plan; the temporary
+    file is removed on any failure, so no partial shard is ever visible.
+    """
+    reader = _Reader(source_root, progress)
+    options = parquet_options(schema, columns)
+    embedded: list[EmbeddedFile] = []
+    try:
+        # A native sink: a Python file object would copy every page into a bytes object.
+        with pq.ParquetWriter(str(tmp_path), schema, **options) as writer:
+            start = 0
+            groups = _row_group_rows(shard)
+            for index, count in enumerate(shard.row_groups):
+                rows = shard.rows[start : start + count]
+                if index + 1 < len(groups):
+                    # The kernel reads the next row group's files while this one is encoded
+                    # and written: reading and writing overlap without holding more memory.
+                    _advise(source_root, groups[index + 1], _WILLNEED)
+                sizes = {
+                    spec.name: sum(r.size for row in rows for r in row.files.get(spec.name, []))
+                    for spec in columns
+                    if spec.role is Role.FILE
+                }
+                arena = reader.arena(sum(sizes.values()))
+                at = 0
+                arrays = []
+                for spec in columns:
+                    typ = schema.field(spec.name).type
+                    if spec.role is Role.FILE:
+                        arrays.append(
+                            _file_array(spec, typ, rows, reader, arena[at : at + sizes[spec.name]])
+                        )
+                        at += sizes[spec.name]
+                    elif spec.role is Role.SHA256:
+                        arrays.append(_sha_array(spec, typ, rows, reader))
+                    else:
+                        arrays.append(pa.array([r.values.get(spec.name) for r in rows], type=typ))
+                reader.flush()  # all hashes known, and the buffer free for the next row group
+                for i, row in enumerate(rows, start=start):
+                    for spec in columns:
+                        if spec.role is not Role.FILE:
+                            continue
+                        for j, ref in enumerate(row.files.get(spec.name, [])):
+                            embedded.append(
+                                EmbeddedFile(
+                                    ref.relpath,
+                                    ref.size,
+                                    reader.hashes[ref.relpath],
+                                    i,
+                                    spec.name,
+                                    -1 if spec.single else j,
+                                )
+                            )
+                table = pa.Table.from_arrays(arrays, schema=schema)
+                writer.write_table(table, row_group_size=max(1, count))
+                del table, arrays
+                # Hand the encoder's freed page buffers back to the system: the allocator would
+                # keep them, and peak RSS would exceed row group + page buffers by ~45 MB.
+                pa.default_memory_pool().release_unused()
+                start += count
+                # Start writing back what is already on its way to disk, so that the fsync at
+                # the end does not stall the pipeline for a whole shard's worth of dirty pages.
+                _start_writeback(tmp_path)
+            writer.add_key_value_metadata(
+                {FOOTER_KEY: json.dumps([e.__dict__ for e in embedded], separators=(",", ":"))}
+            )
+        fsync_file(tmp_path)
+        size = tmp_path.stat().st_size
+        os.replace(tmp_path, final_path)
+    except BaseException:
+        # The error being raised is the one to report; the partial file must not remain.
+        tmp_path.unlink(missing_ok=True)
+        raise
+    finally:
+        reader.close()
+    return ShardResult(str(shard.path), size, None, embedded)

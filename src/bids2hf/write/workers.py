@@ -1,0 +1,146 @@
+"""Writing many shards: serially or in spawned worker processes that never import datasets."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    Future,
+    ProcessPoolExecutor,
+    wait,
+)
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from bids2hf.model.rows import ColumnSpec, ShardPlan
+from bids2hf.write.output_folder import OutputFolder
+from bids2hf.write.shard import ShardResult, write_shard
+
+__all__ = ["init_worker", "write_job", "write_shards"]
+
+# -- worker processes ----------------------------------------------------------------------
+# Defined here, not in bids2hf.conversion, so that spawned workers import this light module only.
+_progress_queue: Any = None
+
+
+def init_worker(progress_queue: Any) -> None:
+    """Process-pool initializer: where to send progress."""
+    global _progress_queue
+    _progress_queue = progress_queue
+
+
+def _queue_progress(nbytes: int, nfiles: int) -> None:
+    if _progress_queue is not None:
+        _progress_queue.put((nbytes, nfiles))
+
+
+def write_job(
+    shard: ShardPlan,
+    columns: list[ColumnSpec],
+    schema: pa.Schema,
+    root: str,
+    final: str,
+    tmp: str,
+) -> ShardResult:
+    """:func:`write_shard` in a worker process, reporting progress through the queue."""
+    return write_shard(shard, columns, schema, Path(root), Path(final), Path(tmp), _queue_progress)
+
+
+# -- parallel shard writing -----------------------------------------------------------------
+@contextmanager
+def _drain(q: Any, progress: Callable[[int, int], None]) -> Iterator[None]:
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.is_set() or not q.empty():
+            try:
+                nbytes, nfiles = q.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            progress(nbytes, nfiles)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def write_shards(
+    columns: list[ColumnSpec],
+    schema: pa.Schema,
+    source_root: Path,
+    out: OutputFolder,
+    shards: Sequence[ShardPlan],
+    workers: int,
+    progress: Callable[[int, int], None],
+    on_done: Callable[[ShardPlan, ShardResult], None],
+    acquire: Callable[[bool], bool] | None = None,
+) -> None:
+    """Write shards, ``workers`` at a time, calling ``on_done`` in the parent as each completes.
+
+    ``acquire(block)`` is asked for room before each shard is started; the publisher uses it to
+    bound how many shards exist on local disk (it frees room once a shard is uploaded).
+    """
+    # Workers get the columns without their `datasets` feature objects (the schema carries the
+    # types), so that unpickling them does not import `datasets` in every worker.
+    lean_columns = [replace(c, feature=None) for c in columns]
+    if workers <= 1 or len(shards) <= 1:
+        for shard in shards:
+            if acquire is not None:
+                acquire(True)
+            result = write_shard(
+                shard,
+                columns,
+                schema,
+                source_root,
+                out.root / shard.path,
+                out.tmp_path(shard.path),
+                progress,
+            )
+            on_done(shard, result)
+        return
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    with (
+        _drain(q, progress),
+        ProcessPoolExecutor(
+            workers, mp_context=ctx, initializer=init_worker, initargs=(q,)
+        ) as pool,
+    ):
+        pending: dict[Future[ShardResult], ShardPlan] = {}
+        todo = list(shards)
+        try:
+            while todo or pending:
+                while todo and len(pending) < workers:
+                    # Never wait for room while shards are in flight: their completion frees it.
+                    if acquire is not None and not acquire(not pending):
+                        break
+                    shard = todo.pop(0)
+                    fut = pool.submit(
+                        write_job,
+                        shard,
+                        lean_columns,
+                        schema,
+                        str(source_root),
+                        str(out.root / shard.path),
+                        str(out.tmp_path(shard.path)),
+                    )
+                    pending[fut] = shard
+                done, _ = wait(pending, return_when=FIRST_COMPLETED, timeout=0.5)
+                for fut in sorted(done, key=lambda f: pending[f].path):
+                    shard = pending.pop(fut)
+                    on_done(shard, fut.result())
+        except BaseException:
+            for fut in pending:
+                fut.cancel()
+            raise
