@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
+import helpers
 from bids2hf.cli.commands import main
 from bids2hf.testing.spec import GeneratedDataset, SyntheticSpec
 from bids2hf.testing.synthetic import generate_bids
@@ -35,6 +36,12 @@ def _isolated_hf_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: py
 def synthetic(tmp_path_factory: pytest.TempPathFactory) -> GeneratedDataset:
     """A small generated dataset (read-only: copy it before changing it)."""
     return generate_bids(tmp_path_factory.mktemp("synthetic") / "bids", SyntheticSpec(n_subjects=4))
+
+
+@pytest.fixture
+def hub_env(emu: HubEmulator, tmp_path: Path) -> dict[str, str]:
+    """Environment for a bids2hf subprocess that publishes to the emulator."""
+    return helpers.hub_env(emu, tmp_path)
 
 
 @pytest.fixture(scope="session")

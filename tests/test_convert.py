@@ -14,7 +14,7 @@ from bids2hf.bids.options import ScanOptions
 from bids2hf.model.format import FOOTER_KEY, read_footer_index
 from bids2hf.plan.options import PlanOptions
 from bids2hf.testing.spec import GeneratedDataset
-from trees import sha256, tree
+from helpers import sha256, tree
 
 
 def _convert(bids: Path, out: Path, **kw: object) -> object:

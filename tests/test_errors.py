@@ -40,7 +40,7 @@ from bids2hf.plan.options import PlanOptions
 from bids2hf.testing.spec import GeneratedDataset
 from bids2hf.write.output_folder import OutputFolder
 from bids2hf.write.shard import write_shard
-from trees import tree
+from helpers import tree
 
 Cli = Callable[..., Result]
 

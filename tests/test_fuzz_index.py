@@ -34,7 +34,7 @@ from bids2hf.readback.export import export
 from bids2hf.readback.verify import verify
 from bids2hf.testing.spec import SyntheticSpec
 from bids2hf.testing.synthetic import generate_bids
-from trees import tree
+from helpers import tree
 
 SEED = 20261127
 EXPORT_TMP = ".bids2hf-export-tmp"

@@ -9,10 +9,6 @@ at the process-wide state before, during and after its calls.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -26,6 +22,7 @@ from huggingface_hub import DatasetCard
 from bids2hf.api import convert
 from bids2hf.bids.options import ScanOptions
 from bids2hf.testing.spec import GeneratedDataset
+from helpers import run_json_script
 from hub_emulator import HubEmulator
 
 PRELUDE = textwrap.dedent(
@@ -53,35 +50,15 @@ PRELUDE = textwrap.dedent(
 
 
 @pytest.fixture
-def hub_env(emu: HubEmulator, tmp_path: Path) -> dict[str, str]:
-    env = {
-        **os.environ,
-        "HF_ENDPOINT": emu.url,
-        "HF_HUB_DISABLE_XET": "1",
-        "HF_TOKEN": "test-token",
-        "HF_HOME": str(tmp_path / "hf-home"),
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "HF_HUB_OFFLINE": "0",
-        "BIDS2HF_RETRY_BASE_DELAY": "0.05",
-    }
+def hub_env(hub_env: dict[str, str]) -> dict[str, str]:
+    env = dict(hub_env)
     env.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)  # the default: bars on
     return env
 
 
 def run_script(env: dict[str, str], tmp_path: Path, body: str) -> dict[str, Any]:
-    work = tmp_path / "work"
-    work.mkdir(exist_ok=True)
     code = PRELUDE + textwrap.dedent(body) + "\nprint(json.dumps(out))\n"
-    proc = subprocess.run(
-        [sys.executable, "-c", code, str(work)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return result
+    return run_json_script(code, env, tmp_path)[0]
 
 
 def test_hub_calls_leave_the_process_settings_as_they_were(

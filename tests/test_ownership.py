@@ -7,7 +7,6 @@ Locking and the Hub go through the real CLI in subprocesses; the rest through cl
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import signal
 import subprocess
@@ -24,8 +23,8 @@ from click.testing import Result
 from bids2hf.publish.pipeline import default_staging
 from bids2hf.testing.spec import SyntheticSpec
 from bids2hf.testing.synthetic import generate_bids
+from helpers import hub_env, tree
 from hub_emulator import HubEmulator
-from trees import tree
 
 Cli = Callable[..., Result]
 BIDS2HF = [sys.executable, "-m", "bids2hf"]
@@ -164,25 +163,10 @@ def test_fsspec_remote_deletes_only_what_bids2hf_wrote(
     assert fs.cat_file(f"{root}/data/other-00000.parquet") == FOREIGN_PARQUET
 
 
-def _hub_env(emu: HubEmulator, tmp_path: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "HF_ENDPOINT": emu.url,
-        "HF_HUB_DISABLE_XET": "1",
-        "HF_TOKEN": "test-token",
-        "HF_HOME": str(tmp_path / "hf-home"),
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "HF_HUB_OFFLINE": "0",
-        "HF_DATASETS_OFFLINE": "0",
-        "BIDS2HF_CACHE": str(tmp_path / "bids2hf-cache"),
-        "BIDS2HF_RETRY_BASE_DELAY": "0.05",
-    }
-
-
 def test_hub_keeps_files_bids2hf_did_not_write(
     emu: HubEmulator, bids_copy: Path, tmp_path: Path
 ) -> None:
-    env = _hub_env(emu, tmp_path)
+    env = hub_env(emu, tmp_path)
     emu.create_repo("org/mixed")
     emu.upload_bytes("org/mixed", {"data/other-00000.parquet": FOREIGN_PARQUET})
     args = [*BIDS2HF, "convert", str(bids_copy), "hf://datasets/org/mixed", *FAST, *SMALL_SHARDS]
@@ -207,7 +191,7 @@ def test_hub_keeps_files_bids2hf_did_not_write(
 def test_hub_card_of_someone_else_needs_overwrite(
     emu: HubEmulator, bids_copy: Path, tmp_path: Path
 ) -> None:
-    env = _hub_env(emu, tmp_path)
+    env = hub_env(emu, tmp_path)
     emu.create_repo("org/theirs")
     emu.upload_bytes("org/theirs", {"README.md": b"# their card\n"})
     args = [*BIDS2HF, "convert", str(bids_copy), "hf://datasets/org/theirs", *FAST]

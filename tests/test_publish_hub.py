@@ -22,8 +22,8 @@ import pytest
 
 from bids2hf.testing.spec import GeneratedDataset, SyntheticSpec
 from bids2hf.testing.synthetic import generate_bids
+from helpers import sha256, tree
 from hub_emulator import HubEmulator
-from trees import sha256, tree
 
 BIDS2HF = [sys.executable, "-m", "bids2hf.cli"]
 REPO = "org/ds"
@@ -32,19 +32,8 @@ ALL_SMALL_SHARDS = ("--derivatives", "all", "-q", "--max-shard-size", "150kB", "
 
 
 @pytest.fixture
-def env(emu: HubEmulator, tmp_path: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "HF_ENDPOINT": emu.url,
-        "HF_HUB_DISABLE_XET": "1",
-        "HF_TOKEN": "test-token",
-        "HF_HOME": str(tmp_path / "hf-home"),
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "HF_HUB_OFFLINE": "0",
-        "HF_DATASETS_OFFLINE": "0",
-        "BIDS2HF_CACHE": str(tmp_path / "bids2hf-cache"),
-        "BIDS2HF_RETRY_BASE_DELAY": "0.05",
-    }
+def env(hub_env: dict[str, str]) -> dict[str, str]:
+    return hub_env
 
 
 def run(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

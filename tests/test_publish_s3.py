@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bids2hf.testing.spec import GeneratedDataset
-from trees import tree
+from helpers import tree
 
 pytest.importorskip("s3fs")
 pytest.importorskip("moto.server")

@@ -15,7 +15,7 @@ import pytest
 
 from bids2hf.testing.spec import SyntheticSpec
 from bids2hf.testing.synthetic import generate_bids
-from trees import tree
+from helpers import tree
 
 CAP = 320 * 1024 * 1024  # bytes of resident memory a child may use
 DATASET = 10 * CAP  # the dataset is ten times larger than the cap

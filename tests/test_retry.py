@@ -8,10 +8,6 @@ between a refused request and its retry.
 from __future__ import annotations
 
 import itertools
-import json
-import os
-import subprocess
-import sys
 import textwrap
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
@@ -29,6 +25,7 @@ from bids2hf.publish.retry import (
     parse_retry_after,
     retry_after_of,
 )
+from helpers import run_json_script
 from hub_emulator import HubEmulator
 
 
@@ -210,33 +207,9 @@ SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.fixture
-def hub_env(emu: HubEmulator, tmp_path: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "HF_ENDPOINT": emu.url,
-        "HF_HUB_DISABLE_XET": "1",
-        "HF_TOKEN": "test-token",
-        "HF_HOME": str(tmp_path / "hf-home"),
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "HF_HUB_OFFLINE": "0",
-        "BIDS2HF_RETRY_BASE_DELAY": "0.05",
-    }
-
-
 def run_target(env: dict[str, str], tmp_path: Path) -> dict[str, Any]:
-    work = tmp_path / "work"
-    work.mkdir(exist_ok=True)
-    proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(work)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["stderr"] = proc.stderr
+    result, stderr = run_json_script(SCRIPT, env, tmp_path)
+    result["stderr"] = stderr
     return result
 
 

@@ -26,8 +26,8 @@ from bids2hf.model.state import DatasetFileRecord, ShardRecord
 from bids2hf.testing.spec import SyntheticSpec
 from bids2hf.testing.synthetic import generate_bids
 from bids2hf.write.state_store import StateStore
+from helpers import hub_env, tree
 from hub_emulator import HubEmulator
-from trees import tree
 
 Cli = Callable[..., Result]
 BIDS2HF = [sys.executable, "-m", "bids2hf"]
@@ -175,21 +175,6 @@ def mid_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate_bids(tmp_path_factory.mktemp("mid") / "bids", spec).root
 
 
-def _hub_env(emu: HubEmulator, tmp_path: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "HF_ENDPOINT": emu.url,
-        "HF_HUB_DISABLE_XET": "1",
-        "HF_TOKEN": "test-token",
-        "HF_HOME": str(tmp_path / "hf-home"),
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "HF_HUB_OFFLINE": "0",
-        "HF_DATASETS_OFFLINE": "0",
-        "BIDS2HF_CACHE": str(tmp_path / "bids2hf-cache"),
-        "BIDS2HF_RETRY_BASE_DELAY": "0.05",
-    }
-
-
 def _resave_t1w(path: Path, bump: int) -> None:
     """Change some voxels and save with nibabel (its own compression: the size changes)."""
     import nibabel as nib
@@ -209,7 +194,7 @@ def test_update_to_the_hub_while_shards_are_hashed(
     """Issue 9, item 1: convert to the Hub, change a T1w, convert again — with shard sizes for
     which the last shard is still being hashed (and its checksum recorded by the upload side)
     while the dataset files, manifest and card are written. Every run must succeed."""
-    env = _hub_env(emu, tmp_path)
+    env = hub_env(emu, tmp_path)
     bids = tmp_path / "bids"
     shutil.copytree(mid_dataset, bids)
     t1w = sorted(bids.rglob("*_T1w.nii.gz"))

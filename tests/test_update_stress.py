@@ -43,8 +43,8 @@ from bids2hf.api import convert
 from bids2hf.plan.options import PlanOptions
 from bids2hf.testing.spec import SyntheticSpec
 from bids2hf.testing.synthetic import generate_bids
+from helpers import hub_env, tree
 from hub_emulator import HubEmulator
-from trees import tree
 
 CYCLES = int(os.environ.get("BIDS2HF_STRESS_CYCLES", "20"))
 SEED = int(os.environ.get("BIDS2HF_STRESS_SEED", "9"))
@@ -261,21 +261,6 @@ def work(tmp_path: Path) -> Iterator[Path]:
 
 
 # -- Hub ------------------------------------------------------------------------------------
-def hub_env(emu: HubEmulator, tmp_path: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "HF_ENDPOINT": emu.url,
-        "HF_HUB_DISABLE_XET": "1",
-        "HF_TOKEN": "test-token",
-        "HF_HOME": str(tmp_path / "hf-home"),
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "HF_HUB_OFFLINE": "0",
-        "HF_DATASETS_OFFLINE": "0",
-        "BIDS2HF_CACHE": str(tmp_path / "bids2hf-cache"),
-        "BIDS2HF_RETRY_BASE_DELAY": "0.05",
-    }
-
-
 def hub_files(emu: HubEmulator, repo: str) -> dict[str, str]:
     """The repository's files and the sha256 of their stored bytes (blob or LFS object)."""
     return {

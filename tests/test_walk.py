@@ -27,7 +27,7 @@ from bids2hf.model.format import MANIFEST_PATH
 from bids2hf.model.inventory import Placement, Severity
 from bids2hf.model.manifest import loads
 from bids2hf.readback.verify import verify
-from trees import tree
+from helpers import tree
 
 Cli = Callable[..., Result]
 

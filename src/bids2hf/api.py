@@ -29,10 +29,10 @@ from bids2hf.plan.options import PlanOptions
 from bids2hf.plan.plan import ConversionPlan, make_plan
 from bids2hf.progress import ProgressBar
 from bids2hf.publish.compare import (
+    classify,
     recorded_paths,
     refuse_remote_conflicts,
     remote_conflicts,
-    same_content,
 )
 from bids2hf.publish.pipeline import (
     PublishOptions,
@@ -280,27 +280,17 @@ def _convert_locked(
         remote_owned = recorded_paths(target, remote)
         if state.destination == remote_url:
             remote_owned |= state.remote_owned
-    todo: list[ShardPlan] = []
-    resubmit: list[ShardPlan] = []
-    skip: list[ShardPlan] = []
-    for shard in plan.shards:
-        rec = state.shards.get(shard.path)
-        path = out.root / shard.path
-        current = rec is not None and rec.content_id == shard.content_id
-        on_disk = current and path.is_file() and rec is not None and path.stat().st_size == rec.size
-        if (
-            target is not None
-            and rec is not None
-            and current
-            and same_content(remote.get(shard.path), rec.size, rec.sha256)
-        ):
-            skip.append(shard)  # already on the remote
-        elif on_disk and target is not None:
-            resubmit.append(shard)  # written by an interrupted run, not uploaded yet
-        elif on_disk:
-            report.reused.append(shard.path)
-        else:
-            todo.append(shard)
+    # Sizes of the shard files of the resume state found on disk (the classification is pure).
+    local_sizes = {
+        path: (out.root / path).stat().st_size
+        for path in state.shards
+        if (out.root / path).is_file()
+    }
+    classified = classify(
+        plan.shards, state.shards, local_sizes, remote if target is not None else None
+    )
+    todo, resubmit, skip = classified.todo, classified.resubmit, classified.skip
+    report.reused += [s.path for s in classified.reuse]
     # Every path this run writes, known before anything is written: a file in the way that
     # bids2hf did not write stops the run here, with the destination untouched.
     dataset_paths = [DATASET_FILES_PREFIX + f.relpath for f in plan.dataset_files]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import unicodedata
 
-__all__ = ["Bids2HfError", "DestinationError", "InputError", "VerificationError", "one_line"]
+__all__ = [
+    "RERUN_HINT", "Bids2HfError", "DestinationError", "InputError", "VerificationError", "one_line",
+]
 
 #: Characters that would break a message across lines (or garble a terminal) if printed as is.
 _BREAKING = frozenset({"Cc", "Zl", "Zp"})
@@ -52,4 +54,7 @@ class VerificationError(Bids2HfError):
 
     exit_code = 1
 
-_RERUN = "re-run the same command to convert the folder as it is now (complete shards are kept)"
+
+#: What to do after a source file changed mid-run: the unfinished output is updated to the new
+#: plan by the same command, keeping the shards that are still up to date.
+RERUN_HINT = "re-run the same command to convert the folder as it is now (complete shards are kept)"

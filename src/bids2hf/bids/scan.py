@@ -15,7 +15,7 @@ from pathlib import Path
 import bids2hf.bids.schema as bids_schema
 from bids2hf.bids.metadata import _read_metadata, _unreadable
 from bids2hf.bids.options import OnInvalid, ScanOptions
-from bids2hf.bids.walk import Walked, _bidsignore_patterns, _matches, not_followed_problem, walk
+from bids2hf.bids.walk import Walked, bidsignore_patterns, first_match, not_followed_problem, walk
 from bids2hf.errors import InputError
 from bids2hf.model.inventory import Inventory, Placement, Problem, Severity, SourceFile
 
@@ -70,7 +70,7 @@ def _classify(
         f.placement = Placement.LEFT_OUT
         f.reason = as_path.reason if as_path.placement is Placement.LEFT_OUT else w.not_followed
         return f
-    pattern = _matches(rel, options.exclude)
+    pattern = first_match(rel, options.exclude)
     if pattern is not None:
         f.placement, f.reason = Placement.LEFT_OUT, f"--exclude {pattern}"
         return f
@@ -99,7 +99,7 @@ def _classify(
                 f.subject = None
         return f
     if _unit(top, units) and len(parts) >= 2:
-        ignored = _matches(rel, bidsignore)
+        ignored = first_match(rel, bidsignore)
         if ignored is not None:
             f.reason = f"matches .bidsignore ({ignored}); stored verbatim"
             return f
@@ -158,7 +158,7 @@ def scan(
 
     link_details: dict[str, str] = {}
     walked = walk(root_path, link_details)
-    bidsignore = _bidsignore_patterns(root_path)
+    bidsignore = bidsignore_patterns(root_path)
     wanted = set(options.derivatives)
     available = {w.relpath.split("/")[1] for w in walked if w.relpath.startswith("derivatives/")}
     for name in sorted(wanted - {"all"} - available):

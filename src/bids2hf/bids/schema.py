@@ -18,7 +18,7 @@ from bids2hf.model.inventory import ParsedName
 
 __all__ = [
     "Entity", "datatypes", "entities", "entity_by_key", "entity_by_name", "entity_order_key",
-    "entity_value", "parse_generic_name", "parse_raw_path", "schema_version", "split_extension",
+    "parse_generic_name", "parse_raw_path", "schema_version", "split_extension",
 ]
 
 
@@ -141,11 +141,3 @@ def parse_generic_name(relpath: str, lenient: bool = False) -> ParsedName | None
         return None
     datatype = parts[-2] if len(parts) >= 2 and parts[-2] in datatypes() else None
     return ParsedName(entities=found, datatype=datatype, suffix=suffix, extension=extension)
-
-
-def entity_value(name: str, value: str) -> int | str:
-    """Typed entity value: index entities (run, echo, ...) become integers."""
-    entity = entity_by_name().get(name)
-    if entity is not None and entity.is_index and value.isdigit():
-        return int(value)
-    return value

@@ -1,5 +1,4 @@
-"""The one walk of a BIDS folder (scan and verify share it): .bidsignore and --exclude, VCS folders, symlinks.
-"""
+"""The one walk of a BIDS folder (scan and verify share it): .bidsignore and --exclude, VCS folders, symlinks."""
 
 from __future__ import annotations
 
@@ -15,7 +14,13 @@ from bids2hf.model.format import VCS_DIRS
 from bids2hf.model.inventory import Problem, Severity
 
 __all__ = [
-    "FOLDER_SEEN", "LINK_INTO_DATASET", "LINK_OUT_OF_DATASET", "Walked", "not_followed_problem",
+    "FOLDER_SEEN",
+    "LINK_INTO_DATASET",
+    "LINK_OUT_OF_DATASET",
+    "Walked",
+    "bidsignore_patterns",
+    "first_match",
+    "not_followed_problem",
     "walk",
 ]
 
@@ -162,7 +167,9 @@ def not_followed_problem(
     )
 
 
-def _bidsignore_patterns(root: Path) -> list[str]:
+def bidsignore_patterns(root: Path) -> list[str]:
+    """The patterns of ``root/.bidsignore`` (comments and blank lines dropped); [] if it is
+    absent or unreadable (the walk reports an unreadable file). Never raises."""
     path = root / ".bidsignore"
     if not path.is_file():
         return []
@@ -178,8 +185,10 @@ def _bidsignore_patterns(root: Path) -> list[str]:
     return patterns
 
 
-def _matches(relpath: str, patterns: Sequence[str]) -> str | None:
-    """The first gitignore-style pattern that matches ``relpath`` (or one of its folders)."""
+def first_match(relpath: str, patterns: Sequence[str]) -> str | None:
+    """The first gitignore-style pattern that matches ``relpath`` (or one of its folders), or
+    None. A pattern with a slash is anchored at the root; one without matches any path part.
+    Never raises."""
     parts = relpath.split("/")
     for pattern in patterns:
         pat = pattern.strip("/")

@@ -106,9 +106,6 @@ class Inventory:
     def warnings(self) -> list[Problem]:
         return [p for p in self.problems if p.severity is Severity.WARNING]
 
-    def placed(self, placement: Placement) -> list[SourceFile]:
-        return [f for f in self.files if f.placement is placement]
-
     @property
     def total_bytes(self) -> int:
         return sum(f.size for f in self.files)
@@ -125,7 +122,3 @@ class ParsedName:
     datatype: str | None = None
     suffix: str | None = None
     extension: str = ""
-
-    @property
-    def is_nifti(self) -> bool:
-        return self.extension in NIFTI_EXTENSIONS

@@ -285,14 +285,6 @@ class _Builder:
         assert f.parsed is not None and f.parsed.suffix is not None
         return self.index.effective(f.relpath, f.parsed.entities, f.parsed.suffix)
 
-    def companions(self, f: SourceFile, files: Sequence[SourceFile]) -> dict[str, SourceFile]:
-        stem = _stem(f.relpath)
-        return {
-            g.relpath[len(stem) :]: g
-            for g in files
-            if g.relpath.startswith(stem) and g.relpath != f.relpath and g.relpath[len(stem)] == "."
-        }
-
     def nifti_feature(self, files: Iterable[SourceFile]) -> Nifti:
         return Nifti(decode=not any(f.relpath in self.nifti2 for f in files))
 

@@ -5,18 +5,23 @@ from __future__ import annotations
 
 import logging
 import posixpath
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bids2hf.errors import DestinationError, VerificationError
 from bids2hf.model.format import MANIFEST_PATH, OWNED_PREFIXES
 from bids2hf.model.manifest import loads
+from bids2hf.model.rows import ShardPlan
+from bids2hf.model.state import ShardRecord
 from bids2hf.publish.retry import call_with_retries
 from bids2hf.publish.targets.base import RemoteFile, Target, git_blob_oid
 from bids2hf.publish.targets.fsspec import FsspecTarget
 from bids2hf.publish.targets.hub import HubTarget
 
 __all__ = [
+    "Classified",
+    "classify",
     "kept_paths", "recorded_paths", "refuse_remote_conflicts", "remote_conflicts",
     "same_content", "stale_paths", "verify_remote",
 ]
@@ -35,6 +40,49 @@ def same_content(
     if remote.git_oid is not None and local is not None and local.exists():
         return remote.git_oid == git_blob_oid(local)
     return False
+
+
+@dataclass
+class Classified:
+    """What a run does with each planned shard."""
+
+    skip: list[ShardPlan] = field(default_factory=list)  # the remote holds these very bytes
+    resubmit: list[ShardPlan] = field(default_factory=list)  # on disk, not uploaded yet
+    reuse: list[ShardPlan] = field(default_factory=list)  # on disk, complete (no remote)
+    todo: list[ShardPlan] = field(default_factory=list)  # to write
+
+
+def classify(
+    shards: Iterable[ShardPlan],
+    records: Mapping[str, ShardRecord],
+    local_sizes: Mapping[str, int],
+    remote: Mapping[str, RemoteFile] | None,
+) -> Classified:
+    """Sort planned shards by what is already done, from the resume state's ``records``, the
+    sizes of the shard files on local disk (``local_sizes``, path → bytes; absent: no file) and
+    the destination's listing (``remote``; None when converting to a local folder only).
+
+    Pure: reads nothing. Never raises.
+    """
+    out = Classified()
+    for shard in shards:
+        rec = records.get(shard.path)
+        current = rec is not None and rec.content_id == shard.content_id
+        on_disk = current and rec is not None and local_sizes.get(shard.path) == rec.size
+        if (
+            remote is not None
+            and rec is not None
+            and current
+            and same_content(remote.get(shard.path), rec.size, rec.sha256)
+        ):
+            out.skip.append(shard)
+        elif on_disk and remote is not None:
+            out.resubmit.append(shard)
+        elif on_disk:
+            out.reuse.append(shard)
+        else:
+            out.todo.append(shard)
+    return out
 
 
 def stale_paths(

@@ -68,6 +68,7 @@ from pathlib import Path
 from bids2hf.testing.layout import _Planner
 from bids2hf.testing.nifti import _choose_factor, _NiftiWriter, _scaled_shape
 from bids2hf.testing.spec import GeneratedDataset, SyntheticSpec, _NiftiItem, _TextItem
+from bids2hf.units import parse_size
 
 __all__ = ["generate_bids", "main"]
 
@@ -136,14 +137,6 @@ def generate_bids(
     )
 
 
-def _parse_size(text: str) -> int:
-    units = {"k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
-    text = text.strip().lower().removesuffix("b")
-    if text and text[-1] in units:
-        return int(float(text[:-1]) * units[text[-1]])
-    return int(text)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``python -m bids2hf.synthetic OUT [--target-bytes 1G] [--arc] ...``."""
     parser = argparse.ArgumentParser(description="Write a synthetic BIDS dataset.")
@@ -151,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--subjects", type=int, default=4)
     parser.add_argument("--sessions", default="1,2", help="comma separated; '' for none")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--target-bytes", type=_parse_size, default=None, help="e.g. 500M, 2G")
+    parser.add_argument("--target-bytes", type=parse_size, default=None, help="e.g. 500M, 2G")
     parser.add_argument("--arc", action="store_true", help="ARC-shaped layout")
     parser.add_argument("--gzip-level", type=int, default=1)
     parser.add_argument("--raw-nii", action="store_true", help="write .nii instead of .nii.gz")

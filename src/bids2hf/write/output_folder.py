@@ -29,29 +29,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from bids2hf.errors import _RERUN, DestinationError, InputError
+from bids2hf.errors import RERUN_HINT, DestinationError, InputError
 from bids2hf.model.format import LOCK_NAME, STATE_DIR
 from bids2hf.model.state import ResumeState
 from bids2hf.units import human_bytes
 from bids2hf.write.shard import SourceChangedError
 from bids2hf.write.state_store import StateStore
 
-__all__ = ["OutputFolder", "atomic_file", "disk_full", "fsync_dir"]
+__all__ = ["OutputFolder", "atomic_file", "disk_full"]
 
 # Temporary names are unique per write within a process (and the pid separates processes), so
 # no two writers, threads or processes, ever share one.
 _tmp_counter = itertools.count()
-
-
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class OutputFolder:
@@ -276,7 +265,7 @@ class OutputFolder:
         try:
             src = open(source, "rb")  # noqa: SIM115 - closed below, after the last fstat
         except FileNotFoundError:
-            raise SourceChangedError(f"{source}: removed after planning; {_RERUN}") from None
+            raise SourceChangedError(f"{source}: removed after planning; {RERUN_HINT}") from None
         except PermissionError:
             raise InputError(
                 f"{source}: cannot be read (permission denied); fix its permissions (chmod a+r) "
@@ -287,7 +276,7 @@ class OutputFolder:
             st = os.fstat(src.fileno())
             if st.st_size != size or st.st_mtime_ns != mtime_ns:
                 raise SourceChangedError(
-                    f"{source}: changed after planning (size or modification time); {_RERUN}"
+                    f"{source}: changed after planning (size or modification time); {RERUN_HINT}"
                 )
             copied = 0
             with atomic_file(self.tmp_path(relpath), self.root / relpath) as out:
@@ -300,7 +289,7 @@ class OutputFolder:
                 after = os.fstat(src.fileno())
                 if copied != size or after.st_mtime_ns != mtime_ns or after.st_size != size:
                     # Raised inside atomic_file: the copy is removed, never renamed into place.
-                    raise SourceChangedError(f"{source}: modified while being read; {_RERUN}")
+                    raise SourceChangedError(f"{source}: modified while being read; {RERUN_HINT}")
         return sha.hexdigest()
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bids2hf.errors import InputError
+from bids2hf.errors import RERUN_HINT, InputError
 from bids2hf.model.format import FOOTER_KEY, EmbeddedFile
 from bids2hf.model.rows import ColumnSpec, FileRef, Role, RowPlan, ShardPlan
 
@@ -38,11 +38,6 @@ Progress = Callable[[int, int], None]  # (bytes, files) just written
 
 class SourceChangedError(InputError):
     """A source file changed between planning and reading."""
-
-
-#: What to do after a source file changed mid-run: the unfinished output is updated to the new
-#: plan by the same command, keeping the shards that are still up to date.
-_RERUN = "re-run the same command to convert the folder as it is now (complete shards are kept)"
 
 
 @dataclass
@@ -173,7 +168,7 @@ class _Reader:
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
-            raise SourceChangedError(f"{path}: removed after planning; {_RERUN}") from None
+            raise SourceChangedError(f"{path}: removed after planning; {RERUN_HINT}") from None
         except PermissionError:
             raise InputError(
                 f"{path}: cannot be read (permission denied); fix its permissions (chmod a+r) "
@@ -187,7 +182,7 @@ class _Reader:
             st = os.fstat(fd)
             if st.st_size != ref.size or st.st_mtime_ns != ref.mtime_ns:
                 raise SourceChangedError(
-                    f"{path}: changed after planning (size or modification time); {_RERUN}"
+                    f"{path}: changed after planning (size or modification time); {RERUN_HINT}"
                 )
             if hasattr(os, "posix_fadvise"):
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
@@ -197,7 +192,7 @@ class _Reader:
                     n = f.readinto(out[done : min(ref.size, done + _CHUNK)])
                     if not n:
                         raise SourceChangedError(
-                            f"{path}: shorter than planned ({done} of {ref.size} bytes); {_RERUN}"
+                            f"{path}: shorter than planned ({done} of {ref.size} bytes); {RERUN_HINT}"
                         )
                     # One worker thread: updates run in submission order.
                     self._pending.append(self._hasher.submit(sha.update, out[done : done + n]))
@@ -205,7 +200,7 @@ class _Reader:
                     if self.progress:
                         self.progress(n, 0)
             if os.fstat(fd).st_mtime_ns != ref.mtime_ns:
-                raise SourceChangedError(f"{path}: modified while being read; {_RERUN}")
+                raise SourceChangedError(f"{path}: modified while being read; {RERUN_HINT}")
         finally:
             os.close(fd)
         self._pending.append(self._hasher.submit(self._finish, ref.relpath, sha))
