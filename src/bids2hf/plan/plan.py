@@ -16,7 +16,9 @@ from datasets import Features
 
 from bids2hf.model.inventory import Inventory, Placement, Problem, Severity, SourceFile
 from bids2hf.model.rows import ColumnSpec, Role, ShardPlan
-from bids2hf.plan.builder import KindSummary, _Builder, _kind_sort
+from bids2hf.plan.builder import KindSummary, RowBuilder, kind_sort
+from bids2hf.plan.layouts.scan import ScanLayout
+from bids2hf.plan.layouts.session import SessionLayout
 from bids2hf.plan.options import PlanOptions
 from bids2hf.plan.shards import plan_shards
 
@@ -67,8 +69,9 @@ class ConversionPlan:
 def make_plan(inventory: Inventory, options: PlanOptions | None = None) -> ConversionPlan:
     """Plan the conversion of a scanned BIDS folder. Pure: reads no file."""
     options = options or PlanOptions()
-    builder = _Builder(inventory, options)
-    rows = builder.session_rows() if options.layout == "session" else builder.scan_rows()
+    layout = SessionLayout if options.layout == "session" else ScanLayout
+    builder: RowBuilder = layout(inventory, options)
+    rows = builder.rows()
     columns = builder.columns
     features = Features({c.name: c.feature for c in columns})
     problems = list(inventory.problems) + builder.problems
@@ -107,7 +110,7 @@ def make_plan(inventory: Inventory, options: PlanOptions | None = None) -> Conve
     )
     dataset_files = [f for f in inventory.files if f.placement is Placement.DATASET_FILE]
     left_out = sorted(builder.left_out, key=lambda f: f.relpath)
-    kinds = sorted(builder.kinds.values(), key=lambda k: _kind_sort(k.kind))
+    kinds = sorted(builder.kinds.values(), key=lambda k: kind_sort(k.kind))
     plan = ConversionPlan(
         options=options,
         columns=columns,
