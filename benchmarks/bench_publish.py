@@ -270,7 +270,7 @@ def trace_child(trace_path: str, argv: list[str]) -> None:
     wrap(C, "scan_and_plan", "scan+plan")
     wrap(C, "write_shards", "write shards (all)")
     wrap(C, "finish_output", "dataset files, manifest, card")
-    wrap(C, "_publish_final", "final: join uploads, last commit, verify")
+    wrap(P.RemoteRun, "finish", "final: join uploads, last commit, verify")
     wrap(U.Publisher, "acquire", "writer waits for a staging slot", min_s=0.002)
     wrap(U.Publisher, "submit", "shard handed to uploader", key=item_info)
     wrap(U.Publisher, "finish", "publisher.finish (join + last commit)")

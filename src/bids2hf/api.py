@@ -21,30 +21,26 @@ from bids2hf._version import __version__
 from bids2hf.bids.options import ScanOptions
 from bids2hf.bids.scan import scan
 from bids2hf.errors import DestinationError, InputError
-from bids2hf.model.format import DATASET_FILES_PREFIX, MANIFEST_PATH
+from bids2hf.model.format import DATASET_FILES_PREFIX, MANIFEST_PATH, OWNED_PREFIXES
 from bids2hf.model.inventory import Inventory, Problem, Severity
+from bids2hf.model.manifest import ManifestEntry
 from bids2hf.model.rows import ShardPlan
 from bids2hf.model.state import ResumeState, ShardRecord
 from bids2hf.plan.options import PlanOptions
 from bids2hf.plan.plan import ConversionPlan, make_plan
 from bids2hf.progress import ProgressBar
-from bids2hf.publish.compare import (
-    classify,
-    recorded_paths,
-    refuse_remote_conflicts,
-    remote_conflicts,
-)
+from bids2hf.publish.compare import Classified, classify
 from bids2hf.publish.pipeline import (
+    DryRunItem,
     PublishOptions,
-    _dry_run,
-    _publish_final,
-    _push,
+    RemoteRun,
     default_staging,
+    dry_run_report,
     is_remote,
-    open_target,
+    upload_folder,
 )
-from bids2hf.publish.targets.base import RemoteFile, StagedFile
-from bids2hf.publish.uploader import Publisher, PublishReport
+from bids2hf.publish.targets.base import StagedFile
+from bids2hf.publish.uploader import PublishReport
 from bids2hf.report.card import render_card
 from bids2hf.report.summaries import convert_summary
 from bids2hf.units import human_bytes
@@ -94,7 +90,11 @@ class ConvertReport:
 def check_problems(
     problems: Sequence[Problem], *, strict_privacy: bool = False, what: str = "input"
 ) -> None:
-    """Raise a one-line :class:`InputError` for the first error (privacy counts with --strict-privacy)."""
+    """Refuse problems that stop a conversion (privacy ones too with ``strict_privacy``).
+
+    Raises:
+        InputError: one line naming the first such problem (and how many more there are).
+    """
     errors = [
         p
         for p in problems
@@ -118,7 +118,11 @@ def scan_and_plan(
     scan_options: ScanOptions | None = None,
     plan_options: PlanOptions | None = None,
 ) -> tuple[Inventory, ConversionPlan]:
-    """Scan a BIDS folder and plan its conversion; reads metadata, writes nothing."""
+    """Scan a BIDS folder and plan its conversion; reads metadata, writes nothing.
+
+    Raises:
+        InputError: sizes out of range, or a source that cannot be read as BIDS.
+    """
     plan_options = plan_options or PlanOptions()
     # Row groups above 1 GiB would risk Arrow's 2 GiB limit per binary column chunk.
     if not 1000 <= plan_options.row_group_bytes <= 1 << 30:
@@ -179,6 +183,7 @@ def _check_destination(
     )
 
 
+# long because: the docstring documents every argument; the body is ten lines of set-up.
 def convert(
     bids_dir: str | os.PathLike[str],
     destination: str | os.PathLike[str],
@@ -240,90 +245,176 @@ def convert(
     report = ConvertReport(str(remote_url or out.root), plan, inventory)
     with out.locked():
         _convert_locked(
-            out, report, remote_url, publish, workers, overwrite, progress, repo_hint or "ORG/NAME"
+            _Run(
+                out,
+                report,
+                remote_url,
+                publish,
+                workers,
+                overwrite,
+                progress,
+                repo_hint or "ORG/NAME",
+            )
         )
     report.seconds = time.monotonic() - started
     return report
 
 
-def _convert_locked(
-    out: OutputFolder,
-    report: ConvertReport,
-    remote_url: str | None,
-    publish: PublishOptions,
-    workers: int,
-    overwrite: bool,
-    progress: bool,
-    repo_hint: str,
-) -> None:
-    """The conversion proper, while holding the folder's lock."""
-    plan, inventory = report.plan, report.inventory
-    loaded = out.load_state()
-    mode = _check_destination(out, loaded, plan, inventory.root, overwrite, remote_url)
-    if mode != "new":
-        log.info("%s the conversion in %s", mode, out.root)
-    store = out.store
-    state = store.state  # empty when there was none; kept up to date by the store
-    if remote_url is not None and publish.dry_run:
-        report.publish = _dry_run(remote_url, plan, state, publish)
+@dataclass
+class _Run:
+    """What the steps of one conversion share (while the folder's lock is held)."""
+
+    out: OutputFolder
+    report: ConvertReport
+    remote_url: str | None
+    publish: PublishOptions
+    workers: int
+    overwrite: bool
+    progress: bool
+    repo_hint: str
+    remote: RemoteRun | None = None
+
+    @property
+    def plan(self) -> ConversionPlan:
+        return self.report.plan
+
+    @property
+    def state(self) -> ResumeState:
+        return self.out.store.state  # empty when there was none; kept up to date by the store
+
+
+#: Written last, in this order: until both are there, the output does not pass for complete.
+_LAST_PATHS = (MANIFEST_PATH, "README.md")
+
+
+def _convert_locked(run: _Run) -> None:
+    """The conversion proper, while holding the folder's lock: each step in order."""
+    mode = _destination(run)
+    if run.remote_url is not None and run.publish.dry_run:
+        run.report.publish = _dry_run(run)
         return
-    target = (
-        open_target(remote_url, private=publish.private, timeout=publish.timeout)
-        if remote_url
-        else None
+    if run.remote_url is not None:
+        run.remote = RemoteRun.open(run.remote_url, run.publish, run.state)
+        run.report.publish = run.remote.report
+    work = _classify(run)
+    paths = _paths(run, work)
+    _refuse_conflicts(run, work, paths)
+    _check_space(run, work)
+    _prepare(run, mode, paths)
+    _remove_stale(run, work)
+    _write(run, work)
+    store = run.out.store
+    store.mark_complete()
+    # Every thread of the run has ended (the publisher joined its own in finish()).
+    store.compact_if_wasteful()
+    run.out.clean_tmp()
+
+
+def _destination(run: _Run) -> str:
+    """Load the folder's state and decide what this run does there (see _check_destination)."""
+    loaded = run.out.load_state()
+    mode = _check_destination(
+        run.out, loaded, run.plan, run.report.inventory.root, run.overwrite, run.remote_url
     )
-    remote: dict[str, RemoteFile] = {}
-    remote_owned: set[str] = set()
-    if target is not None:
-        target.ensure()
-        remote = target.files()
-        remote_owned = recorded_paths(target, remote)
-        if state.destination == remote_url:
-            remote_owned |= state.remote_owned
+    if mode != "new":
+        log.info("%s the conversion in %s", mode, run.out.root)
+    return mode
+
+
+def _dry_run(run: _Run) -> PublishReport:
+    """Convert's dry run: the planned shards (unchanged when the staging state's record is
+    current and the remote holds those bytes) and the paths the output would keep."""
+    assert run.remote_url is not None
+    plan, state = run.plan, run.state
+    items = []
+    for shard in plan.shards:
+        rec = state.shards.get(shard.path)
+        current = rec is not None and rec.content_id == shard.content_id
+        size, sha = (rec.size, rec.sha256) if rec is not None and current else (-1, None)
+        items.append(DryRunItem(shard.path, shard.nbytes, size, sha))
+    keep = [s.path for s in plan.shards]
+    keep += [DATASET_FILES_PREFIX + f.relpath for f in plan.dataset_files]
+    keep += _LAST_PATHS
+    return dry_run_report(
+        run.remote_url,
+        items,
+        keep,
+        private=run.publish.private,
+        timeout=run.publish.timeout,
+        owned=state.remote_owned if state.destination == run.remote_url else (),
+    )
+
+
+def _classify(run: _Run) -> Classified:
+    """Which planned shards to skip, resubmit, reuse or write (publish.compare.classify)."""
+    out, state = run.out, run.state
     # Sizes of the shard files of the resume state found on disk (the classification is pure).
     local_sizes = {
         path: (out.root / path).stat().st_size
         for path in state.shards
         if (out.root / path).is_file()
     }
-    classified = classify(
-        plan.shards, state.shards, local_sizes, remote if target is not None else None
-    )
-    todo, resubmit, skip = classified.todo, classified.resubmit, classified.skip
-    report.reused += [s.path for s in classified.reuse]
-    # Every path this run writes, known before anything is written: a file in the way that
-    # bids2hf did not write stops the run here, with the destination untouched.
-    dataset_paths = [DATASET_FILES_PREFIX + f.relpath for f in plan.dataset_files]
-    last_paths = [MANIFEST_PATH, "README.md"]
-    local_paths = [s.path for s in todo] + dataset_paths + last_paths
-    if conflicts := out.conflicts(local_paths):
+    remote = run.remote.remote if run.remote is not None else None
+    work = classify(run.plan.shards, state.shards, local_sizes, remote)
+    run.report.reused += [s.path for s in work.reuse]
+    return work
+
+
+@dataclass
+class _Paths:
+    """Every path this run writes, known before anything is written."""
+
+    dataset: list[str]
+    local: list[str]  # in the folder: shards to write, dataset-level files, manifest, card
+    remote: list[str]  # on the destination: every shard, dataset-level files, manifest, card
+
+
+def _paths(run: _Run, work: Classified) -> _Paths:
+    dataset = [DATASET_FILES_PREFIX + f.relpath for f in run.plan.dataset_files]
+    local = [s.path for s in work.todo] + dataset + list(_LAST_PATHS)
+    remote = [s.path for s in run.plan.shards] + dataset + list(_LAST_PATHS)
+    return _Paths(dataset, local, remote)
+
+
+def _refuse_conflicts(run: _Run, work: Classified, paths: _Paths) -> None:
+    """A file in the way that bids2hf did not write stops the run here, destination untouched."""
+    if conflicts := run.out.conflicts(paths.local):
         more = f" [+{len(conflicts) - 1} more]" if len(conflicts) > 1 else ""
         raise DestinationError(
-            f"{out.root / conflicts[0]}: exists and bids2hf did not write it{more}; move it "
+            f"{run.out.root / conflicts[0]}: exists and bids2hf did not write it{more}; move it "
             "away, or choose another folder"
         )
-    remote_paths = [s.path for s in plan.shards] + dataset_paths + last_paths
-    if target is not None and remote_url is not None:
-        known = {s.path for s in skip}  # the very bytes this run would write
-        conflicts = [
-            p for p in remote_conflicts(remote, remote_owned, remote_paths) if p not in known
-        ]
-        refuse_remote_conflicts(remote_url, conflicts, overwrite)
-    staged_bound = publish.max_staged or 2 * workers
-    needed = (
-        sum(s.nbytes for s in todo)
-        if target is None
-        else max((s.nbytes for s in todo), default=0) * (staged_bound + workers)
-    ) + sum(f.size for f in plan.dataset_files)
-    # Refuse for lack of space before anything in the destination is touched.
-    out.check_space(int(needed * 1.02) + (1 << 20))
+    if run.remote is not None:
+        # Shards in skip: the remote holds the very bytes this run would write.
+        run.remote.refuse_conflicts(paths.remote, {s.path for s in work.skip}, run.overwrite)
+
+
+def _staged_bound(run: _Run) -> int:
+    return run.publish.max_staged or 2 * run.workers
+
+
+def _check_space(run: _Run, work: Classified) -> None:
+    """Refuse for lack of space before anything in the destination is touched."""
+    todo = work.todo
+    if run.remote is None:
+        needed = sum(s.nbytes for s in todo)
+    else:  # at most this many shards exist locally at once
+        needed = max((s.nbytes for s in todo), default=0) * (_staged_bound(run) + run.workers)
+    needed += sum(f.size for f in run.plan.dataset_files)
+    run.out.check_space(int(needed * 1.02) + (1 << 20))
+
+
+def _prepare(run: _Run, mode: str, paths: _Paths) -> None:
+    """Record the run and what it will write, then create the working folders."""
+    out, store, plan = run.out, run.out.store, run.plan
+    previous_owned = set(run.state.owned)
     # The state first: a kill before it is recorded leaves nothing but .bids2hf/ behind, and a
     # folder holding nothing else still counts as empty.
-    store.begin(plan.plan_id, str(inventory.root), __version__, remote_url)
+    store.begin(plan.plan_id, str(run.report.inventory.root), __version__, run.remote_url)
     out.prepare()
     if mode == "replace":
-        replaced = sorted(p for p in state.owned if os.path.lexists(out.root / p))
-        report.replaced = replaced
+        replaced = sorted(p for p in previous_owned if os.path.lexists(out.root / p))
+        run.report.replaced = replaced
         log.warning(
             "%s: --overwrite: replacing the bids2hf output of another plan (%d file(s) bids2hf "
             "wrote: %s); other files are kept",
@@ -331,34 +422,48 @@ def _convert_locked(
             len(replaced),
             ", ".join(replaced[:5]) + (" ..." if len(replaced) > 5 else ""),
         )
-    if mode in ("update", "replace") and target is None:
+    if mode in ("update", "replace") and run.remote is None:
         # The card and manifest describe the output of another plan: until this run writes
         # them anew (last), the folder must not pass for a complete output.
-        out.remove_owned(last_paths)
+        out.remove_owned(_LAST_PATHS)
     # Recorded before they are written: a kill never leaves a file of ours without a record.
-    store.own(local_paths)
-    if target is not None:
-        store.remote_own(remote_paths)
-    for shard in skip:
+    store.own(paths.local)
+    if run.remote is not None:
+        store.remote_own(paths.remote)
+
+
+def _remove_stale(run: _Run, work: Classified) -> None:
+    """Local copies the remote already holds, and shards the new plan no longer has."""
+    out, store, plan, report = run.out, run.out.store, run.plan, run.report
+    state = run.state
+    for shard in work.skip:
         report.reused.append(shard.path)
         out.remove_owned([shard.path])  # the local copy of a shard the remote holds
     planned = {s.path for s in plan.shards}
-    store.drop_shards([s.path for s in todo] + [p for p in state.shards if p not in planned])
+    store.drop_shards([s.path for s in work.todo] + [p for p in state.shards if p not in planned])
     removed = out.remove_owned(
         [p for p in state.owned if p.startswith("data/") and p not in planned]
     )
-    if target is None:
-        report.removed.extend(removed)
-        if foreign := out.unowned_files("data"):
-            log.warning(
-                "%s: kept %d file(s) in data/ that bids2hf did not write (%s); the dataset's "
-                "loaders read data/%s-*.parquet",
-                out.root,
-                len(foreign),
-                ", ".join(foreign[:5]),
-                plan.options.split,
-            )
-    if target is not None and todo:
+    if run.remote is not None:
+        return
+    report.removed.extend(removed)
+    if foreign := out.unowned_files("data"):
+        log.warning(
+            "%s: kept %d file(s) in data/ that bids2hf did not write (%s); the dataset's "
+            "loaders read data/%s-*.parquet",
+            out.root,
+            len(foreign),
+            ", ".join(foreign[:5]),
+            plan.options.split,
+        )
+
+
+def _write(run: _Run, work: Classified) -> None:
+    """Write the shards (uploading them as they come when publishing), the dataset files, the
+    manifest and the card; then the remote's last commit. A full disk is one line."""
+    out, plan, state = run.out, run.plan, run.state
+    todo = list(work.todo)
+    if run.remote is not None and todo:
         # Uploads start when the first shard is done: write the smallest one first. (Shards are
         # independent files, so the order of writing changes nothing in the output.)
         smallest = min(todo, key=lambda s: s.nbytes)
@@ -369,24 +474,48 @@ def _convert_locked(
         len({r.relpath for row in s.rows for refs in row.files.values() for r in refs})
         for s in todo
     )
-    bar = ProgressBar(total, nfiles + len(plan.dataset_files), enabled=progress, desc="convert")
+    bar = ProgressBar(total, nfiles + len(plan.dataset_files), enabled=run.progress, desc="convert")
+    try:
+        with bar:
+            entries = _write_all(run, todo, work.resubmit, bar)
+        if run.remote is not None:
+            run.remote.finish(out, [s.path for s in plan.shards], entries)
+    except BaseException as exc:
+        if run.remote is not None:
+            run.remote.abort()
+        if disk_full(exc):
+            out.clean_tmp()  # no thread of this run writes there any more
+            remaining = sum(s.nbytes for s in plan.shards if s.path not in state.shards)
+            remaining += sum(f.size for f in plan.dataset_files)
+            raise DestinationError(
+                f"{out.root}: disk full; about {human_bytes(remaining)} more are needed — free "
+                "space and re-run the same command (complete shards are kept)"
+            ) from None
+        raise
+    run.report.bytes_read = bar.bytes
+
+
+def _write_all(
+    run: _Run, todo: list[ShardPlan], resubmit: list[ShardPlan], bar: ProgressBar
+) -> list[ManifestEntry]:
+    """The write loop: shards (each handed to the publisher once complete), then the rest."""
+    out, plan, store, report = run.out, run.plan, run.out.store, run.report
     publisher = None
-    if target is not None:
-        report.publish = PublishReport(remote_url or "")
+    if run.remote is not None:
 
         def on_hashed(item: StagedFile) -> None:
             # On the publisher's hashing thread; the store serialises appends.
             if item.sha256 is not None:
                 store.set_shard_sha256(item.path, item.sha256)
 
-        publisher = Publisher(
-            target,
-            remote,
-            max_staged=staged_bound,
-            commit_every=publish.commit_every,
-            report=report.publish,
-            on_hashed=on_hashed,
-        )
+        publisher = run.remote.publisher(_staged_bound(run), on_hashed)
+        for shard in resubmit:
+            rec = run.state.shards[shard.path]
+            publisher.acquire(True)
+            publisher.submit(
+                StagedFile(shard.path, out.root / shard.path, rec.size, rec.sha256),
+                holds_slot=True,
+            )
 
     def on_done(shard: ShardPlan, result: ShardResult) -> None:
         store.put_shard(
@@ -401,56 +530,21 @@ def _convert_locked(
                 holds_slot=True,
             )
 
-    try:
-        with bar:
-            if publisher is not None:
-                for shard in resubmit:
-                    rec = state.shards[shard.path]
-                    publisher.acquire(True)
-                    publisher.submit(
-                        StagedFile(shard.path, out.root / shard.path, rec.size, rec.sha256),
-                        holds_slot=True,
-                    )
-            write_shards(
-                plan.columns,
-                plan.arrow_schema,
-                inventory.root,
-                out,
-                todo,
-                workers,
-                bar.update,
-                on_done,
-                acquire=publisher.acquire if publisher is not None else None,
-            )
-            card = render_card(plan, inventory.description, repo_hint).encode()
-            entries = finish_output(
-                out,
-                inventory.root,
-                plan.shards,
-                plan.dataset_files,
-                plan.left_out,
-                bar.update,
-                card,
-            )
-        if publisher is not None and target is not None:
-            _publish_final(out, plan, publisher, target, remote, remote_owned, entries)
-    except BaseException as exc:
-        if publisher is not None:
-            publisher.abort()
-        if disk_full(exc):
-            out.clean_tmp()  # no thread of this run writes there any more
-            remaining = sum(s.nbytes for s in plan.shards if s.path not in state.shards)
-            remaining += sum(f.size for f in plan.dataset_files)
-            raise DestinationError(
-                f"{out.root}: disk full; about {human_bytes(remaining)} more are needed — free "
-                "space and re-run the same command (complete shards are kept)"
-            ) from None
-        raise
-    store.mark_complete()
-    # Every thread of the run has ended (the publisher joined its own in finish()).
-    store.compact_if_wasteful()
-    out.clean_tmp()
-    report.bytes_read = bar.bytes
+    write_shards(
+        plan.columns,
+        plan.arrow_schema,
+        report.inventory.root,
+        out,
+        todo,
+        run.workers,
+        bar.update,
+        on_done,
+        acquire=publisher.acquire if publisher is not None else None,
+    )
+    card = render_card(plan, report.inventory.description, run.repo_hint).encode()
+    return finish_output(
+        out, report.inventory.root, plan.shards, plan.dataset_files, plan.left_out, bar.update, card
+    )
 
 
 def _repo_hint(url: str) -> str:
@@ -485,4 +579,42 @@ def push(
     # we may not write cannot be converted into either).
     writable = out.state_dir.is_dir() and os.access(out.state_dir, os.W_OK)
     with out.locked() if writable else contextlib.nullcontext():
-        return _push(out, url, private, commit_every, dry_run, timeout, progress, overwrite)
+        files = _output_files(out)
+        return upload_folder(
+            files,
+            url,
+            private=private,
+            commit_every=commit_every,
+            dry_run=dry_run,
+            timeout=timeout,
+            progress=progress,
+            overwrite=overwrite,
+        )
+
+
+def _output_files(out: OutputFolder) -> list[StagedFile]:
+    """The files of a complete output that bids2hf wrote, with the checksums it recorded.
+
+    Raises :class:`InputError` for a folder that is no complete output.
+    """
+    state = out.load_state()
+    if not (out.root / MANIFEST_PATH).is_file() or not (out.root / "README.md").is_file():
+        raise InputError(
+            f"{out.root}: not a complete bids2hf output (no manifest or card); run convert first"
+        )
+    if state is not None and not state.complete:
+        raise InputError(f"{out.root}: the conversion did not finish; re-run convert first")
+    files: list[StagedFile] = []
+    for path in sorted(p for p in out.root.rglob("*") if p.is_file()):
+        rel = path.relative_to(out.root).as_posix()
+        if not rel.startswith(OWNED_PREFIXES) and rel != "README.md":
+            continue
+        if state is not None and rel not in state.owned:
+            log.warning("%s: not written by bids2hf, not pushed", path)
+            continue
+        rec = state.shards.get(rel) if state is not None else None
+        size = path.stat().st_size
+        # Hashed lazily (by the upload thread) unless an earlier run recorded it.
+        known = rec.sha256 if rec is not None and rec.size == size else None
+        files.append(StagedFile(rel, path, size, known))
+    return files

@@ -15,15 +15,13 @@ import hashlib
 import logging
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bids2hf.errors import InputError
-from bids2hf.model.format import DATASET_FILES_PREFIX, MANIFEST_PATH, OWNED_PREFIXES, sha256_file
+from bids2hf.model.format import DATASET_FILES_PREFIX, MANIFEST_PATH, sha256_file
 from bids2hf.model.manifest import ManifestEntry
 from bids2hf.model.state import ResumeState
-from bids2hf.plan.plan import ConversionPlan
 from bids2hf.progress import ProgressBar
 from bids2hf.publish.compare import (
     kept_paths,
@@ -40,7 +38,20 @@ from bids2hf.publish.targets.hub import HubTarget
 from bids2hf.publish.uploader import Publisher, PublishReport
 from bids2hf.write.output_folder import OutputFolder
 
-__all__ = ["PublishOptions", "default_staging", "final_files", "is_remote", "open_target"]
+__all__ = [
+    "DryRunItem",
+    "PublishOptions",
+    "RemoteRun",
+    "default_staging",
+    "dry_run_report",
+    "final_files",
+    "is_remote",
+    "open_target",
+    "upload_folder",
+]
+
+#: The message of the last commit of every publication.
+FINAL_MESSAGE = "bids2hf: dataset card, manifest and dataset-level files"
 
 log = logging.getLogger(__name__)
 
@@ -57,73 +68,159 @@ class PublishOptions:
     timeout: float | None = 300.0  # seconds per request read/write
 
 
-def _publish_final(
-    out: OutputFolder,
-    plan: ConversionPlan,
-    publisher: Publisher,
-    target: Target,
-    remote: dict[str, RemoteFile],
-    remote_owned: set[str],
-    entries: list[ManifestEntry],
-) -> None:
-    """Last commit (dataset files, manifest, card, deletions), then verify the remote."""
-    dataset = [
-        (e.location, e.size, e.sha256)
-        for e in entries
-        if e.placement == "dataset_file" and e.location and e.sha256
-    ]
-    final = final_files(out, dataset)
-    keep = {s.path for s in plan.shards} | {f.path for f in final}
-    # Only files a bids2hf run recorded writing there are deleted; others are kept and named.
-    deletions = stale_paths(remote, keep, remote_owned)
-    publisher.report.kept = kept_paths(stale_paths(remote, keep), remote_owned)
-    publisher.finish(final, deletions, "bids2hf: dataset card, manifest and dataset-level files")
-    out.store.remote_disown(deletions)
-    shards = out.store.state.shards
-    expected = {s.path: (shards[s.path].size, shards[s.path].sha256 or "") for s in plan.shards}
-    expected.update({f.path: (f.size, f.checksum()) for f in final})
-    verify_remote(target, expected, {f.path: f.local for f in final}, remote_owned)
-    # The staging folder keeps only the resume state.
-    out.remove_owned(
-        [p for p in out.owned if p.startswith(("data/", DATASET_FILES_PREFIX, "bids2hf/"))]
-        + ["README.md"]
-    )
-    for name in ("data", "bids", "bids2hf"):
-        with contextlib.suppress(OSError):  # not empty: holds files bids2hf did not write
-            (out.root / name).rmdir()
+@dataclass
+class DryRunItem:
+    """One file a dry run weighs: counted as ``nbytes`` if uploaded; the remote holds it already
+    if it has ``size`` bytes with checksum ``sha256`` (None: unknown, so it would be uploaded)."""
+
+    path: str
+    nbytes: int
+    size: int
+    sha256: str | None
+    local: Path | None = None
 
 
-def _dry_run(
-    url: str, plan: ConversionPlan, state: ResumeState, publish: PublishOptions
+def dry_run_report(
+    url: str,
+    items: Sequence[DryRunItem],
+    keep: Iterable[str],
+    *,
+    private: bool = False,
+    timeout: float | None = 300.0,
+    owned: Collection[str] = (),
 ) -> PublishReport:
-    target = open_target(url, private=publish.private, timeout=publish.timeout)
+    """What publishing ``items`` to ``url`` would upload, leave and delete; changes nothing.
+
+    ``keep`` lists every path the publication writes (stale files are the others in bids2hf's
+    folders); ``owned`` adds paths known to be bids2hf's besides the remote's own records (a
+    staging folder's). A destination that cannot be listed (a repository not created yet) holds
+    nothing. Raises :class:`~bids2hf.errors.InputError` for a URL no target understands.
+    """
+    target = open_target(url, private=private, timeout=timeout)
     try:
         remote = target.files()
-        owned = recorded_paths(target, remote)
+        recorded = recorded_paths(target, remote)
     except Exception as exc:  # a repository that does not exist yet holds nothing
         log.debug("listing %s failed: %s", url, exc)
-        remote, owned = {}, set()
-    if state.destination == url:
-        owned |= state.remote_owned
+        remote, recorded = {}, set()
+    recorded |= set(owned)
     report = PublishReport(url, dry_run=True)
-    for shard in plan.shards:
-        rec = state.shards.get(shard.path)
-        if (
-            rec
-            and rec.content_id == shard.content_id
-            and same_content(remote.get(shard.path), rec.size, rec.sha256)
-        ):
-            report.unchanged.append(shard.path)
+    for item in items:
+        if same_content(remote.get(item.path), item.size, item.sha256, item.local):
+            report.unchanged.append(item.path)
         else:
-            report.uploaded.append(shard.path)
-            report.uploaded_bytes += shard.nbytes
-    keep = {s.path for s in plan.shards} | {
-        DATASET_FILES_PREFIX + f.relpath for f in plan.dataset_files
-    }
-    keep |= {MANIFEST_PATH, "README.md"}
-    report.deleted = stale_paths(remote, keep, owned)
-    report.kept = kept_paths(stale_paths(remote, keep), owned)
+            report.uploaded.append(item.path)
+            report.uploaded_bytes += item.nbytes
+    keep = list(keep)
+    report.deleted = stale_paths(remote, keep, recorded)
+    report.kept = kept_paths(stale_paths(remote, keep), recorded)
     return report
+
+
+class RemoteRun:
+    """The remote half of a streaming conversion: the target and what it holds, the
+    :class:`Publisher`, the last commit, verification and the staging folder's cleanup.
+
+    Use :meth:`open` (it creates the repository if needed and lists it), then :meth:`refuse_conflicts`
+    before anything is written, :meth:`publisher` for the write loop and :meth:`finish` last.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        target: Target,
+        remote: dict[str, RemoteFile],
+        owned: set[str],
+        options: PublishOptions,
+    ) -> None:
+        self.url = url
+        self.target = target
+        self.remote = remote  # the destination's files when the run began
+        self.owned = owned  # those a bids2hf record says bids2hf wrote
+        self.options = options
+        self.report = PublishReport(url)
+        self._publisher: Publisher | None = None
+
+    @classmethod
+    def open(cls, url: str, options: PublishOptions, state: ResumeState) -> RemoteRun:
+        """Create the destination if needed and list it; ``state`` (the staging folder's) adds
+        the paths its runs wrote there.
+
+        Raises :class:`~bids2hf.errors.DestinationError` when the destination cannot be created
+        or its records read, and the client's errors for failures that outlasted the retries.
+        """
+        target = open_target(url, private=options.private, timeout=options.timeout)
+        target.ensure()
+        remote = target.files()
+        owned = recorded_paths(target, remote)
+        if state.destination == url:
+            owned |= state.remote_owned
+        return cls(url, target, remote, owned, options)
+
+    def refuse_conflicts(
+        self, paths: Iterable[str], same: Collection[str], overwrite: bool
+    ) -> None:
+        """Refuse if a path this run writes holds a file bids2hf did not write (unless
+        ``overwrite``); paths in ``same`` hold the very bytes this run would write.
+
+        Raises :class:`~bids2hf.errors.DestinationError` naming the first such file.
+        """
+        conflicts = [p for p in remote_conflicts(self.remote, self.owned, paths) if p not in same]
+        refuse_remote_conflicts(self.url, conflicts, overwrite)
+
+    def publisher(
+        self, max_staged: int, on_hashed: Callable[[StagedFile], None] | None = None
+    ) -> Publisher:
+        """The uploader of this run (one per run), reporting into :attr:`report`."""
+        self._publisher = Publisher(
+            self.target,
+            self.remote,
+            max_staged=max_staged,
+            commit_every=self.options.commit_every,
+            report=self.report,
+            on_hashed=on_hashed,
+        )
+        return self._publisher
+
+    def abort(self) -> None:
+        """Stop the uploader after a failure elsewhere (waits for its threads)."""
+        if self._publisher is not None:
+            self._publisher.abort()
+
+    def finish(
+        self, out: OutputFolder, shard_paths: Collection[str], entries: Sequence[ManifestEntry]
+    ) -> None:
+        """Last commit (dataset files, manifest, card, deletions), then verify the remote and
+        empty the staging folder of everything but its resume state.
+
+        Raises :class:`~bids2hf.errors.VerificationError` if the remote differs from what was
+        written, and the target's errors for a failed upload or commit.
+        """
+        assert self._publisher is not None, "publisher() first"
+        dataset = [
+            (e.location, e.size, e.sha256)
+            for e in entries
+            if e.placement == "dataset_file" and e.location and e.sha256
+        ]
+        final = final_files(out, dataset)
+        keep = set(shard_paths) | {f.path for f in final}
+        # Only files a bids2hf run recorded writing there are deleted; others are kept and named.
+        deletions = stale_paths(self.remote, keep, self.owned)
+        self.report.kept = kept_paths(stale_paths(self.remote, keep), self.owned)
+        self._publisher.finish(final, deletions, FINAL_MESSAGE)
+        out.store.remote_disown(deletions)
+        shards = out.store.state.shards
+        expected = {p: (shards[p].size, shards[p].sha256 or "") for p in shard_paths}
+        expected.update({f.path: (f.size, f.checksum()) for f in final})
+        verify_remote(self.target, expected, {f.path: f.local for f in final}, self.owned)
+        # The staging folder keeps only the resume state.
+        out.remove_owned(
+            [p for p in out.owned if p.startswith(("data/", DATASET_FILES_PREFIX, "bids2hf/"))]
+            + ["README.md"]
+        )
+        for name in ("data", "bids", "bids2hf"):
+            with contextlib.suppress(OSError):  # not empty: holds files bids2hf did not write
+                (out.root / name).rmdir()
 
 
 def default_staging(url: str) -> Path:
@@ -150,55 +247,33 @@ def final_files(
     return items
 
 
-def _push(
-    out: OutputFolder,
+def upload_folder(
+    files: Sequence[StagedFile],
     url: str,
-    private: bool,
-    commit_every: int,
-    dry_run: bool,
-    timeout: float | None,
-    progress: bool,
-    overwrite: bool,
+    *,
+    private: bool = False,
+    commit_every: int = 100,
+    dry_run: bool = False,
+    timeout: float | None = 300.0,
+    progress: bool = True,
+    overwrite: bool = False,
 ) -> PublishReport:
+    """Upload a finished output's ``files`` to ``url``: shards in batched commits, then the
+    dataset-level files, manifest and card with the deletions in the last commit; verify.
 
-    state = out.load_state()
-    if not (out.root / MANIFEST_PATH).is_file() or not (out.root / "README.md").is_file():
-        raise InputError(
-            f"{out.root}: not a complete bids2hf output (no manifest or card); run convert first"
-        )
-    if state is not None and not state.complete:
-        raise InputError(f"{out.root}: the conversion did not finish; re-run convert first")
-    files: list[StagedFile] = []
-    for path in sorted(p for p in out.root.rglob("*") if p.is_file()):
-        rel = path.relative_to(out.root).as_posix()
-        if not rel.startswith(OWNED_PREFIXES) and rel != "README.md":
-            continue
-        if state is not None and rel not in state.owned:
-            log.warning("%s: not written by bids2hf, not pushed", path)
-            continue
-        rec = state.shards.get(rel) if state is not None else None
-        size = path.stat().st_size
-        # Hashed lazily (by the upload thread) unless an earlier run recorded it.
-        known = rec.sha256 if rec is not None and rec.size == size else None
-        files.append(StagedFile(rel, path, size, known))
-    target = open_target(url, private=private, timeout=timeout)
-    report = PublishReport(url, dry_run=dry_run)
+    Files the remote holds with the same content are skipped, and nothing is committed when
+    nothing changed. Stale files are deleted only if a bids2hf record says bids2hf wrote them.
+
+    Raises :class:`~bids2hf.errors.DestinationError` for a remote file in the way that bids2hf
+    did not write (without ``overwrite``), :class:`~bids2hf.errors.VerificationError` if the
+    remote then differs from the files, and the target's errors for failed uploads.
+    """
     keep = [f.path for f in files]
     if dry_run:
-        try:
-            remote = target.files()
-            owned = recorded_paths(target, remote)
-        except Exception:
-            remote, owned = {}, set()
-        for item in files:
-            if same_content(remote.get(item.path), item.size, item.checksum(), item.local):
-                report.unchanged.append(item.path)
-            else:
-                report.uploaded.append(item.path)
-                report.uploaded_bytes += item.size
-        report.deleted = stale_paths(remote, keep, owned)
-        report.kept = kept_paths(stale_paths(remote, keep), owned)
-        return report
+        items = [DryRunItem(f.path, f.size, f.size, f.checksum(), f.local) for f in files]
+        return dry_run_report(url, items, keep, private=private, timeout=timeout)
+    target = open_target(url, private=private, timeout=timeout)
+    report = PublishReport(url)
     target.ensure()
     remote = target.files()
     owned = recorded_paths(target, remote)
@@ -221,9 +296,7 @@ def _push(
         for item in shards:
             publisher.submit(item, holds_slot=False)
         try:
-            publisher.finish(
-                final, deletions, "bids2hf: dataset card, manifest and dataset-level files"
-            )
+            publisher.finish(final, deletions, FINAL_MESSAGE)
         except BaseException:
             publisher.abort()
             raise
@@ -237,11 +310,15 @@ def _push(
 
 
 def is_remote(url: str | os.PathLike[str]) -> bool:
+    """Whether ``url`` names a remote destination (any ``scheme://`` but ``file://``)."""
     return isinstance(url, str) and "://" in url and not url.startswith("file://")
 
 
 def open_target(url: str, *, private: bool = False, timeout: float | None = 300.0) -> Target:
-    """The publishing target for a URL (hf:// or any fsspec protocol)."""
+    """The publishing target for a URL (hf:// or any fsspec protocol).
+
+    Raises :class:`~bids2hf.errors.InputError` for a URL the target cannot open.
+    """
     if url.startswith("hf://"):
         return HubTarget(url, private=private, timeout=timeout)
     return FsspecTarget(url)

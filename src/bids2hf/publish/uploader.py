@@ -110,6 +110,7 @@ class Publisher:
         self._queue.put((item, holds_slot))
 
     def raise_if_failed(self) -> None:
+        """Raises: whatever stopped a background thread (an upload or commit that failed)."""
         if self.error is not None:
             raise self.error
 
@@ -138,10 +139,7 @@ class Publisher:
         if self.target.commit(items, deletions, message):
             self.report.commits += 1
         self.report.deleted.extend(deletions)
-        self._pending = []
-        for item in self._holding:
-            self._release(item, delete=True)
-        self._holding = []
+        self._after_commit()
 
     # -- the upload thread ---------------------------------------------------------------
     def _release(self, item: StagedFile, *, delete: bool) -> None:
@@ -199,7 +197,12 @@ class Publisher:
             if len(self._pending) >= self.commit_every:
                 self.target.commit(self._pending, [], f"bids2hf: add {len(self._pending)} shard(s)")
                 self.report.commits += 1
-                self._pending = []
-                for held in self._holding:
-                    self._release(held, delete=True)
-                self._holding = []
+                self._after_commit()
+
+    def _after_commit(self) -> None:
+        """The committed files are on the remote: forget them, and free the slots (and local
+        copies) of those that were kept for the commit to read."""
+        self._pending = []
+        for held in self._holding:
+            self._release(held, delete=True)
+        self._holding = []

@@ -131,7 +131,11 @@ class OutputFolder:
         return self.store.state.owned
 
     def foreign_entries(self) -> list[str]:
-        """Names in the folder other than bids2hf's state folder (refuses anything but a folder)."""
+        """Names in the folder other than bids2hf's state folder.
+
+        Raises:
+            DestinationError: the path is not a folder, or cannot be listed.
+        """
         if not os.path.lexists(self.root):
             return []
         self._check_is_folder()
@@ -230,7 +234,11 @@ class OutputFolder:
         return shutil.disk_usage(probe).free
 
     def check_space(self, needed: int) -> None:
-        """Refuse a run that needs more than the free space (raises :class:`DestinationError`)."""
+        """Refuse a run that needs more than the free space.
+
+        Raises:
+            DestinationError: ``needed`` exceeds the free space.
+        """
         free = self.free_space()
         if needed > free:
             raise DestinationError(

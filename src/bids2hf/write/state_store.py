@@ -56,7 +56,11 @@ class StateStore:
 
     # -- loading --------------------------------------------------------------------------------
     def load(self) -> ResumeState | None:
-        """Read the state; None when the folder holds none (no journal, or one without a run)."""
+        """Read the state; None when the folder holds none (no journal, or one without a run).
+
+        Raises:
+            DestinationError: the journal cannot be read, or holds a record of a newer bids2hf.
+        """
         state = ResumeState()
         try:
             data = self.path.read_bytes()

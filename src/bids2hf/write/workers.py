@@ -75,6 +75,8 @@ def _drain(q: Any, progress: Callable[[int, int], None]) -> Iterator[None]:
         thread.join()
 
 
+# long because: the serial path and the process pool share one contract (acquire, on_done,
+# progress) and are clearer side by side.
 def write_shards(
     columns: list[ColumnSpec],
     schema: pa.Schema,
