@@ -166,6 +166,12 @@ def _check_destination(
             f"{out.root}: is not empty and holds no bids2hf output; choose an empty folder "
             "(--overwrite only replaces bids2hf outputs)"
         )
+    if remote_url is not None and state.destination is None:
+        # A local output, not a staging folder: publishing through it would empty it.
+        raise DestinationError(
+            f"{out.root}: holds a local bids2hf output, not a staging folder; publish it with "
+            f"`bids2hf push {out.root} {remote_url}`, or give --staging an empty or new folder"
+        )
     if state.plan_id == plan.plan_id:
         return "resume"
     if remote_url is not None:
