@@ -31,3 +31,24 @@ def test_local_output_as_staging_is_refused(bids_copy: Path, tmp_path: Path, cli
     line = one_error_line(cli("convert", bids_copy, url, *FAST, "--staging", out))
     assert str(out) in line and "push" in line
     assert tree(out) == before, "the local output is left as it was"
+
+
+# -- L8: a lock file that cannot be opened -------------------------------------------------------
+def test_unwritable_lock_is_one_line(
+    bids_copy: Path, tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only .bids2hf (simulated: the tests may run as root, whom chmod does not stop)."""
+    import os
+
+    out = tmp_path / "out"
+    assert cli("convert", bids_copy, out, *FAST).exit_code == 0
+    real_open = os.open
+
+    def refuse_lock(path: object, *args: object, **kwargs: object) -> int:
+        if str(path).endswith(os.path.join(".bids2hf", "lock")):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", refuse_lock)
+    line = one_error_line(cli("convert", bids_copy, out, *FAST))
+    assert ".bids2hf" in line and "permission" in line.lower()

@@ -72,7 +72,15 @@ class OutputFolder:
                 f"{self.root}: cannot be written (permission denied); choose a folder you can write"
             ) from None
         while True:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError as exc:
+                if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                    raise
+                raise DestinationError(
+                    f"{self.lock_path}: cannot be opened for writing ({exc.strerror}); fix the "
+                    "permissions of the folder or choose another one"
+                ) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
