@@ -119,54 +119,65 @@ def _read_metadata(inv: Inventory, options: ScanOptions) -> None:
 
 
 def _read_tables(inv: Inventory) -> None:
-    root = inv.root
     subjects = sorted(
         {f.subject for f in inv.files if f.row_key and f.derivative is None and f.subject}
         & {f.subject for f in inv.files if f.subject and f.subject.startswith("sub-")}
     )
-    participants_path = root / "participants.tsv"
+    _read_participants(inv, subjects)
+    _read_sessions(inv, subjects)
+
+
+def _read_participants(inv: Inventory, subjects: list[str]) -> None:
+    """participants.tsv, checked against the subject folders (each needs a row)."""
+    participants_path = inv.root / "participants.tsv"
     text = (
         _read_text(participants_path, "participants.tsv", inv.problems, encoding="utf-8-sig")
         if participants_path.is_file()
         else None
     )
-    if text is not None:
-        table, found = read_tsv(
-            text,
-            "participants.tsv",
-            "participant_id",
-            inv.sidecars.get("participants.json"),
+    if text is None:
+        return
+    table, found = read_tsv(
+        text,
+        "participants.tsv",
+        "participant_id",
+        inv.sidecars.get("participants.json"),
+    )
+    inv.problems.extend(found)
+    if table is None:
+        return
+    inv.participants = table
+    listed = {k if k.startswith("sub-") else f"sub-{k}" for k in table.rows}
+    missing = [s for s in subjects if s not in listed]
+    extra = sorted(listed - set(subjects))
+    if missing:
+        inv.problems.append(
+            Problem(
+                Severity.ERROR,
+                "participants-missing",
+                "participants.tsv",
+                f"no row for {len(missing)} subject folder(s): " + ", ".join(missing[:5]),
+                "add their rows (n/a for unknown values)",
+            )
         )
-        inv.problems.extend(found)
-        if table is not None:
-            inv.participants = table
-            listed = {k if k.startswith("sub-") else f"sub-{k}" for k in table.rows}
-            missing = [s for s in subjects if s not in listed]
-            extra = sorted(listed - set(subjects))
-            if missing:
-                inv.problems.append(
-                    Problem(
-                        Severity.ERROR,
-                        "participants-missing",
-                        "participants.tsv",
-                        f"no row for {len(missing)} subject folder(s): " + ", ".join(missing[:5]),
-                        "add their rows (n/a for unknown values)",
-                    )
-                )
-            if extra:
-                inv.problems.append(
-                    Problem(
-                        Severity.WARNING,
-                        "participants-extra",
-                        "participants.tsv",
-                        f"{len(extra)} participant(s) without a folder get no row: "
-                        + ", ".join(extra[:5]),
-                        "expected when participants were withdrawn",
-                    )
-                )
+    if extra:
+        inv.problems.append(
+            Problem(
+                Severity.WARNING,
+                "participants-extra",
+                "participants.tsv",
+                f"{len(extra)} participant(s) without a folder get no row: "
+                + ", ".join(extra[:5]),
+                "expected when participants were withdrawn",
+            )
+        )
+
+
+def _read_sessions(inv: Inventory, subjects: list[str]) -> None:
+    """Each subject's sub-X_sessions.tsv, with its own dictionary or the top-level one."""
     for subject in subjects:
         rel = f"{subject}/{subject}_sessions.tsv"
-        path = root / rel
+        path = inv.root / rel
         text = _read_text(path, rel, inv.problems, encoding="utf-8-sig") if path.is_file() else None
         if text is None:
             continue

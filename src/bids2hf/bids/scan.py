@@ -11,6 +11,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import bids2hf.bids.schema as bids_schema
 from bids2hf.bids.metadata import _read_metadata, _unreadable
@@ -80,43 +81,58 @@ def _classify(
             f.reason = "sourcedata/ is left out unless --include sourcedata"
         return f
     if top == "derivatives" and len(parts) >= 3:
-        pipeline = parts[1]
-        if not derivative_names(pipeline):
-            f.placement = Placement.LEFT_OUT
-            f.reason = f"derivatives/{pipeline} not selected (add --derivatives {pipeline})"
-            return f
-        f.derivative = pipeline
-        if _unit(parts[2], ("sub-",)) and len(parts) >= 4:
-            f.subject = parts[2]
-            if parts[3].startswith("ses-") and len(parts) >= 5:
-                f.session = parts[3]
-            f.parsed = bids_schema.parse_generic_name("/".join(parts[2:]), lenient=True)
-            if f.parsed is not None and f.session is None and len(parts) == 4:
-                f.subject = None  # a subject-level file, not part of a row
-            elif f.parsed is not None:
-                f.placement = Placement.ROW
-            else:
-                f.subject = None
-        return f
+        return _classify_derivative(f, parts, derivative_names)
     if _unit(top, units) and len(parts) >= 2:
-        ignored = first_match(rel, bidsignore)
-        if ignored is not None:
-            f.reason = f"matches .bidsignore ({ignored}); stored verbatim"
-            return f
-        f.parsed = _parse_subject_path(rel, derivative_dataset)
-        if f.parsed is None:
-            f.reason = "invalid BIDS name"
-        f.subject = top
-        if parts[1].startswith("ses-") and len(parts) >= 3:
-            f.session = parts[1]
-        # Files directly in sub-X/ (sessions.tsv, subject-level sidecars) describe the subject,
-        # not one row; they are stored as dataset-level files.
-        subject_level = len(parts) == 2 and f.session is None
-        if f.parsed is not None and not subject_level:
-            f.placement = Placement.ROW
-        elif f.parsed is not None:
-            f.subject = None
+        return _classify_subject(f, parts, bidsignore, derivative_dataset)
+    return f
+
+
+def _classify_derivative(
+    f: SourceFile, parts: list[str], derivative_names: Callable[[str], bool]
+) -> SourceFile:
+    """A file under derivatives/PIPELINE/: left out unless the pipeline is selected."""
+    pipeline = parts[1]
+    if not derivative_names(pipeline):
+        f.placement = Placement.LEFT_OUT
+        f.reason = f"derivatives/{pipeline} not selected (add --derivatives {pipeline})"
         return f
+    f.derivative = pipeline
+    if _unit(parts[2], ("sub-",)) and len(parts) >= 4:
+        f.subject = parts[2]
+        if parts[3].startswith("ses-") and len(parts) >= 5:
+            f.session = parts[3]
+        f.parsed = bids_schema.parse_generic_name("/".join(parts[2:]), lenient=True)
+        if f.parsed is not None and f.session is None and len(parts) == 4:
+            f.subject = None  # a subject-level file, not part of a row
+        elif f.parsed is not None:
+            f.placement = Placement.ROW
+        else:
+            f.subject = None
+    return f
+
+
+def _classify_subject(
+    f: SourceFile, parts: list[str], bidsignore: list[str], derivative_dataset: bool
+) -> SourceFile:
+    """A file under sub-X/ (or tpl-X/): in a row if its name is valid BIDS."""
+    rel = f.relpath
+    ignored = first_match(rel, bidsignore)
+    if ignored is not None:
+        f.reason = f"matches .bidsignore ({ignored}); stored verbatim"
+        return f
+    f.parsed = _parse_subject_path(rel, derivative_dataset)
+    if f.parsed is None:
+        f.reason = "invalid BIDS name"
+    f.subject = parts[0]
+    if parts[1].startswith("ses-") and len(parts) >= 3:
+        f.session = parts[1]
+    # Files directly in sub-X/ (sessions.tsv, subject-level sidecars) describe the subject,
+    # not one row; they are stored as dataset-level files.
+    subject_level = len(parts) == 2 and f.session is None
+    if f.parsed is not None and not subject_level:
+        f.placement = Placement.ROW
+    elif f.parsed is not None:
+        f.subject = None
     return f
 
 
@@ -131,41 +147,12 @@ def scan(
     ``Inventory.problems`` so that ``inspect`` can list them all at once.
     """
     options = options or ScanOptions()
-    root_path = Path(root)
-    if not root_path.exists():
-        raise InputError(f"{root}: no such folder (give the path to a BIDS dataset)")
-    if not root_path.is_dir():
-        raise InputError(f"{root}: not a folder (give the path to a BIDS dataset's top folder)")
-    desc_path = root_path / "dataset_description.json"
-    if not desc_path.is_file():
-        raise InputError(
-            f"{desc_path}: missing, so {root} is not a BIDS dataset "
-            "(point at the folder that holds dataset_description.json)"
-        )
-    try:
-        description = json.loads(desc_path.read_text(encoding="utf-8-sig"))
-    except PermissionError:
-        raise InputError(
-            f"{desc_path}: cannot be read (permission denied); fix its permissions (chmod a+r)"
-        ) from None
-    except OSError as exc:
-        raise InputError(f"{desc_path}: cannot be read ({exc.strerror or exc})") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"{desc_path}: not valid JSON ({exc}); fix its syntax") from None
-    if not isinstance(description, dict):
-        raise InputError(f"{desc_path}: must hold a JSON object with Name and BIDSVersion")
-    root_path = root_path.resolve()
-
+    root_path, description = _read_description(root)
     link_details: dict[str, str] = {}
     walked = walk(root_path, link_details)
     bidsignore = bidsignore_patterns(root_path)
     wanted = set(options.derivatives)
-    available = {w.relpath.split("/")[1] for w in walked if w.relpath.startswith("derivatives/")}
-    for name in sorted(wanted - {"all"} - available):
-        raise InputError(
-            f"{root_path / 'derivatives' / name}: no such derivative pipeline "
-            f"(found: {', '.join(sorted(available)) or 'none'})"
-        )
+    _check_derivatives(walked, wanted, root_path)
 
     def derivative_selected(name: str) -> bool:
         return "all" in wanted or name in wanted
@@ -192,21 +179,7 @@ def scan(
         elif f.reason == "invalid BIDS name":
             _handle_invalid(f, options.on_invalid, problems)
     if broken:
-        problems.append(
-            Problem(
-                Severity.ERROR,
-                "broken-symlink",
-                broken[0],
-                f"{len(broken)} broken symlink(s), e.g. this one: git-annex/DataLad content "
-                "not fetched",
-                f"run `datalad get` in {root_path} (or `git annex get .`), then retry",
-            )
-        )
-        broken_set = set(broken)
-        for f in files:
-            if f.relpath in broken_set:
-                f.placement, f.reason = Placement.LEFT_OUT, "broken symlink (content not fetched)"
-
+        problems.append(_broken_symlinks(files, broken, root_path))
     if not_followed:
         problems.append(not_followed_problem(not_followed, link_details))
 
@@ -220,6 +193,60 @@ def scan(
     inventory.problems = problems
     _read_metadata(inventory, options)
     return inventory
+
+
+def _read_description(root: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
+    """(the resolved root, its dataset_description.json); InputError if either is unusable."""
+    root_path = Path(root)
+    if not root_path.exists():
+        raise InputError(f"{root}: no such folder (give the path to a BIDS dataset)")
+    if not root_path.is_dir():
+        raise InputError(f"{root}: not a folder (give the path to a BIDS dataset's top folder)")
+    desc_path = root_path / "dataset_description.json"
+    if not desc_path.is_file():
+        raise InputError(
+            f"{desc_path}: missing, so {root} is not a BIDS dataset "
+            "(point at the folder that holds dataset_description.json)"
+        )
+    try:
+        description = json.loads(desc_path.read_text(encoding="utf-8-sig"))
+    except PermissionError:
+        raise InputError(
+            f"{desc_path}: cannot be read (permission denied); fix its permissions (chmod a+r)"
+        ) from None
+    except OSError as exc:
+        raise InputError(f"{desc_path}: cannot be read ({exc.strerror or exc})") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{desc_path}: not valid JSON ({exc}); fix its syntax") from None
+    if not isinstance(description, dict):
+        raise InputError(f"{desc_path}: must hold a JSON object with Name and BIDSVersion")
+    return root_path.resolve(), description
+
+
+def _check_derivatives(walked: list[Walked], wanted: set[str], root_path: Path) -> None:
+    """InputError naming the first selected pipeline that derivatives/ does not hold."""
+    available = {w.relpath.split("/")[1] for w in walked if w.relpath.startswith("derivatives/")}
+    for name in sorted(wanted - {"all"} - available):
+        raise InputError(
+            f"{root_path / 'derivatives' / name}: no such derivative pipeline "
+            f"(found: {', '.join(sorted(available)) or 'none'})"
+        )
+
+
+def _broken_symlinks(files: list[SourceFile], broken: list[str], root_path: Path) -> Problem:
+    """Leave the broken symlinks out; the one problem that names the first and the fix."""
+    broken_set = set(broken)
+    for f in files:
+        if f.relpath in broken_set:
+            f.placement, f.reason = Placement.LEFT_OUT, "broken symlink (content not fetched)"
+    return Problem(
+        Severity.ERROR,
+        "broken-symlink",
+        broken[0],
+        f"{len(broken)} broken symlink(s), e.g. this one: git-annex/DataLad content "
+        "not fetched",
+        f"run `datalad get` in {root_path} (or `git annex get .`), then retry",
+    )
 
 
 def _handle_invalid(f: SourceFile, on_invalid: OnInvalid, problems: list[Problem]) -> None:

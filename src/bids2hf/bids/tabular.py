@@ -55,16 +55,29 @@ def read_tsv(
     Column types come from the JSON dictionary (``Levels`` → string, ``Format``) where it says,
     else they are inferred (integer, float, string); ``n/a`` is null. Problems name the row.
     """
-    problems: list[Problem] = []
-    reader = csv.reader(text.splitlines(), delimiter="\t")
-    rows = [r for r in reader if r]
+    rows = [r for r in csv.reader(text.splitlines(), delimiter="\t") if r]
+    problems = _check_shape(rows, relpath, id_column)
+    if problems:
+        return None, problems
+    header = [h.strip() for h in rows[0]]
+    body = rows[1:]
+    types, descriptions, problems = _column_types(
+        header, body, id_column, dictionary or {}, relpath
+    )
+    if problems:
+        return None, problems
+    table_rows, problems = _typed_rows(header, body, id_column, types, relpath)
+    columns = [c for c in header if c != id_column]
+    return Table(columns=columns, types=types, rows=table_rows, descriptions=descriptions), problems
+
+
+def _check_shape(rows: list[list[str]], relpath: str, id_column: str) -> list[Problem]:
+    """A header with the id column, and as many fields in every line as in the header."""
     if not rows:
-        return None, [
-            Problem(Severity.ERROR, "tsv-empty", relpath, "empty table", "add a header row")
-        ]
+        return [Problem(Severity.ERROR, "tsv-empty", relpath, "empty table", "add a header row")]
     header = [h.strip() for h in rows[0]]
     if id_column not in header:
-        return None, [
+        return [
             Problem(
                 Severity.ERROR,
                 "tsv-no-id",
@@ -73,21 +86,28 @@ def read_tsv(
                 f"the first column must be {id_column}",
             )
         ]
-    body = rows[1:]
-    for lineno, row in enumerate(body, start=2):
-        if len(row) != len(header):
-            problems.append(
-                Problem(
-                    Severity.ERROR,
-                    "tsv-shape",
-                    relpath,
-                    f"line {lineno} has {len(row)} fields, the header has {len(header)}",
-                    "fix the tabs in that line",
-                )
-            )
-    if problems:
-        return None, problems
-    dictionary = dictionary or {}
+    return [
+        Problem(
+            Severity.ERROR,
+            "tsv-shape",
+            relpath,
+            f"line {lineno} has {len(row)} fields, the header has {len(header)}",
+            "fix the tabs in that line",
+        )
+        for lineno, row in enumerate(rows[1:], start=2)
+        if len(row) != len(header)
+    ]
+
+
+def _column_types(
+    header: list[str],
+    body: list[list[str]],
+    id_column: str,
+    dictionary: Mapping[str, Any],
+    relpath: str,
+) -> tuple[dict[str, str], dict[str, str], list[Problem]]:
+    """(type, description) of every column but the id, checked against the JSON dictionary."""
+    problems: list[Problem] = []
     types: dict[str, str] = {}
     descriptions: dict[str, str] = {}
     for i, col in enumerate(header):
@@ -130,8 +150,14 @@ def read_tsv(
             types[col] = _infer(values)
         if isinstance(meta.get("Description"), str):
             descriptions[col] = meta["Description"]
-    if problems:
-        return None, problems
+    return types, descriptions, problems
+
+
+def _typed_rows(
+    header: list[str], body: list[list[str]], id_column: str, types: dict[str, str], relpath: str
+) -> tuple[dict[str, dict[str, Any]], list[Problem]]:
+    """The rows by id, their values typed; a repeated id is an error (its first row is kept)."""
+    problems: list[Problem] = []
     id_index = header.index(id_column)
     table_rows: dict[str, dict[str, Any]] = {}
     for lineno, row in enumerate(body, start=2):
@@ -150,8 +176,7 @@ def read_tsv(
         table_rows[key] = {
             col: _convert(row[i], types[col]) for i, col in enumerate(header) if col != id_column
         }
-    columns = [c for c in header if c != id_column]
-    return Table(columns=columns, types=types, rows=table_rows, descriptions=descriptions), problems
+    return table_rows, problems
 
 
 def merge_types(a: str, b: str) -> str:

@@ -111,43 +111,60 @@ def walk(root: str | os.PathLike[str], details: dict[str, str] | None = None) ->
             except OSError:  # a symlink loop (ELOOP) is no folder; stat below says what it is
                 is_dir = False
             if is_dir:
-                if entry.name in VCS_DIRS:
-                    out.append(Walked(rel + "/", vcs_dir=True))
-                    continue
-                if is_link:
-                    reason, detail = _link_reason(real_root, entry.path)
-                    out.append(Walked(rel + "/", is_symlink=True, not_followed=reason))
-                    if details is not None:
-                        details[rel + "/"] = detail
-                    continue
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except OSError:
-                    out.append(Walked(rel, unreadable=True))
-                    continue
-                if (st.st_dev, st.st_ino) in seen:
-                    out.append(Walked(rel + "/", not_followed=FOLDER_SEEN))
-                    if details is not None:
-                        details[rel + "/"] = "a folder already read under another name"
-                    continue
-                seen.add((st.st_dev, st.st_ino))
-                stack.append(rel)
-                continue
-            try:
-                st = entry.stat(follow_symlinks=True)
-            except OSError as exc:
-                # A symlink to nothing (unfetched git-annex content) or to itself (ELOOP).
-                if is_link or isinstance(exc, FileNotFoundError):
-                    out.append(Walked(rel, is_symlink=is_link, broken=True))
+                folder = _folder(entry, rel, is_link, real_root, seen, details)
+                if folder is None:
+                    stack.append(rel)
                 else:
-                    out.append(Walked(rel, unreadable=True))
+                    out.append(folder)
                 continue
-            if not stat.S_ISREG(st.st_mode):
-                continue
-            readable = os.access(entry.path, os.R_OK)
-            out.append(Walked(rel, st.st_size, st.st_mtime_ns, is_link, unreadable=not readable))
+            found = _file(entry, rel, is_link)
+            if found is not None:
+                out.append(found)
     out.sort(key=lambda w: w.relpath)
     return out
+
+
+def _folder(
+    entry: os.DirEntry[str],
+    rel: str,
+    is_link: bool,
+    real_root: Path,
+    seen: set[tuple[int, int]],
+    details: dict[str, str] | None,
+) -> Walked | None:
+    """None for a folder to enter (now in ``seen``); else the entry that stands for it."""
+    if entry.name in VCS_DIRS:
+        return Walked(rel + "/", vcs_dir=True)
+    if is_link:
+        reason, detail = _link_reason(real_root, entry.path)
+        if details is not None:
+            details[rel + "/"] = detail
+        return Walked(rel + "/", is_symlink=True, not_followed=reason)
+    try:
+        st = entry.stat(follow_symlinks=False)
+    except OSError:
+        return Walked(rel, unreadable=True)
+    if (st.st_dev, st.st_ino) in seen:
+        if details is not None:
+            details[rel + "/"] = "a folder already read under another name"
+        return Walked(rel + "/", not_followed=FOLDER_SEEN)
+    seen.add((st.st_dev, st.st_ino))
+    return None
+
+
+def _file(entry: os.DirEntry[str], rel: str, is_link: bool) -> Walked | None:
+    """The entry for a file (symlinks followed); None for what is no regular file (a fifo)."""
+    try:
+        st = entry.stat(follow_symlinks=True)
+    except OSError as exc:
+        # A symlink to nothing (unfetched git-annex content) or to itself (ELOOP).
+        if is_link or isinstance(exc, FileNotFoundError):
+            return Walked(rel, is_symlink=is_link, broken=True)
+        return Walked(rel, unreadable=True)
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    readable = os.access(entry.path, os.R_OK)
+    return Walked(rel, st.st_size, st.st_mtime_ns, is_link, unreadable=not readable)
 
 
 def not_followed_problem(

@@ -174,22 +174,7 @@ def read_volume(data: bytes | bytearray | memoryview, max_decompressed: int) -> 
     """
     view = memoryview(data).cast("B")
     stream: _Inflater | _Plain = _Inflater(view) if bytes(view[:2]) == _GZIP_MAGIC else _Plain(view)
-    try:
-        head = bytes(stream.read(_NIFTI2_HEADER))  # enough for either version
-        header = parse_header(head)
-        if (
-            3000 <= int(header["intent_code"]) < 3100
-            and int(header["sizeof_hdr"]) == _NIFTI2_HEADER
-        ):
-            raise NiftiDecodeError("a CIFTI-2 file (surface/grayordinate data, not a volume)")
-        shape = tuple(int(d) for d in header.get_data_shape())
-        dtype = np.dtype(header.get_data_dtype())
-        offset = int(header.get_data_offset())
-        slope, inter = header.get_slope_inter()
-    except NiftiDecodeError:
-        raise
-    except Exception as exc:  # zlib's, or nibabel's for a damaged header (unknown type code...)
-        raise NiftiDecodeError(f"cannot be decoded ({type(exc).__name__}: {exc})") from None
+    head, header, shape, dtype, offset, (slope, inter) = _read_header(stream)
     if not shape or any(d <= 0 for d in shape):
         raise NiftiDecodeError(f"no voxels (data shape {shape})")
     spatial = (*shape[:3], *(1,) * (3 - min(3, len(shape))))
@@ -224,6 +209,30 @@ def read_volume(data: bytes | bytearray | memoryview, max_decompressed: int) -> 
         raise NiftiDecodeError(f"truncated: the data end before volume {volume} is complete")
     arr = np.frombuffer(raw, dtype=dtype, count=math.prod(spatial)).reshape(spatial, order="F")
     return Volume(arr, slope, inter, _affine(header), shape, volume, volumes)
+
+
+def _read_header(
+    stream: _Inflater | _Plain,
+) -> tuple[bytes, Any, tuple[int, ...], np.dtype[Any], int, tuple[Any, Any]]:
+    """(the bytes read, the header, data shape, dtype, data offset, (slope, inter)) of a volume
+    file: NiftiDecodeError for CIFTI-2 or a header that cannot be decoded."""
+    try:
+        head = bytes(stream.read(_NIFTI2_HEADER))  # enough for either version
+        header = parse_header(head)
+        if (
+            3000 <= int(header["intent_code"]) < 3100
+            and int(header["sizeof_hdr"]) == _NIFTI2_HEADER
+        ):
+            raise NiftiDecodeError("a CIFTI-2 file (surface/grayordinate data, not a volume)")
+        shape = tuple(int(d) for d in header.get_data_shape())
+        dtype = np.dtype(header.get_data_dtype())
+        offset = int(header.get_data_offset())
+        slope_inter = header.get_slope_inter()
+    except NiftiDecodeError:
+        raise
+    except Exception as exc:  # zlib's, or nibabel's for a damaged header (unknown type code...)
+        raise NiftiDecodeError(f"cannot be decoded ({type(exc).__name__}: {exc})") from None
+    return head, header, shape, dtype, offset, slope_inter
 
 
 def as_float(arr: np.ndarray, slope: Any, inter: Any) -> np.ndarray:

@@ -139,11 +139,12 @@ def infer_struct(dicts: Sequence[Mapping[str, Any]]) -> tuple[pa.DataType | None
     as_json: set[str] = set()
     for k in sorted(keys):
         values = [v for v in keys[k] if v is not None]
+        typ: pa.DataType | None
         try:
             typ = pa.array(values).type if values else pa.string()
-            if pa.types.is_null(typ) or _has_null_or_empty_struct(typ):
-                raise pa.ArrowInvalid("no usable type")
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError):
+            typ = None
+        if typ is None or _has_null_or_empty_struct(typ):  # no usable type: JSON text
             typ = pa.string()
             as_json.add(k)
         fields.append(pa.field(k, typ))

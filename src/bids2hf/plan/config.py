@@ -119,7 +119,11 @@ def _table_rule(raw: Any, where: str) -> TableRule:
 
 
 def parse_config(data: Mapping[str, Any], source: str = "config") -> Config:
-    """Validate a config mapping (as loaded from TOML)."""
+    """Validate a config mapping (as loaded from TOML).
+
+    Raises:
+        InputError: an unknown key, or a column rule or table rule that is not valid.
+    """
     known = {"columns", "participants", "sessions", "other_files", "sha256_columns"}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -170,7 +174,11 @@ def parse_config(data: Mapping[str, Any], source: str = "config") -> Config:
 
 
 def load_config(path: str | Path) -> Config:
-    """Read and validate a TOML config file."""
+    """Read and validate a TOML config file.
+
+    Raises:
+        InputError: the file is missing, is not valid TOML, or its content is not valid.
+    """
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))

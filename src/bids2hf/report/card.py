@@ -61,6 +61,30 @@ def render_card(
     plan: ConversionPlan, description: dict[str, Any], repo_hint: str = "ORG/NAME"
 ) -> str:
     """The README.md text for a converted dataset."""
+    name = description.get("Name") or "BIDS dataset"
+    layout = "one per subject and session" if plan.options.layout == "session" else "one per image file"
+    lines = [
+        "---",
+        _card_data(plan, description).to_yaml().strip(),
+        "---",
+        "",
+        f"# {name}",
+        "",
+        f"A [BIDS](https://bids.neuroimaging.io) dataset converted by bids2hf {__version__} "
+        f"(BIDS schema {bids_schema.schema_version()}): "
+        f"{plan.rows} rows ({layout}), "
+        f"{plan.embedded_files} embedded files, {human_bytes(plan.embedded_bytes)} in {len(plan.shards)} Parquet shard(s). "
+        "Every NIfTI file is stored byte for byte, with its sha256 beside it.",
+        "",
+        *_loading_lines(plan, repo_hint),
+        *_contents_lines(plan),
+        *_credits_lines(description),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _card_data(plan: ConversionPlan, description: dict[str, Any]) -> DatasetCardData:
+    """The card's YAML metadata: license, tags, the data files and `datasets`' dataset_info."""
     split = plan.options.split
     bids_license = description.get("License")
     # No License in dataset_description.json: say nothing rather than guess.
@@ -88,26 +112,18 @@ def render_card(
     splits.add(SplitInfo(name=split, num_bytes=plan.embedded_bytes, num_examples=plan.rows))
     info = DatasetInfo(features=plan.features, splits=splits)
     DatasetInfosDict({"default": info}).to_dataset_card_data(data)
-    name = description.get("Name") or "BIDS dataset"
+    return data
+
+
+def _loading_lines(plan: ConversionPlan, repo_hint: str) -> list[str]:
+    """"## Loading": with `datasets`, with nibabel for NIfTI-2, and back to BIDS."""
     lines = [
-        "---",
-        data.to_yaml().strip(),
-        "---",
-        "",
-        f"# {name}",
-        "",
-        f"A [BIDS](https://bids.neuroimaging.io) dataset converted by bids2hf {__version__} "
-        f"(BIDS schema {bids_schema.schema_version()}): "
-        f"{plan.rows} rows ({'one per subject and session' if plan.options.layout == 'session' else 'one per image file'}), "
-        f"{plan.embedded_files} embedded files, {human_bytes(plan.embedded_bytes)} in {len(plan.shards)} Parquet shard(s). "
-        "Every NIfTI file is stored byte for byte, with its sha256 beside it.",
-        "",
         "## Loading",
         "",
         "```python",
         "from datasets import load_dataset",
         "",
-        f'ds = load_dataset("{repo_hint}", split="{split}")        # or streaming=True',
+        f'ds = load_dataset("{repo_hint}", split="{plan.options.split}")        # or streaming=True',
         "row = ds[0]",
     ]
     first_image = next((c.name for c in plan.columns if c.role is Role.FILE and c.nifti), None)
@@ -130,6 +146,13 @@ def render_card(
         f"pip install bids2hf && bids2hf export hf://datasets/{repo_hint} ./bids",
         "```",
         "",
+    ]
+    return lines
+
+
+def _contents_lines(plan: ConversionPlan) -> list[str]:
+    """"## Contents" (images by kind) and "## Columns" (every feature)."""
+    lines = [
         "## Contents",
         "",
         "| images | column | files | size | rows with it |",
@@ -148,6 +171,13 @@ def render_card(
     ]
     if plan.left_out:
         lines += ["", f"{len(plan.left_out)} file(s) were left out (reasons in the manifest)."]
+    return lines
+
+
+def _credits_lines(description: dict[str, Any]) -> list[str]:
+    """License, authors, how to acknowledge and DOI, as dataset_description.json gives them."""
+    lines: list[str] = []
+    bids_license = description.get("License")
     if bids_license:
         lines += ["", f"**License (from dataset_description.json):** {bids_license}"]
     for key, title in (
@@ -159,7 +189,7 @@ def render_card(
         if value:
             text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
             lines += ["", f"**{title}:** {text}"]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _single(plan: ConversionPlan, name: str) -> bool:

@@ -69,7 +69,11 @@ class SyntheticSpec:
     fast_deflate: bool = True
 
     def validate(self) -> None:
-        """Raise :class:`ValueError` if a field is out of range."""
+        """Check the fields.
+
+        Raises:
+            ValueError: a field is out of range.
+        """
         if self.n_subjects < 1:
             raise ValueError("n_subjects must be >= 1")
         if len(self.image_shape) != 3 or min(self.image_shape) < 1:
@@ -129,6 +133,9 @@ def bids_filename(entities: Mapping[str, str], suffix: str, extension: str) -> s
 
     >>> bids_filename({"run": "1", "sub": "01", "task": "rest"}, "bold", ".nii.gz")
     'sub-01_task-rest_run-1_bold.nii.gz'
+
+    Raises:
+        ValueError: an entity the specification does not know.
     """
     unknown = set(entities) - set(ENTITY_ORDER)
     if unknown:

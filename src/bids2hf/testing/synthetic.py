@@ -104,24 +104,10 @@ def generate_bids(
 
     threads = spec.threads if spec.threads is not None else (os.cpu_count() or 1)
     threads = min(threads, 32)
-    files: list[Path] = []
-    nifti_shapes: dict[Path, tuple[int, ...]] = {}
     root_path.mkdir(parents=True, exist_ok=True)
     writer = _NiftiWriter(spec, threads)
     try:
-        made: set[Path] = set()
-        for item in planner.items:
-            path = root_path / item.rel
-            if path.parent not in made:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                made.add(path.parent)
-            if isinstance(item, _TextItem):
-                path.write_bytes(item.data)
-            else:
-                shape = _scaled_shape(item, factor)
-                writer.write(path, shape, item.zooms, item.rel)
-                nifti_shapes[path] = shape
-            files.append(path)
+        files, nifti_shapes = _write_items(root_path, planner.items, writer, factor)
     finally:
         writer.close()
     files.sort()
@@ -135,6 +121,28 @@ def generate_bids(
         elapsed_seconds=time.perf_counter() - t0,
         spec=spec,
     )
+
+
+def _write_items(
+    root: Path, items: Sequence[_TextItem | _NiftiItem], writer: _NiftiWriter, factor: float
+) -> tuple[list[Path], dict[Path, tuple[int, ...]]]:
+    """Write every planned item under ``root``: (the files, the NIfTI files' shapes)."""
+    files: list[Path] = []
+    nifti_shapes: dict[Path, tuple[int, ...]] = {}
+    made: set[Path] = set()
+    for item in items:
+        path = root / item.rel
+        if path.parent not in made:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            made.add(path.parent)
+        if isinstance(item, _TextItem):
+            path.write_bytes(item.data)
+        else:
+            shape = _scaled_shape(item, factor)
+            writer.write(path, shape, item.zooms, item.rel)
+            nifti_shapes[path] = shape
+        files.append(path)
+    return files, nifti_shapes
 
 
 def main(argv: Sequence[str] | None = None) -> int:
