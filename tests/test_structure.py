@@ -46,7 +46,6 @@ READBACK_MAY_IMPORT = ("bids2hf.model", "bids2hf.errors", "bids2hf.units", "bids
 LONG_MODULES = {
     "bids2hf.readback.bids_fs": "one fsspec filesystem class (issue 12, not wired yet)",
     "bids2hf.readback.export": "export and its index validation; split planned (issue 10 rest)",
-    "bids2hf.testing.layout": "_Planner with its text files; _TextFiles mixin split planned",
     "bids2hf.api": "convert's orchestration; RemoteRun/classify split planned",
     "bids2hf.bids.nifti": "header checks as nibabel reads them (issue 9)",
 }
