@@ -52,3 +52,97 @@ def test_unwritable_lock_is_one_line(
     monkeypatch.setattr(os, "open", refuse_lock)
     line = one_error_line(cli("convert", bids_copy, out, *FAST))
     assert ".bids2hf" in line and "permission" in line.lower()
+
+
+# -- L2: the journal after a failed append, and records of a newer version ------------------------
+def test_failed_append_does_not_glue_later_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    import bids2hf.write.state_store as store_module
+    from bids2hf.write.state_store import StateStore
+
+    store = StateStore(tmp_path / ".bids2hf", tmp_path / ".bids2hf" / "tmp")
+    store.begin("plan", "/src", "0", None)
+    store.own(["a"])
+    real_write = os.write
+    failed = []
+
+    def half_then_enospc(fd: int, data: object) -> int:
+        if not failed:
+            failed.append(True)
+            real_write(fd, bytes(data)[: len(bytes(data)) // 2])  # type: ignore[call-overload]
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store_module.os, "write", half_then_enospc)
+    with pytest.raises(OSError):
+        store.own(["b"])
+    monkeypatch.setattr(store_module.os, "write", real_write)
+    store.own(["c"])
+    store.close()
+    again = StateStore(tmp_path / ".bids2hf", tmp_path / ".bids2hf" / "tmp")
+    state = again.load()
+    assert state is not None and state.owned == {"a", "c"}
+
+
+def test_record_of_newer_version_is_refused_not_cut(tmp_path: Path) -> None:
+    from bids2hf.errors import DestinationError
+    from bids2hf.write.state_store import StateStore
+
+    store = StateStore(tmp_path / ".bids2hf", tmp_path / ".bids2hf" / "tmp")
+    store.begin("plan", "/src", "0", None)
+    store.own(["a"])
+    store.close()
+    journal = tmp_path / ".bids2hf" / "state.jsonl"
+    with open(journal, "ab") as f:
+        f.write(b'{"op":"from_the_future","x":1}\n{"op":"own","paths":["b"]}\n')
+    data = journal.read_bytes()
+    again = StateStore(tmp_path / ".bids2hf", tmp_path / ".bids2hf" / "tmp")
+    with pytest.raises(DestinationError, match="newer bids2hf"):
+        again.load()
+    assert journal.read_bytes() == data
+
+
+# -- M5: an interrupted run of the old state.json format resumes ----------------------------------
+def test_legacy_state_of_an_interrupted_run_resumes(
+    bids_copy: Path, tmp_path: Path, cli: Cli
+) -> None:
+    import dataclasses
+    import json
+
+    from bids2hf.write.state_store import StateStore
+
+    out = tmp_path / "out"
+    assert cli("convert", bids_copy, out, *FAST, "--max-shard-size", "200kB").exit_code == 0
+    state = StateStore(out / ".bids2hf", out / ".bids2hf" / "tmp").load()
+    assert state is not None and len(state.shards) > 1
+    # What the old version left when killed near the end: its last shard not recorded yet.
+    last = sorted(state.shards)[-1]
+    legacy = {
+        "plan_id": state.plan_id,
+        "source": state.source,
+        "version": "0.1.0",
+        "complete": False,
+        "shards": {
+            p: {
+                "content_id": r.content_id,
+                "size": r.size,
+                "sha256": r.sha256,
+                "files": [dataclasses.asdict(e) for e in r.files],
+            }
+            for p, r in state.shards.items()
+            if p != last
+        },
+        "dataset_files": {
+            k: {"size": r.size, "mtime_ns": r.mtime_ns, "sha256": r.sha256}
+            for k, r in state.dataset_files.items()
+        },
+    }
+    (out / ".bids2hf" / "state.jsonl").unlink()
+    (out / ".bids2hf" / "state.json").write_text(json.dumps(legacy))
+    result = cli("convert", bids_copy, out, *FAST, "--max-shard-size", "200kB")
+    assert result.exit_code == 0, result.output
+    assert cli("verify", bids_copy, out, "-q").exit_code == 0

@@ -28,7 +28,11 @@ from typing import Any
 
 from bids2hf.model.format import DATASET_FILES_PREFIX, MANIFEST_PATH, EmbeddedFile
 
-__all__ = ["DatasetFileRecord", "ResumeState", "ShardRecord"]
+__all__ = ["DatasetFileRecord", "ResumeState", "ShardRecord", "UnknownRecordError"]
+
+
+class UnknownRecordError(ValueError):
+    """A journal record of a kind this version does not know (written by a newer bids2hf)."""
 
 
 @dataclass(frozen=True)
@@ -136,7 +140,7 @@ def _apply(state: ResumeState, r: dict[str, Any]) -> None:
     elif op == "complete":
         state.complete = True
     else:
-        raise ValueError(f"unknown record {op!r}")
+        raise UnknownRecordError(str(op))
 
 
 def _snapshot(state: ResumeState) -> Iterator[dict[str, Any]]:
@@ -168,8 +172,9 @@ def _line(record: dict[str, Any]) -> bytes:
 def _from_legacy(data: dict[str, Any]) -> ResumeState:
     """The state an older bids2hf kept in ``state.json`` (one JSON document, rewritten whole).
 
-    Ownership was not recorded then: the files its records name are the files it wrote (the
-    manifest and card only once it completed).
+    Ownership was not recorded then, and that version treated every file at its paths as its
+    own: the files its records name, the manifest and the card. (The loader adds the shards
+    found in ``data/``, which this pure function cannot list.)
     """
     state = ResumeState(
         plan_id=str(data["plan_id"]),
@@ -188,6 +193,7 @@ def _from_legacy(data: dict[str, Any]) -> ResumeState:
             relpath, int(rec["size"]), int(rec["mtime_ns"]), str(rec["sha256"])
         )
         state.owned.add(DATASET_FILES_PREFIX + relpath)
-    if state.complete:
-        state.owned.update((MANIFEST_PATH, "README.md"))
+    # That version wrote the manifest and card of every run (an interrupted update still has
+    # those of the run before): they are its own, complete or not.
+    state.owned.update((MANIFEST_PATH, "README.md"))
     return state

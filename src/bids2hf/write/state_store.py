@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -10,6 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from bids2hf._version import __version__
 from bids2hf.errors import DestinationError
 from bids2hf.model.format import (
     JOURNAL_NAME,
@@ -19,6 +21,7 @@ from bids2hf.model.state import (
     DatasetFileRecord,
     ResumeState,
     ShardRecord,
+    UnknownRecordError,
     _apply,
     _dataset_file_record,
     _from_legacy,
@@ -76,6 +79,13 @@ class StateStore:
             while (end := data.find(b"\n", good)) >= 0:  # a line without its newline is torn
                 try:
                     _apply(state, json.loads(data[good:end]))
+                except UnknownRecordError as exc:
+                    # Complete, but of a newer version: not a torn line, never cut off.
+                    raise DestinationError(
+                        f"{self.path}: holds a record bids2hf {__version__} does not know "
+                        f"({exc}); it was written by a newer bids2hf: use that version, or "
+                        "choose another folder"
+                    ) from None
                 except (ValueError, KeyError, TypeError):
                     break  # only the last append can be torn; nothing after it is trusted
                 good = end + 1
@@ -84,6 +94,10 @@ class StateStore:
             try:
                 legacy = json.loads(self.legacy_path.read_text())
                 state = _from_legacy(legacy)
+                # Its shards in data/, recorded or not (an interrupted run's last ones are not).
+                data = self.state_dir.parent / "data"
+                if data.is_dir():
+                    state.owned.update(f"data/{p.name}" for p in data.glob("*.parquet"))
                 self._migrate = True
             except (FileNotFoundError, NotADirectoryError, ValueError, KeyError, TypeError):
                 pass
@@ -168,8 +182,16 @@ class StateStore:
                 self.legacy_path.unlink(missing_ok=True)
                 return
             fd = self._open_locked()
-            _write_all(fd, line)
-            os.fsync(fd)
+            try:
+                _write_all(fd, line)
+                os.fsync(fd)
+            except BaseException:
+                # A partial write (a full disk) must not leave the next append glued to torn
+                # bytes: cut the journal back to its last complete record.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, self._size)
+                    os.lseek(fd, self._size, os.SEEK_SET)
+                raise
             self._size += len(line)
             self.bytes_written += len(line)
             _apply(self.state, record)  # after the write: memory never claims what disk lacks
