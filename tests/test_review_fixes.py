@@ -146,3 +146,43 @@ def test_legacy_state_of_an_interrupted_run_resumes(
     result = cli("convert", bids_copy, out, *FAST, "--max-shard-size", "200kB")
     assert result.exit_code == 0, result.output
     assert cli("verify", bids_copy, out, "-q").exit_code == 0
+
+
+# -- M2: abort waits for the uploader, which then commits and deletes nothing ---------------------
+def test_abort_waits_and_commits_nothing(tmp_path: Path) -> None:
+    import threading
+
+    from bids2hf.publish.targets.base import RemoteFile, StagedFile
+    from bids2hf.publish.uploader import Publisher, PublishReport
+
+    in_stage, release = threading.Event(), threading.Event()
+    commits: list[list[str]] = []
+
+    class SlowTarget:
+        url = "slow://x"
+
+        def ensure(self) -> None: ...
+
+        def files(self) -> dict[str, RemoteFile]:
+            return {}
+
+        def stage(self, item: StagedFile) -> None:
+            in_stage.set()
+            release.wait(10)
+            item.uploaded = True
+
+        def commit(self, items: list[StagedFile], deletions: list[str], message: str) -> bool:
+            commits.append([i.path for i in items])
+            return True
+
+    shard = tmp_path / "s.parquet"
+    shard.write_bytes(b"x" * 10)
+    publisher = Publisher(SlowTarget(), {}, max_staged=2, commit_every=1, report=PublishReport("u"))
+    publisher.acquire(True)
+    publisher.submit(StagedFile("data/s.parquet", shard, 10, "0" * 64), holds_slot=True)
+    assert in_stage.wait(10)
+    threading.Timer(0.3, release.set).start()  # the upload in flight ends during the abort
+    publisher.abort()
+    assert not any(t.is_alive() for t in publisher._threads), "abort returned with threads running"
+    assert commits == [], "an aborted publisher committed"
+    assert shard.exists(), "an aborted publisher deleted a staged shard"

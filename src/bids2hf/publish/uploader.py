@@ -114,13 +114,16 @@ class Publisher:
         if self.error is not None:
             raise self.error
 
-    def abort(self) -> None:
-        """Stop the background threads after a failure elsewhere: nothing more is uploaded or
-        committed, and no more checksums are reported (the file being hashed or uploaded now
-        is finished first)."""
+    def abort(self, timeout: float = 60.0) -> None:
+        """Stop the background threads after a failure elsewhere and wait for them (at most
+        ``timeout`` seconds each): nothing more is committed or deleted, and no more checksums
+        are reported. A thread still in an upload when the wait ends commits and deletes
+        nothing once it returns (it checks the flag), so the caller may release its lock."""
         self._aborted = True
         self._queue.put(None)
         self._hashed.put(None)
+        for thread in self._threads:
+            thread.join(timeout)
 
     def finish(self, final: Sequence[StagedFile], deletions: Sequence[str], message: str) -> None:
         """Upload what is left and make the last commit (card, manifest, deletions)."""
@@ -143,7 +146,8 @@ class Publisher:
 
     # -- the upload thread ---------------------------------------------------------------
     def _release(self, item: StagedFile, *, delete: bool) -> None:
-        if delete:
+        # After an abort the folder may belong to the next run: its files are not ours to delete.
+        if delete and not self._aborted:
             item.local.unlink(missing_ok=True)
         with self._lock:
             self._staged -= 1
@@ -188,13 +192,15 @@ class Publisher:
                     self._release(item, delete=True)
                 continue
             self.target.stage(item)
+            if self._aborted:  # the run failed while this file was being uploaded
+                break
             self._count(item)
             self._pending.append(item)
             if holds_slot and item.uploaded:
                 self._release(item, delete=True)
             elif holds_slot:
                 self._holding.append(item)  # a regular (non-LFS) file is read at commit time
-            if len(self._pending) >= self.commit_every:
+            if len(self._pending) >= self.commit_every and not self._aborted:
                 self.target.commit(self._pending, [], f"bids2hf: add {len(self._pending)} shard(s)")
                 self.report.commits += 1
                 self._after_commit()
