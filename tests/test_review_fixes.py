@@ -186,3 +186,17 @@ def test_abort_waits_and_commits_nothing(tmp_path: Path) -> None:
     assert not any(t.is_alive() for t in publisher._threads), "abort returned with threads running"
     assert commits == [], "an aborted publisher committed"
     assert shard.exists(), "an aborted publisher deleted a staged shard"
+
+
+# -- L7: push skips unchanged files of every kind, and then commits nothing ----------------------
+def test_second_push_uploads_and_commits_nothing(
+    bids_copy: Path, tmp_path: Path, cli: Cli
+) -> None:
+    out = tmp_path / "out"
+    assert cli("convert", bids_copy, out, *FAST).exit_code == 0
+    url = f"memory://l7-{tmp_path.name}/ds"
+    first = cli("push", out, url)
+    assert first.exit_code == 0, first.output
+    second = cli("push", out, url)
+    assert second.exit_code == 0, second.output
+    assert "uploaded 0 file(s)" in second.output and "0 commit(s)" in second.output, second.output

@@ -21,7 +21,12 @@ from bids2hf._version import __version__
 from bids2hf.bids.options import ScanOptions
 from bids2hf.bids.scan import scan
 from bids2hf.errors import DestinationError, InputError
-from bids2hf.model.format import DATASET_FILES_PREFIX, MANIFEST_PATH, OWNED_PREFIXES
+from bids2hf.model.format import (
+    DATASET_FILES_PREFIX,
+    MANIFEST_PATH,
+    OWNED_PREFIXES,
+    sha256_file,
+)
 from bids2hf.model.inventory import Inventory, Problem, Severity
 from bids2hf.model.manifest import ManifestEntry
 from bids2hf.model.rows import ShardPlan
@@ -620,7 +625,10 @@ def _output_files(out: OutputFolder) -> list[StagedFile]:
             continue
         rec = state.shards.get(rel) if state is not None else None
         size = path.stat().st_size
-        # Hashed lazily (by the upload thread) unless an earlier run recorded it.
+        # Shards are hashed lazily (by the upload thread) unless an earlier run recorded it;
+        # the other files are small, and without a checksum they would count as changed.
         known = rec.sha256 if rec is not None and rec.size == size else None
+        if known is None and not rel.startswith("data/"):
+            known = sha256_file(path)
         files.append(StagedFile(rel, path, size, known))
     return files

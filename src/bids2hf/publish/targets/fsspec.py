@@ -81,6 +81,8 @@ class FsspecTarget:
         item.uploaded = True
 
     def commit(self, items: Sequence[StagedFile], deletions: Sequence[str], message: str) -> bool:
+        if not items and not deletions:
+            return False  # nothing changed: the checksum record stays as it is
         for item in items:
             if not item.uploaded:
                 self.stage(item)
