@@ -200,3 +200,35 @@ def test_second_push_uploads_and_commits_nothing(
     second = cli("push", out, url)
     assert second.exit_code == 0, second.output
     assert "uploaded 0 file(s)" in second.output and "0 commit(s)" in second.output, second.output
+
+
+# -- L5: an overwritten fsspec key never keeps its old checksum ----------------------------------
+def test_fsspec_overwrite_drops_the_old_checksum_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bids2hf.publish.compare import same_content
+    from bids2hf.publish.targets.base import StagedFile
+    from bids2hf.publish.targets.fsspec import FsspecTarget
+
+    url = f"memory://l5-{tmp_path.name}/ds"
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.write_bytes(b"a" * 100)
+    new.write_bytes(b"b" * 100)  # same size, other bytes
+    target = FsspecTarget(url)
+    target.ensure()
+    item = StagedFile("data/train-0.parquet", old, 100, hashlib.sha256(old.read_bytes()).hexdigest())
+    target.stage(item)
+    target.commit([item], [], "first")
+    real_put = target.fs.put_file
+
+    def put_then_die(lpath: str, rpath: str, **kwargs: object) -> None:
+        real_put(lpath, rpath, **kwargs)
+        raise KeyboardInterrupt  # killed after the new bytes landed, before any commit
+
+    monkeypatch.setattr(target.fs, "put_file", put_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        target.stage(StagedFile(item.path, new, 100, hashlib.sha256(new.read_bytes()).hexdigest()))
+    monkeypatch.undo()
+    again = FsspecTarget(url)
+    remote = again.files()[item.path]
+    assert not same_content(remote, 100, item.sha256), "the old checksum claims the new bytes"

@@ -70,6 +70,12 @@ class FsspecTarget:
 
     def stage(self, item: StagedFile) -> None:
         key = self._key(item.path)
+        sums = self.checksums()
+        if sums.pop(item.path, None) is not None:
+            # The key is about to hold other bytes: its old checksum goes first (written out),
+            # so that a kill between the upload and the next commit never leaves a record
+            # claiming the old sha256 for the new bytes (same size would pass for unchanged).
+            self._write_checksums()
         self.fs.makedirs(posixpath.dirname(key), exist_ok=True)
         if self.atomic_put:
             self.fs.put_file(str(item.local), key)
@@ -90,8 +96,11 @@ class FsspecTarget:
         for path in deletions:
             self.fs.rm(self._key(path))
             sums.pop(path, None)
-        data = json.dumps(sums, indent=0, sort_keys=True).encode()
+        self._write_checksums()
+        return True
+
+    def _write_checksums(self) -> None:
+        data = json.dumps(self.checksums(), indent=0, sort_keys=True).encode()
         key = self._key(CHECKSUMS_PATH)
         self.fs.makedirs(posixpath.dirname(key), exist_ok=True)
         self.fs.pipe_file(key, data)
-        return bool(items or deletions)
