@@ -95,9 +95,9 @@ class StateStore:
                 legacy = json.loads(self.legacy_path.read_text())
                 state = _from_legacy(legacy)
                 # Its shards in data/, recorded or not (an interrupted run's last ones are not).
-                data = self.state_dir.parent / "data"
-                if data.is_dir():
-                    state.owned.update(f"data/{p.name}" for p in data.glob("*.parquet"))
+                shards = self.state_dir.parent / "data"
+                if shards.is_dir():
+                    state.owned.update(f"data/{p.name}" for p in shards.glob("*.parquet"))
                 self._migrate = True
             except (FileNotFoundError, NotADirectoryError, ValueError, KeyError, TypeError):
                 pass
