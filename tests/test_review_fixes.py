@@ -232,3 +232,37 @@ def test_fsspec_overwrite_drops_the_old_checksum_first(
     again = FsspecTarget(url)
     remote = again.files()[item.path]
     assert not same_content(remote, 100, item.sha256), "the old checksum claims the new bytes"
+
+
+# -- M4: resuming a Hub upload with a fresh staging folder --------------------------------------
+def test_batch_committed_shards_are_ours_with_a_fresh_staging(
+    emu: object, hub_env: dict[str, str], bids_copy: Path, tmp_path: Path
+) -> None:
+    """What an upload killed after a batch commit leaves: shards on the Hub, no manifest or card
+    (made here by deleting them); its staging folder removed. The re-run takes the shards as
+    bids2hf's (their footer says so) and finishes."""
+    import shutil
+    import subprocess
+    import sys
+
+    url = "hf://datasets/org/m4"
+    args = [sys.executable, "-m", "bids2hf", "convert", str(bids_copy), url, *FAST]
+    args += ["--max-shard-size", "200kB", "--commit-every", "1"]
+
+    def run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(cmd, env=hub_env, capture_output=True, text=True, timeout=300)
+
+    first = run(args)
+    assert first.returncode == 0, first.stderr
+    # The last commit (dataset-level files, manifest, card) never happened.
+    drop = (
+        "from huggingface_hub import HfApi, CommitOperationDelete as D\n"
+        "api = HfApi()\n"
+        "files = api.list_repo_files('org/m4', repo_type='dataset')\n"
+        "last = [D(f) for f in files if f.startswith('bids') or f == 'README.md']\n"
+        "api.create_commit('org/m4', last, commit_message='as if killed', repo_type='dataset')\n"
+    )
+    assert run([sys.executable, "-c", drop]).returncode == 0
+    shutil.rmtree(Path(hub_env["BIDS2HF_CACHE"]) / "staging")
+    again = run(args)
+    assert again.returncode == 0, again.stderr

@@ -8,9 +8,11 @@ import posixpath
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 from bids2hf.errors import DestinationError, VerificationError
-from bids2hf.model.format import MANIFEST_PATH, OWNED_PREFIXES
+from bids2hf.model.format import FOOTER_KEY, MANIFEST_PATH, OWNED_PREFIXES
 from bids2hf.model.manifest import loads
 from bids2hf.model.rows import ShardPlan
 from bids2hf.model.state import ShardRecord
@@ -21,6 +23,7 @@ from bids2hf.publish.targets.hub import HubTarget
 
 __all__ = [
     "Classified",
+    "carries_bids2hf_index",
     "classify",
     "kept_paths", "recorded_paths", "refuse_remote_conflicts", "remote_conflicts",
     "same_content", "stale_paths", "verify_remote",
@@ -151,6 +154,43 @@ def _read_remote(target: Target, path: str) -> bytes:
     if isinstance(target, FsspecTarget):
         with target.fs.open(posixpath.join(target.root, path), "rb") as f:
             return bytes(f.read())
+    raise TypeError(f"cannot read from {type(target).__name__}")
+
+
+def carries_bids2hf_index(target: Target, path: str) -> bool:
+    """Whether the remote Parquet file at ``path`` carries bids2hf's index in its footer: a shard
+    bids2hf wrote, committed before any record of it was (an upload killed after a batch
+    commit, resumed with a fresh staging folder). Only the footer is read (range reads).
+
+    A file that cannot be read as Parquet carries none. Raises nothing of its own.
+    """
+    import pyarrow.parquet as pq
+
+    def footer() -> bool:
+        fs, key = _remote_fs(target, path)
+        with fs.open(key, "rb") as f:
+            meta = pq.ParquetFile(f).metadata
+        return FOOTER_KEY in (meta.metadata or {})
+
+    try:
+        if isinstance(target, HubTarget):
+            return bool(call_with_retries(f"read footer of {path}", footer, target.policy))
+        return footer()
+    except Exception as exc:  # not Parquet, or unreadable: not shown to be ours
+        log.debug("%s/%s: no bids2hf footer read (%s)", target.url, path, exc)
+        return False
+
+
+def _remote_fs(target: Target, path: str) -> tuple[Any, str]:
+    if isinstance(target, HubTarget):
+        from huggingface_hub import HfFileSystem
+
+        # A fresh instance: a cached one may hold a listing from before the last commit.
+        fs = HfFileSystem(skip_instance_cache=True)
+        revision = quote(target.revision, safe="")
+        return fs, f"datasets/{target.repo_id}@{revision}/{path}"
+    if isinstance(target, FsspecTarget):
+        return target.fs, posixpath.join(target.root, path)
     raise TypeError(f"cannot read from {type(target).__name__}")
 
 

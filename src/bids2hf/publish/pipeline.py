@@ -24,6 +24,7 @@ from bids2hf.model.manifest import ManifestEntry
 from bids2hf.model.state import ResumeState
 from bids2hf.progress import ProgressBar
 from bids2hf.publish.compare import (
+    carries_bids2hf_index,
     kept_paths,
     recorded_paths,
     refuse_remote_conflicts,
@@ -166,6 +167,17 @@ class RemoteRun:
         Raises :class:`~bids2hf.errors.DestinationError` naming the first such file.
         """
         conflicts = [p for p in remote_conflicts(self.remote, self.owned, paths) if p not in same]
+        # Shards committed in a batch are named by no record until the last commit: their
+        # footer says who wrote them (read only for such files, so a resume costs little).
+        ours = {
+            p
+            for p in conflicts
+            if p.startswith("data/")
+            and p.endswith(".parquet")
+            and carries_bids2hf_index(self.target, p)
+        }
+        self.owned |= ours
+        conflicts = [p for p in conflicts if p not in ours]
         refuse_remote_conflicts(self.url, conflicts, overwrite)
 
     def publisher(
