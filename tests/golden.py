@@ -100,7 +100,16 @@ def synthetic_cases() -> list[Case]:
         ),
         Case(
             "synthetic/arc-default",
-            _synthetic({"n_subjects": 5, "arc_shaped": True, "sessions": ("1", "2", "3"), "seed": 7}),
+            # the ARC layout as recorded (before the generator added ARC's repeated runs)
+            _synthetic(
+                {
+                    "n_subjects": 5,
+                    "arc_shaped": True,
+                    "sessions": ("1", "2", "3"),
+                    "seed": 7,
+                    "arc_repeated_runs": False,
+                }
+            ),
             scan=everything,
         ),
     ]

@@ -6,8 +6,11 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import logging
 import os
 import shutil
+import subprocess
+import sys
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -26,12 +29,17 @@ from bids2hf.bids.options import ScanOptions
 from bids2hf.model.format import FOOTER_KEY, MANIFEST_PATH, read_footer_index
 from bids2hf.model.manifest import ManifestEntry, dumps, loads
 from bids2hf.plan.options import PlanOptions
+from bids2hf.readback.export import export
 from bids2hf.readback.verify import verify
 from bids2hf.testing.spec import GeneratedDataset, SyntheticSpec
 from bids2hf.testing.synthetic import generate_bids
 
 Cli = Callable[..., Result]
-EXPORT_TMP = ".bids2hf-export-tmp"
+EXPORT_TMP = ".bids2hf-export-*"  # each run's own temporary folder
+
+
+def temporaries(out: Path) -> list[Path]:
+    return sorted(out.glob(EXPORT_TMP)) if out.is_dir() else []
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -105,7 +113,7 @@ def test_export_round_trip_with_derivatives(
     assert tree(out) == source
     assert f"wrote {len(source)} files" in result.output
     assert "left out" not in result.output
-    assert not (out / EXPORT_TMP).exists()
+    assert not temporaries(out)
     assert not any(p.is_symlink() for p in out.rglob("*"))
 
 
@@ -170,7 +178,7 @@ def test_export_refuses_to_overwrite(
     after = tree(out)
     assert after.pop("sub-01/notes.txt")  # unrelated files are kept
     assert after == tree(synthetic.root)
-    assert not (out / EXPORT_TMP).exists()
+    assert not temporaries(out)
 
 
 def test_export_into_a_folder_without_conflicts(
@@ -202,6 +210,48 @@ def test_export_of_a_datalad_checkout(cli: Cli, bids_copy: Path, tmp_path: Path)
     assert "2 left out on purpose" in result.output
 
 
+def test_export_keeps_temporary_folders_it_did_not_create(
+    cli: Cli, synthetic: GeneratedDataset, hf_all: Path, tmp_path: Path
+) -> None:
+    """Folders named like export's temporaries that this run did not create are not touched."""
+    out = tmp_path / "out"
+    for name in (".bids2hf-export-tmp", ".bids2hf-export-other"):
+        (out / name).mkdir(parents=True)
+        (out / name / "keep.txt").write_bytes(b"someone else's")
+    before = snapshot(out)
+    result = cli("export", hf_all, out, "-q")
+    assert result.exit_code == 0, result.output
+    assert {k: v for k, v in snapshot(out).items() if k.startswith(".bids2hf-export-")} == before
+    assert tree(out, skip_dirs=frozenset(p.name for p in temporaries(out))) == tree(synthetic.root)
+    umask = os.umask(0)  # files written under a private name keep the usual permissions
+    os.umask(umask)
+    assert (out / "participants.tsv").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_concurrent_exports_into_one_folder_do_not_disturb_each_other(
+    synthetic: GeneratedDataset, hf_all: Path, tmp_path: Path
+) -> None:
+    """Two exports of different parts into one folder, at the same time, through the real
+    command: each keeps its own temporary files, so both complete and nothing is left over."""
+    expected = tree(synthetic.root)
+    for attempt in range(3):
+        out = tmp_path / f"out{attempt}"
+        runs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "bids2hf", "export", str(hf_all), str(out), "-q", *part],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for part in (["--include", "sub-0[13]*"], ["--exclude", "sub-0[13]*"])
+        ]
+        for run in runs:
+            _, stderr = run.communicate(timeout=120)
+            assert run.returncode == 0, (attempt, stderr)
+        assert not temporaries(out), attempt
+        assert tree(out) == expected, attempt
+
+
 def test_export_detects_damaged_published_bytes(
     cli: Cli, synthetic: GeneratedDataset, hf_all: Path, tmp_path: Path
 ) -> None:
@@ -223,7 +273,77 @@ def test_export_detects_damaged_published_bytes(
     line = one_line_error(result)
     assert victim.path in line and "sha256" in line
     assert not (out / victim.path).exists()
-    assert not (out / EXPORT_TMP).exists()
+    assert not temporaries(out)
+
+
+@pytest.mark.parametrize("damage", ["page header", "path not UTF-8"])
+def test_export_of_damaged_data_pages_is_a_one_line_refusal(
+    cli: Cli, hf_all: Path, tmp_path: Path, damage: str
+) -> None:
+    """A shard whose pages cannot be read or decoded (a bad copy): one line, nothing written."""
+    hf = tmp_path / "hf"
+    shutil.copytree(hf_all, hf)
+    victim = next(
+        e for e in manifest(hf) if e.placement == "row" and e.path.endswith("_T1w.nii.gz")
+    )
+    shard = hf / str(victim.location)
+    meta = pq.ParquetFile(shard).metadata
+    chunk = next(
+        meta.row_group(g).column(c)
+        for g in range(meta.num_row_groups)
+        for c in range(meta.num_columns)
+        if meta.row_group(g).column(c).path_in_schema == f"{victim.column}.list.element.path"
+    )
+    blob = bytearray(shard.read_bytes())
+    if damage == "page header":
+        blob[chunk.data_page_offset] ^= 0xFF
+    else:  # a path stored verbatim (dictionary page) gets a byte that no UTF-8 text has
+        start = chunk.dictionary_page_offset or chunk.data_page_offset
+        at = bytes(blob).find(victim.path.encode(), start, start + chunk.total_compressed_size)
+        assert at >= 0
+        blob[at + 3] = 0xFF
+    shard.write_bytes(bytes(blob))
+    out = tmp_path / "exported"
+    result = cli("export", hf, out, "-q")
+    assert "internal error" not in result.output
+    line = one_line_error(result)
+    assert shard.name in line
+    if damage == "page header":
+        assert result.exit_code == 1, result.output
+        assert "not readable" in line and "damaged" in line
+    else:
+        assert result.exit_code == 2, result.output
+        assert "where the index says" in line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("twin", ["same files", "text"])
+def test_export_refuses_a_shard_with_a_column_name_twice(
+    cli: Cli, hf_all: Path, tmp_path: Path, twin: str
+) -> None:
+    """A crafted shard with two columns of one name: which one holds the file is ambiguous."""
+    hf = tmp_path / "hf"
+    shutil.copytree(hf_all, hf)
+    victim = next(
+        e for e in manifest(hf) if e.placement == "row" and e.path.endswith("_T1w.nii.gz")
+    )
+    assert victim.column is not None
+    shard = hf / str(victim.location)
+    index = pq.ParquetFile(shard).metadata.metadata[FOOTER_KEY]
+    table = pq.read_table(shard)
+    column = table.column(victim.column)
+    if twin == "text":
+        column = pa.array(["x"] * table.num_rows)
+    table = table.append_column(victim.column, column)
+    with pq.ParquetWriter(shard, table.schema) as writer:
+        writer.write_table(table)
+        writer.add_key_value_metadata({FOOTER_KEY: index})
+    out = tmp_path / "exported"
+    result = cli("export", hf, out, "-q")
+    assert result.exit_code == 2, result.output
+    line = one_line_error(result)
+    assert repr(victim.column) in line and "twice" in line
+    assert not out.exists()
 
 
 def test_export_of_an_incomplete_upload_fails_cleanly(
@@ -253,7 +373,7 @@ def test_export_without_a_manifest_restores_dataset_files_from_bids_folder(
     result = cli("export", hf, out, "-q")
     assert result.exit_code == 0, result.output
     assert tree(out) == tree(synthetic.root)
-    assert not (out / EXPORT_TMP).exists()
+    assert not temporaries(out)
 
 
 def test_export_without_manifest_or_bids_folder_says_what_it_cannot_restore(
@@ -313,6 +433,89 @@ def test_export_with_a_stray_shard_trusts_the_manifest(
     assert not (tmp_path / "exported2").exists()
 
 
+@pytest.mark.parametrize("with_manifest", [True, False])
+@pytest.mark.parametrize("foreign", ["garbage", "parquet"])
+def test_foreign_files_in_data_do_not_stop_export_or_verify(
+    synthetic: GeneratedDataset,
+    hf_all: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    foreign: str,
+    with_manifest: bool,
+) -> None:
+    """bids2hf never deletes a file it did not write, so data/ may hold foreign files: they are
+    no part of the dataset. With a manifest their footers are not even read; without one, a
+    file that is no bids2hf shard is ignored with a warning."""
+    hf = tmp_path / "hf"
+    shutil.copytree(hf_all, hf)
+    other = hf / "data" / "other-00000.parquet"
+    if foreign == "garbage":
+        other.write_bytes(b"not a parquet file\n" * 20)
+    else:
+        pq.write_table(pa.table({"x": [1, 2, 3]}), other)
+    if not with_manifest:
+        (hf / MANIFEST_PATH).unlink()
+    out = tmp_path / "exported"
+    with caplog.at_level(logging.WARNING):
+        export(str(hf), out, progress=False)
+    assert tree(out) == tree(synthetic.root)
+    warned = [r.getMessage() for r in caplog.records if "other-00000.parquet" in r.getMessage()]
+    if with_manifest:
+        # Not referenced by the manifest, so not part of the dataset: never read, only counted.
+        assert len(warned) == 1 and "does not list 1 file(s)" in warned[0], warned
+        assert verify(synthetic.root, str(hf), progress=False).ok
+    else:
+        assert len(warned) == 1 and "not a bids2hf shard" in warned[0], warned
+        # Without a manifest, verify knows no dataset-level files; embedded ones all match.
+        report = verify(synthetic.root, str(hf), progress=False)
+        assert {d.kind for d in report.differences} <= {"missing"}
+        assert not [d for d in report.differences if "other-00000" in d.path + d.detail]
+
+
+def test_export_with_a_manifest_does_not_bring_back_stale_files(
+    bids_copy: Path, hf_all: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A valid manifest says what the dataset holds: a stale shard and a stale dataset-level file
+    of an older conversion (kept, since bids2hf deletes only what it wrote) are not exported;
+    one warning says how many files were ignored."""
+    shutil.rmtree(bids_copy / "sub-02")
+    hf = _convert(bids_copy, tmp_path / "hf", plan_options=PlanOptions(max_shard_bytes=200_000))
+    old = {e.location for e in manifest(hf_all) if e.path.startswith("sub-02/")}
+    old_shards = sorted(str(loc) for loc in old if str(loc).startswith("data/"))
+    assert old_shards
+    for i, shard in enumerate(old_shards):
+        shutil.copy(hf_all / shard, hf / "data" / f"train-zz-old-{i}.parquet")
+    (hf / "bids" / "sub-02").mkdir()
+    shutil.copy(hf_all / "bids/sub-02/sub-02_sessions.tsv", hf / "bids" / "sub-02")
+    out = tmp_path / "exported"
+    with caplog.at_level(logging.WARNING):
+        export(str(hf), out, progress=False)
+    assert tree(out) == tree(bids_copy)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert f"does not list {len(old_shards) + 1} file(s)" in warnings[0]
+    assert "not exported" in warnings[0]
+    assert verify(bids_copy, str(hf), progress=False).ok
+
+
+def test_export_and_verify_agree_on_a_manifest_that_lists_fewer_files(
+    synthetic: GeneratedDataset, hf_all: Path, tmp_path: Path
+) -> None:
+    """A manifest missing a line its shard's index has: export leaves the file out, and verify
+    agrees (the export verifies clean; the source shows the file as missing)."""
+    hf = tmp_path / "hf"
+    shutil.copytree(hf_all, hf)
+    entries = manifest(hf)
+    dropped = next(e for e in entries if e.placement == "row" and e.path.endswith("_T1w.nii.gz"))
+    (hf / MANIFEST_PATH).write_bytes(dumps([e for e in entries if e is not dropped]))
+    out = tmp_path / "exported"
+    export(str(hf), out, progress=False)
+    assert tree(out) == {k: v for k, v in tree(synthetic.root).items() if k != dropped.path}
+    assert verify(out, str(hf), progress=False).ok
+    report = verify(synthetic.root, str(hf), progress=False)
+    assert [(d.path, d.kind) for d in report.differences] == [(dropped.path, "missing")]
+
+
 def _dataset_files(hf: Path) -> set[str]:
     return {e.path for e in manifest(hf) if e.placement == "dataset_file"}
 
@@ -329,6 +532,67 @@ def test_export_refuses_a_symlinked_folder_inside_the_output(
     assert result.exit_code == 2, result.output
     assert "resolves outside" in one_line_error(result)
     assert list(outside.iterdir()) == []
+
+
+@pytest.mark.parametrize("with_manifest", [True, False])
+def test_export_refuses_a_file_that_is_also_a_folder(
+    cli: Cli, hf_all: Path, tmp_path: Path, with_manifest: bool
+) -> None:
+    """A damaged or crafted dataset holds a file where another file's folder is: refused in one
+    line (exit 2) before anything is written, not a crash halfway through."""
+    hf = tmp_path / "hf"
+    shutil.copytree(hf_all, hf)
+    clash = hf / "bids" / "sub-01" / "ses-1"
+    clash.write_bytes(b"x")
+    if with_manifest:
+        digest = hashlib.sha256(b"x").hexdigest()
+        entry = ManifestEntry("sub-01/ses-1", 1, "dataset_file", digest, "bids/sub-01/ses-1")
+        (hf / MANIFEST_PATH).write_bytes(dumps([*manifest(hf), entry]))
+    else:
+        (hf / MANIFEST_PATH).unlink()
+    out = tmp_path / "exported"
+    result = cli("export", hf, out, "-q")
+    assert result.exit_code == 2, result.output
+    line = one_line_error(result)
+    assert "'sub-01/ses-1' is both a file and the folder of 'sub-01/ses-1/" in line
+    assert not out.exists()
+
+
+BLOCKERS: dict[str, Callable[[Path], None]] = {
+    "file on a folder's path": lambda out: (out / "sub-01").write_bytes(b"mine"),
+    "file deeper on a folder's path": lambda out: (
+        (out / "sub-01").mkdir(),
+        (out / "sub-01" / "ses-1").write_bytes(b"mine"),
+    ),
+    "broken symlink on a folder's path": lambda out: (out / "sub-02").symlink_to("nowhere"),
+    "folder on a file's path": lambda out: (out / "participants.tsv" / "mine").mkdir(parents=True),
+}
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+@pytest.mark.parametrize("blocker", sorted(BLOCKERS))
+def test_export_refuses_an_output_folder_that_blocks_a_path(
+    cli: Cli, hf_all: Path, tmp_path: Path, blocker: str, overwrite: bool
+) -> None:
+    """Something in the output folder where export needs a folder (or a file) that it must not
+    and cannot replace: refused before the first write, the output folder left as it was."""
+    out = tmp_path / "out"
+    out.mkdir()
+    BLOCKERS[blocker](out)
+    before = snapshot(out)
+    result = cli("export", hf_all, out, *(["--overwrite"] if overwrite else []))
+    assert result.exit_code == 2, result.output
+    assert "move it away" in one_line_error(result)
+    assert snapshot(out) == before
+
+
+def test_export_refuses_an_output_that_is_a_file(cli: Cli, hf_all: Path, tmp_path: Path) -> None:
+    for out in (tmp_path / "file", tmp_path / "file" / "below"):
+        (tmp_path / "file").write_bytes(b"mine")
+        result = cli("export", hf_all, out)
+        assert result.exit_code == 2, result.output
+        one_line_error(result)
+        assert (tmp_path / "file").read_bytes() == b"mine"
 
 
 def test_export_and_verify_refuse_a_source_that_is_not_a_dataset(

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -37,7 +39,7 @@ from bids2hf.testing.synthetic import generate_bids
 from helpers import tree
 
 SEED = 20261127
-EXPORT_TMP = ".bids2hf-export-tmp"
+EXPORT_TMP = ".bids2hf-export-*"  # each run's own temporary folder
 Records = list[Any]
 
 
@@ -152,6 +154,72 @@ def damage_footer(hf: Path, rng: random.Random) -> str:
     return kinds[0]
 
 
+CLASHES = [
+    "bids/ file, no manifest",
+    "bids/ file in the manifest",
+    "bids/ file not in the manifest",
+    "file in the output",
+    "broken symlink in the output",
+    "folder in the output",
+]
+
+
+def damage_clash(hf: Path, rng: random.Random, kind: str) -> str:
+    """Put a file (or folder) where export needs a folder (or file), in hf/ or in ``out``."""
+    records = _manifest_records(hf)
+    path = rng.choice(sorted(r["path"] for r in records if "/" in r["path"]))
+    folders = [str(p) for p in Path(path).parents if str(p) != "."]
+    folder = rng.choice([f for f in folders if not (hf / "bids" / f).is_dir()] or folders)
+    out = hf.parent / "out"
+    data = rng.randbytes(rng.randrange(1, 64))
+    if kind.startswith("bids/"):
+        (hf / "bids" / folder).parent.mkdir(parents=True, exist_ok=True)
+        (hf / "bids" / folder).write_bytes(data)
+        if kind == "bids/ file, no manifest":
+            (hf / MANIFEST_PATH).unlink()
+        elif kind == "bids/ file in the manifest":
+            sha256 = hashlib.sha256(data).hexdigest()
+            entry = {"path": folder, "size": len(data), "placement": "dataset_file"}
+            records.append({**entry, "sha256": sha256, "location": f"bids/{folder}"})
+            (hf / MANIFEST_PATH).write_bytes(_jsonl(records))
+    elif kind == "folder in the output":
+        (out / path).mkdir(parents=True)
+    else:
+        (out / folder).parent.mkdir(parents=True, exist_ok=True)
+        if kind == "file in the output":
+            (out / folder).write_bytes(data)
+        else:
+            (out / folder).symlink_to("nowhere")
+    return f"{kind}: {folder if kind != 'folder in the output' else path}"
+
+
+def damage_pages(hf: Path, rng: random.Random) -> str:
+    """Flip a few bits inside one column chunk of a shard (its page headers or data)."""
+    shard = rng.choice(sorted((hf / "data").glob("*.parquet")))
+    meta = pq.ParquetFile(shard).metadata
+    chunks = [
+        meta.row_group(g).column(c)
+        for g in range(meta.num_row_groups)
+        for c in range(meta.num_columns)
+    ]
+    # Mostly the leaves export reads (paths and bytes of files), some of the others.
+    files = [c for c in chunks if c.path_in_schema.rsplit(".", 1)[-1] in ("path", "bytes")]
+    chunk = rng.choice(files if rng.random() < 0.8 else chunks)
+    start = chunk.dictionary_page_offset or chunk.data_page_offset
+    end = start + chunk.total_compressed_size
+    if rng.random() < 0.5:  # anywhere in the chunk
+        flips = [rng.randrange(start, end) for _ in range(3)]
+    else:  # in or near a page header, where sizes, counts and encodings are
+        page = rng.choice([start, chunk.data_page_offset])
+        flips = [min(end - 1, page + rng.randrange(40)) for _ in range(3)]
+    flips = sorted(flips[: rng.randint(1, 3)])
+    data = bytearray(shard.read_bytes())
+    for at in flips:
+        data[at] ^= 1 << rng.randrange(8)
+    shard.write_bytes(bytes(data))
+    return f"{shard.name} {chunk.path_in_schema} bytes {flips}"
+
+
 # -- checking one outcome ---------------------------------------------------------------------
 def _snapshot(root: Path, skip: Path) -> dict[str, str]:
     return {
@@ -170,8 +238,45 @@ def run_export(hf: Path, out: Path) -> tuple[int, str]:
     return 0, ""
 
 
-def check_outcome(case: Path, out: Path, source: Path, code: int, message: str, what: str) -> None:
+def _listed(hf: Path) -> set[str] | None:
+    """The paths the manifest lists, if it parses (a manifest cut at a line end does)."""
+    try:
+        lines = (hf / MANIFEST_PATH).read_text("utf-8").split("\n")
+        return {r["path"] for r in map(json.loads, filter(str.strip, lines))}
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def _state(root: Path) -> dict[str, str]:
+    """Everything under root: folders, symlinks and file contents, to prove nothing changed."""
+    state = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if p.is_symlink():
+            state[rel] = f"symlink to {os.readlink(p)}"
+        elif p.is_dir():
+            state[rel] = "folder"
+        else:
+            state[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return state
+
+
+def check_outcome(
+    case: Path,
+    out: Path,
+    source: Path,
+    code: int,
+    message: str,
+    what: str,
+    out_before: dict[str, str] | None = None,
+) -> None:
+    """``out_before``: what ``out`` held before the export (None: it did not exist)."""
     expected = tree(source)
+    listed = _listed(case / "hf")
+    if code == 0 and listed is not None:
+        # A manifest that parses says what the dataset holds: what it no longer lists (a
+        # manifest cut at a line end) is not exported.
+        expected = {rel: digest for rel, digest in expected.items() if rel in listed}
     assert code in (0, 1, 2), what
     if code:
         assert message and "\n" not in message and "Traceback" not in message, what
@@ -179,9 +284,20 @@ def check_outcome(case: Path, out: Path, source: Path, code: int, message: str, 
         if code == 1:
             # Exit 1 is for published bytes that differ from the recorded size/sha256, or for
             # files the index lists that are not there; an unusable index is exit 2.
-            assert any(w in message for w in ("sha256", "size", "missing")), (what, message)
-    assert not (out / EXPORT_TMP).exists(), what
-    written = tree(out) if out.exists() else {}
+            words = ("sha256", "size", "missing", "damaged")
+            assert any(w in message for w in words), (what, message)
+        if code == 2:
+            # Exit 2 is a refusal before the first write: the output folder is as it was.
+            if out_before is None:
+                assert not out.exists(), f"{what}: refused, yet {out} was created"
+            else:
+                assert _state(out) == out_before, f"{what}: refused, yet {out} changed"
+    assert not (out.is_dir() and list(out.glob(EXPORT_TMP))), what
+    written = {
+        rel: digest
+        for rel, digest in (tree(out) if out.exists() else {}).items()
+        if rel not in (out_before or {})
+    }
     for rel, digest in written.items():
         assert expected.get(rel) == digest, f"{what}: {rel} is partial, wrong or foreign"
     if code == 0:
@@ -207,21 +323,29 @@ def _n_rows(published: Path) -> int:
     return max(pq.ParquetFile(p).metadata.num_rows for p in (published / "data").glob("*.parquet"))
 
 
-def test_fuzzed_manifest(published: Path, source: Path, tmp_path: Path) -> None:
-    n_rows = _n_rows(published)
+def _run(cases: list[tuple[Path, Path, str]], source: Path) -> dict[int, int]:
+    """Export (and verify) every case and check its outcome; the count of each exit code."""
     outcomes: dict[int, int] = {}
-    for case, hf, what in _cases(
-        published, tmp_path, 60, lambda hf, rng: damage_manifest(hf, rng, n_rows)
-    ):
-        before = _snapshot(case, skip=case / "out")
-        code, message = run_export(hf, case / "out")
-        check_outcome(case, case / "out", source, code, message, what)
-        assert _snapshot(case, skip=case / "out") == before, f"{what}: wrote outside the target"
+    for case, hf, what in cases:
+        out = case / "out"
+        out_before = _state(out) if out.exists() else None
+        before = _snapshot(case, skip=out)
+        code, message = run_export(hf, out)
+        check_outcome(case, out, source, code, message, what, out_before)
+        assert _snapshot(case, skip=out) == before, f"{what}: wrote outside the target"
         outcomes[code] = outcomes.get(code, 0) + 1
         try:
             verify(source, str(hf), progress=False)
         except Bids2HfError as exc:
             assert "\n" not in str(exc), what
+    return outcomes
+
+
+def test_fuzzed_manifest(published: Path, source: Path, tmp_path: Path) -> None:
+    n_rows = _n_rows(published)
+    outcomes = _run(
+        _cases(published, tmp_path, 60, lambda hf, rng: damage_manifest(hf, rng, n_rows)), source
+    )
     assert outcomes.get(2, 0) >= 30, outcomes  # most damage is refused, not tolerated
 
 
@@ -234,18 +358,36 @@ def test_fuzzed_footer_index(
             (hf / MANIFEST_PATH).unlink()
         return damage_footer(hf, rng)
 
-    outcomes: dict[int, int] = {}
-    for case, hf, what in _cases(published, tmp_path, 25, damage):
-        before = _snapshot(case, skip=case / "out")
-        code, message = run_export(hf, case / "out")
-        check_outcome(case, case / "out", source, code, message, what)
-        assert _snapshot(case, skip=case / "out") == before, f"{what}: wrote outside the target"
-        outcomes[code] = outcomes.get(code, 0) + 1
-        try:
-            verify(source, str(hf), progress=False)
-        except Bids2HfError as exc:
-            assert "\n" not in str(exc), what
+    outcomes = _run(_cases(published, tmp_path, 25, damage), source)
     assert outcomes.get(2, 0) >= 10, outcomes
+
+
+@pytest.mark.parametrize("with_manifest", [True, False])
+def test_fuzzed_data_pages(
+    published: Path, source: Path, tmp_path: Path, with_manifest: bool
+) -> None:
+    """Damaged data pages (a bad download): a one-line refusal or a correct export."""
+
+    def damage(hf: Path, rng: random.Random) -> str:
+        if not with_manifest:
+            (hf / MANIFEST_PATH).unlink()
+        return damage_pages(hf, rng)
+
+    outcomes = _run(_cases(published, tmp_path, 30, damage), source)
+    assert outcomes.get(1, 0) >= 10, outcomes
+
+
+def test_fuzzed_name_clashes(published: Path, source: Path, tmp_path: Path) -> None:
+    """A file where another file's folder is (in the dataset or in the output folder), or a
+    folder where a file goes: refused with exit 2 before the first write, unless a manifest
+    that does not list the clashing file makes it no part of the dataset."""
+    kinds = itertools.cycle(CLASHES)
+    cases = _cases(
+        published, tmp_path, 3 * len(CLASHES), lambda hf, rng: damage_clash(hf, rng, next(kinds))
+    )
+    for case, hf, what in cases:
+        outcomes = _run([(case, hf, what)], source)
+        assert outcomes == ({0: 1} if "not in the manifest" in what else {2: 1}), what
 
 
 # -- targeted damage: each is refused with exit 2 before anything is written -------------------

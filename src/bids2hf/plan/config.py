@@ -18,6 +18,15 @@ Example (the Aphasia Recovery Cohort schema ships as ``examples/arc.toml``)::
     name = "dwi_bvals"
     kinds = ["dwi/dwi"]
     value = "bval"                 # image | sha256 | path | bval | bvec | meta | entity:NAME
+    [[columns]]
+    name = "t2w_acquisition"
+    kinds = ["anat/T2w"]
+    value = "entity:acquisition"
+    map = { spc3p2 = "space_2x" }  # readable names; values not listed are kept as they are
+    [[columns]]
+    name = "lesion"
+    kinds = ["lesion_masks:anat/mask"]
+    source = "t2w"                 # + lesion_source_index: the t2w element the mask belongs to
 """
 
 from __future__ import annotations
@@ -57,6 +66,11 @@ class ColumnRule:
     # best one is taken and the others are listed as left out (never dropped silently).
     prefer: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     description: str = ""
+    # For entity:NAME and meta:KEY columns: value → readable name (values not listed are kept).
+    map: Mapping[str, str] = field(default_factory=dict)
+    # An earlier image column whose elements this column's files are matched with by entities
+    # (the match goes into a `<name>_source_index` column).
+    source: str = ""
 
     def rank(self, entities: Mapping[str, str]) -> tuple[int, ...]:
         ranks = []
@@ -128,41 +142,9 @@ def parse_config(data: Mapping[str, Any], source: str = "config") -> Config:
     unknown = sorted(set(data) - known)
     if unknown:
         raise InputError(f"{source}: unknown key(s) {', '.join(unknown)} (known: {sorted(known)})")
-    rules = []
-    names: set[str] = set()
+    rules: list[ColumnRule] = []
     for i, raw in enumerate(data.get("columns", [])):
-        where = f"{source}: columns[{i}]"
-        if not isinstance(raw, dict) or "name" not in raw:
-            raise InputError(f"{where}: each [[columns]] entry needs a name")
-        name = raw["name"]
-        kinds = raw.get("kinds", raw.get("kind"))
-        if isinstance(kinds, str):
-            kinds = [kinds]
-        if not kinds or not all(isinstance(k, str) and "/" in k for k in kinds):
-            raise InputError(f"{where} ({name}): `kinds` must list datatype/suffix, e.g. anat/T1w")
-        value = raw.get("value", "image")
-        if value not in VALUE_KINDS and not str(value).startswith(("entity:", "meta:")):
-            raise InputError(
-                f"{where} ({name}): value {value!r} must be one of {VALUE_KINDS}, "
-                "entity:NAME or meta:KEY"
-            )
-        if name in names:
-            raise InputError(f"{where}: column {name!r} defined twice")
-        names.add(name)
-        rules.append(
-            ColumnRule(
-                name=name,
-                kinds=tuple(kinds),
-                where={str(k): str(v) for k, v in raw.get("where", {}).items()},
-                value=value,
-                single=bool(raw.get("single", False)),
-                prefer={
-                    str(k): tuple(str(x) for x in (v if isinstance(v, list) else [v]))
-                    for k, v in raw.get("prefer", {}).items()
-                },
-                description=str(raw.get("description", "")),
-            )
-        )
+        rules.append(_column_rule(raw, f"{source}: columns[{i}]", rules))
     return Config(
         columns=tuple(rules),
         participants=_table_rule(data.get("participants"), f"{source}: [participants]"),
@@ -171,6 +153,73 @@ def parse_config(data: Mapping[str, Any], source: str = "config") -> Config:
         sha256_columns=bool(data.get("sha256_columns", True)),
         source=source,
     )
+
+
+_COLUMN_KEYS = (
+    "name", "kinds", "kind", "where", "value", "single", "prefer", "description", "map", "source",
+)  # fmt: skip
+
+
+def _column_rule(raw: Any, where: str, earlier: list[ColumnRule]) -> ColumnRule:
+    """One ``[[columns]]`` entry, checked against the rules before it."""
+    if not isinstance(raw, dict) or "name" not in raw:
+        raise InputError(f"{where}: each [[columns]] entry needs a name")
+    name = raw["name"]
+    unknown = sorted(set(raw) - set(_COLUMN_KEYS))
+    if unknown:
+        raise InputError(
+            f"{where} ({name}): unknown key(s) {', '.join(unknown)} "
+            f"(known: {', '.join(_COLUMN_KEYS)})"
+        )
+    kinds = raw.get("kinds", raw.get("kind"))
+    if isinstance(kinds, str):
+        kinds = [kinds]
+    if not kinds or not all(isinstance(k, str) and "/" in k for k in kinds):
+        raise InputError(f"{where} ({name}): `kinds` must list datatype/suffix, e.g. anat/T1w")
+    value = raw.get("value", "image")
+    if value not in VALUE_KINDS and not str(value).startswith(("entity:", "meta:")):
+        raise InputError(
+            f"{where} ({name}): value {value!r} must be one of {VALUE_KINDS}, "
+            "entity:NAME or meta:KEY"
+        )
+    if any(r.name == name for r in earlier):
+        raise InputError(f"{where}: column {name!r} defined twice")
+    return ColumnRule(
+        name=name,
+        kinds=tuple(kinds),
+        where={str(k): str(v) for k, v in raw.get("where", {}).items()},
+        value=value,
+        single=bool(raw.get("single", False)),
+        prefer={
+            str(k): tuple(str(x) for x in (v if isinstance(v, list) else [v]))
+            for k, v in raw.get("prefer", {}).items()
+        },
+        description=str(raw.get("description", "")),
+        map=_value_map(raw.get("map"), value, f"{where} ({name})"),
+        source=_source(raw.get("source"), value, earlier, f"{where} ({name})"),
+    )
+
+
+def _value_map(raw: Any, value: str, where: str) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if not str(value).startswith(("entity:", "meta:")):
+        raise InputError(f"{where}: `map` applies to entity:NAME or meta:KEY columns only")
+    if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
+        raise InputError(f'{where}: `map` must map values to names, e.g. {{ spc3p2 = "space_2x" }}')
+    return {str(k): v for k, v in raw.items()}
+
+
+def _source(raw: Any, value: str, earlier: list[ColumnRule], where: str) -> str:
+    if raw is None:
+        return ""
+    images = [r.name for r in earlier if r.value == "image"]
+    if value != "image" or raw not in images:
+        raise InputError(
+            f"{where}: `source` must name an image column declared before this image column "
+            f"(declared so far: {', '.join(images) or 'none'})"
+        )
+    return str(raw)
 
 
 def load_config(path: str | Path) -> Config:

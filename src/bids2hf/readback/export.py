@@ -8,22 +8,28 @@ one row group at a time (only the columns that hold wanted files) and checks eve
 and sha256 before it is renamed into place.
 
 Exit codes (through the CLI): 2 when the index is refused (damaged or crafted, or a path that
-would land outside the output folder), 1 when published files are missing or their bytes do not
+would land outside the output folder) or the output folder is in the way, always before the
+first write; 1 when published files are missing, a shard's pages cannot be read, or bytes do not
 match the recorded size/sha256.
 
-Without a manifest, embedded files come from the shards' footer indexes and dataset-level files
-from ``bids/``, where conversion stores them verbatim; what cannot be restored that way is named
-and the export refused.
+A manifest that parses says what the dataset holds: only the shards it references are read,
+and what else the shards, ``bids/`` or ``data/`` hold (stale copies, foreign files, which bids2hf
+never deletes) is not exported, with one warning. Without a manifest, embedded files come from
+the shards' footer indexes and dataset-level files from ``bids/``, where conversion stores them
+verbatim; what cannot be restored that way is named and the export refused.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import fnmatch
 import hashlib
 import logging
 import os
-import shutil
+import posixpath
+import tempfile
+import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -43,7 +49,8 @@ __all__ = ["ExportReport", "export"]
 
 log = logging.getLogger(__name__)
 
-_TMP = ".bids2hf-export-tmp"
+#: Each run writes into a temporary folder of its own in the output folder, named with this prefix.
+_TMP_PREFIX = ".bids2hf-export-"
 _REFUSED = (
     "the index is damaged or crafted, so it is refused (download or convert the dataset again)"
 )
@@ -91,12 +98,19 @@ class _Shard:
             n += self.meta.row_group(i).num_rows
         return out
 
-    def file_column(self, name: str) -> _FileColumn | None:
-        """How column ``name`` stores files, or None if it is no file column."""
+    def file_column(self, name: str, where: str) -> _FileColumn | None:
+        """How column ``name`` stores files, or None if it is no file column.
+
+        Raises:
+            InputError: the shard has two columns named ``name`` (crafted).
+        """
         schema = self.meta.schema.to_arrow_schema()
-        if name not in schema.names:
+        found = schema.get_all_field_indices(name)
+        if not found:
             return None
-        kind = schema.field(name).type
+        if len(found) > 1:
+            raise InputError(f"{where}: has a column named {name!r} twice; {_REFUSED}")
+        kind = schema.field(found[0]).type
         is_list = pa.types.is_list(kind) or pa.types.is_large_list(kind)
         item = kind.value_type if is_list else kind
         if not pa.types.is_struct(item):
@@ -135,10 +149,12 @@ class _FileColumn:
     bytes_leaf: int  # Parquet column index of the ``bytes`` field
 
 
-def _read_shards(dataset: PublishedDataset) -> dict[str, _Shard]:
+def _read_shards(
+    dataset: PublishedDataset, manifest: list[ManifestEntry] | None
+) -> dict[str, _Shard]:
+    """The shards of the dataset (see :meth:`PublishedDataset.footers`), each index checked."""
     shards = {}
-    for path in dataset.shards():
-        meta, files = dataset.footer(path)
+    for path, (meta, files) in dataset.footers(manifest).items():
         index: dict[_Slot, EmbeddedFile] = {}
         for e in files:
             if _slot(e) in index:
@@ -156,14 +172,17 @@ def _from_footer(shard: str, e: EmbeddedFile) -> ManifestEntry:
 
 
 def _entries(
-    dataset: PublishedDataset, shards: dict[str, _Shard], bids_files: dict[str, int]
+    dataset: PublishedDataset,
+    manifest: list[ManifestEntry] | None,
+    shards: dict[str, _Shard],
+    bids_files: dict[str, int],
 ) -> tuple[list[ManifestEntry], list[ManifestEntry], bool]:
-    """The manifest's entries, the files the manifest does not list, and whether there is one.
+    """The manifest's entries, the files to restore without it, and whether there is one.
 
-    The manifest is checked against each shard's own index; files that one of the shards or
-    ``bids/`` holds but the manifest does not list (a manifest cut short) are added.
+    The manifest is checked against each shard's own index and trusted: files it does not list
+    are not exported (one warning says how many). Only without a manifest are the files the
+    shards' indexes and ``bids/`` hold restored.
     """
-    manifest = dataset.manifest()
     entries = list(manifest or [])
     in_rows: set[tuple[str, _Slot]] = set()
     in_bids: set[str] = set()
@@ -189,35 +208,56 @@ def _entries(
                     f"{e.row}, column {e.column}, index {e.index} of {e.location}, where that "
                     f"shard's own index has {theirs}; {_REFUSED}"
                 )
-    extra = [
-        _from_footer(path, e)
-        for path, shard in shards.items()
+    if manifest is not None:
+        _warn_unlisted(dataset, manifest, shards, bids_files, in_rows, in_bids)
+        return entries, [], True
+    extra = [_from_footer(path, e) for path, shard in shards.items() for e in shard.index.values()]
+    for location, size in sorted(bids_files.items()):
+        path = safe_relpath(location[len(DATASET_FILES_PREFIX) :], f"{dataset.url}/{location}")
+        # No sha256 is recorded for these: their size is checked, and the copy is verbatim.
+        extra.append(ManifestEntry(path, size, "dataset_file", None, location))
+    log.warning(
+        "%s has no %s: embedded files are restored from the shards' own index (sha256 "
+        "checked), dataset-level files from bids/ (size checked); files left out at "
+        "conversion time are not known",
+        dataset.url,
+        MANIFEST_PATH,
+    )
+    return entries, extra, False
+
+
+def _warn_unlisted(
+    dataset: PublishedDataset,
+    manifest: list[ManifestEntry],
+    shards: dict[str, _Shard],
+    bids_files: dict[str, int],
+    in_rows: set[tuple[str, _Slot]],
+    in_bids: set[str],
+) -> None:
+    """One warning naming how many files the manifest does not list, which are not exported.
+
+    A manifest that parses says what the dataset holds: bids2hf never deletes files it did not
+    write, so what else the shards, ``bids/`` or ``data/`` hold is a stale copy or a foreign
+    file, and restoring it would bring back files that are no part of the dataset.
+    """
+    referenced = {e.location for e in manifest if e.placement == "row"}
+    ignored = [
+        f"{e.path} in {path}"
+        for path, shard in sorted(shards.items())
         for slot, e in shard.index.items()
         if (path, slot) not in in_rows
     ]
-    for location, size in sorted(bids_files.items()):
-        if location not in in_bids:
-            path = safe_relpath(location[len(DATASET_FILES_PREFIX) :], f"{dataset.url}/{location}")
-            # No sha256 is recorded for these: their size is checked, and the copy is verbatim.
-            extra.append(ManifestEntry(path, size, "dataset_file", None, location))
-    if manifest is None:
+    ignored += [location for location in sorted(bids_files) if location not in in_bids]
+    ignored += [shard for shard in dataset.shards() if shard not in referenced]
+    if ignored:
         log.warning(
-            "%s has no %s: embedded files are restored from the shards' own index (sha256 "
-            "checked), dataset-level files from bids/ (size checked); files left out at "
-            "conversion time are not known",
+            "%s/%s does not list %d file(s) that the shards, bids/ or data/ hold (e.g. %s): "
+            "ignored, not exported (the manifest says what the dataset holds)",
             dataset.url,
             MANIFEST_PATH,
+            len(ignored),
+            ignored[0],
         )
-    elif extra:
-        log.warning(
-            "%s/%s does not list %d file(s) that the shards or bids/ hold (e.g. %s; a manifest "
-            "cut short?): restored from the shards' index and bids/",
-            dataset.url,
-            MANIFEST_PATH,
-            len(extra),
-            extra[0].path,
-        )
-    return entries, extra, manifest is not None
 
 
 def _by_group(starts: list[int], entries: list[ManifestEntry]) -> dict[int, list[ManifestEntry]]:
@@ -242,7 +282,7 @@ def _check_row_entries(
     columns: dict[str, _FileColumn] = {}
     for e in entries:
         assert e.column is not None and e.row is not None
-        column = columns.get(e.column) or shard.file_column(e.column)
+        column = columns.get(e.column) or shard.file_column(e.column, where)
         if column is None:
             raise InputError(
                 f"{where}: has no file column {e.column!r}, where {e.path!r} is said to be; "
@@ -263,15 +303,15 @@ def _check_row_entries(
                 f"{e.column!r} in its row group ({limit}); {_REFUSED}"
             )
     with _open(dataset, shard.path) as f:
-        pf = pq.ParquetFile(f)
+        pf = _parquet(f, where)
         for group, wanted in _by_group(starts, entries).items():
             leaves = sorted({columns[e.column].path_leaf for e in wanted if e.column})
-            table = pf.read_row_group(group, columns=leaves)
+            table = _read_group(pf, group, leaves, where)
             for e in wanted:
                 assert e.column is not None and e.row is not None
                 cell = table.column(e.column)[e.row - starts[group]]
                 item = _item(cell, e, where)
-                stored = item["path"].as_py() if item.is_valid else None
+                stored = _stored_path(item)
                 if stored != e.path:
                     if isinstance(stored, str):
                         safe_relpath(stored, where)  # a crafted cell is named as such
@@ -279,6 +319,45 @@ def _check_row_entries(
                         f"{where}: row {e.row} column {e.column} holds {stored!r}, where the "
                         f"index says {e.path!r}; {_REFUSED}"
                     )
+
+
+def _parquet(f: BinaryIO, where: str) -> pq.ParquetFile:
+    """``f`` opened as Parquet.
+
+    Raises:
+        VerificationError: its footer cannot be read (a damaged copy).
+    """
+    try:
+        return pq.ParquetFile(f)
+    except (pa.ArrowException, OSError) as exc:
+        raise _unreadable(where, exc) from None
+
+
+def _read_group(pf: pq.ParquetFile, group: int, columns: list[str], where: str) -> pa.Table:
+    """Row group ``group`` of ``pf``, only ``columns``.
+
+    Raises:
+        VerificationError: its pages cannot be read or decoded (a damaged copy).
+    """
+    try:
+        return pf.read_row_group(group, columns=columns)
+    except (pa.ArrowException, OSError) as exc:
+        raise _unreadable(where, exc) from None
+
+
+def _unreadable(where: str, exc: Exception) -> VerificationError:
+    return VerificationError(f"{where}: not readable ({exc}); the published copy is damaged")
+
+
+def _stored_path(item: pa.StructScalar) -> str | bytes | None:
+    """The path stored in a file's struct; its raw bytes if they are no UTF-8 (damaged)."""
+    if not item.is_valid:
+        return None
+    path = item["path"]
+    try:
+        return path.as_py()
+    except UnicodeDecodeError:  # Parquet readers do not check UTF-8: a damaged page
+        return path.as_buffer().to_pybytes()
 
 
 def _item(cell: pa.Scalar, e: ManifestEntry, where: str) -> pa.StructScalar:
@@ -301,30 +380,50 @@ def _item(cell: pa.Scalar, e: ManifestEntry, where: str) -> pa.StructScalar:
 class _Target:
     """Writes one output file atomically and checks its checksum."""
 
-    def __init__(self, out: Path, entry: ManifestEntry) -> None:
+    def __init__(self, out: Path, tmp: Path, entry: ManifestEntry) -> None:
         self.entry = entry
         self.final = out / entry.path
-        self.tmp = out / _TMP / hashlib.sha256(entry.path.encode()).hexdigest()
+        # A name of its own in this run's own folder (O_EXCL below): no other run, and no other
+        # file of this run, can write or remove it.
+        self.tmp = tmp / uuid.uuid4().hex
 
     def write(self, chunks: Iterable[memoryview | bytes]) -> int:
+        """Write ``chunks``, check them and rename the file into place.
+
+        Raises:
+            VerificationError: the bytes differ from the recorded size or sha256.
+            DestinationError: the file cannot be put in place (its folder became a file).
+        """
         sha = hashlib.sha256()
         size = 0
-        with open(self.tmp, "wb") as f:
-            for chunk in chunks:
-                sha.update(chunk)
-                size += f.write(chunk)
-                if size > self.entry.size:
-                    break  # already wrong: do not fill the disk with a crafted stream
-            f.flush()
-            os.fsync(f.fileno())
-        if size != self.entry.size or (self.entry.sha256 and sha.hexdigest() != self.entry.sha256):
-            self.tmp.unlink()
-            raise VerificationError(
-                f"{self.entry.path}: stored bytes do not match the recorded size/sha256; "
-                "the published copy is damaged"
-            )
-        self.final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self.tmp, self.final)
+        fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with open(fd, "wb") as f:
+                for chunk in chunks:
+                    sha.update(chunk)
+                    size += f.write(chunk)
+                    if size > self.entry.size:
+                        break  # already wrong: do not fill the disk with a crafted stream
+                f.flush()
+                os.fsync(f.fileno())
+            if size != self.entry.size or (
+                self.entry.sha256 and sha.hexdigest() != self.entry.sha256
+            ):
+                raise VerificationError(
+                    f"{self.entry.path}: stored bytes do not match the recorded size/sha256; "
+                    "the published copy is damaged"
+                )
+            try:
+                self.final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(self.tmp, self.final)
+            except OSError as exc:  # checked before writing began: changed since
+                raise DestinationError(
+                    f"{self.final}: cannot be written ({exc.strerror or exc}); something in the "
+                    "output folder is in the way"
+                ) from None
+        except BaseException:
+            self.tmp.unlink(missing_ok=True)
+            raise
         return size
 
 
@@ -348,6 +447,58 @@ def _missing(dataset: PublishedDataset, relpath: str) -> VerificationError:
     )
 
 
+def _folders(path: str) -> Iterator[str]:
+    """The folders ``path`` sits in, innermost first (``a/b/c`` → ``a/b``, ``a``)."""
+    while path := posixpath.dirname(path):
+        yield path
+
+
+def _refuse_clashes(dataset: PublishedDataset, chosen: dict[str, ManifestEntry]) -> None:
+    """Refuse a path that is also a folder of another chosen path: both cannot be written.
+
+    Raises:
+        InputError: naming both paths (a crafted or damaged dataset).
+    """
+    for path in sorted(chosen):
+        for folder in _folders(path):
+            if folder in chosen:
+                raise InputError(
+                    f"{dataset.url}: {folder!r} is both a file and the folder of {path!r}; "
+                    f"{_REFUSED}"
+                )
+
+
+def _refuse_blocked(out: Path, chosen: Iterable[str], overwrite: bool) -> None:
+    """Refuse before writing when ``out`` holds something no file can be written over.
+
+    Raises:
+        InputError: a path resolves outside ``out`` (a symlinked folder inside it).
+        DestinationError: a file would be replaced without ``overwrite``; a folder stands where
+            a file goes; a file (or anything but a folder) stands where a folder goes.
+    """
+    if out.exists() and not out.is_dir():
+        raise DestinationError(f"{out}: exists and is no folder; choose another output folder")
+    resolved_out = out.resolve()
+    folders: set[str] = set()
+    for path in chosen:
+        if not (resolved_out / path).resolve().is_relative_to(resolved_out):
+            raise InputError(f"refusing stored path {path!r}: it resolves outside {out}")
+        target = out / path
+        if target.is_dir():
+            raise DestinationError(
+                f"{target}: is a folder where export writes a file; move it away"
+            )
+        if target.exists() and not overwrite:
+            raise DestinationError(f"{target}: already exists; pass --overwrite to replace it")
+        folders.update(_folders(path))
+    for folder in sorted(folders):
+        where = out / folder
+        if os.path.lexists(where) and not where.is_dir():
+            raise DestinationError(
+                f"{where}: is no folder, where export writes files into a folder; move it away"
+            )
+
+
 def _choose(
     dataset: PublishedDataset,
     include: Sequence[str],
@@ -355,9 +506,10 @@ def _choose(
     report: ExportReport,
 ) -> tuple[dict[str, ManifestEntry], dict[str, _Shard]]:
     """The entries to write, by path, all checked; and the shards they come from."""
-    shards = _read_shards(dataset)
+    manifest = dataset.manifest()
+    shards = _read_shards(dataset, manifest)
     bids_files = dataset.files(DATASET_FILES_PREFIX.rstrip("/"))
-    entries, extra, listed = _entries(dataset, shards, bids_files)
+    entries, extra, listed = _entries(dataset, manifest, shards, bids_files)
     chosen: dict[str, ManifestEntry] = {}
     for e in entries:
         if e.placement == "left_out":
@@ -366,20 +518,16 @@ def _choose(
             report.skipped.append(e.path)
         elif _wanted(e.path, include, exclude) and e.path not in chosen:
             chosen[e.path] = e
-    unlisted: dict[str, ManifestEntry] = {}
-    for e in extra:
-        listed_here = e.path in chosen and e.path not in unlisted
-        if listed_here or not _wanted(e.path, include, exclude):
-            continue  # the manifest's word wins over a stray copy
-        other = unlisted.get(e.path)
-        if other is not None and (other.size, other.sha256) != (e.size, e.sha256):
+    for e in extra:  # only without a manifest
+        if not _wanted(e.path, include, exclude):
+            continue
+        other = chosen.setdefault(e.path, e)
+        if (other.size, other.sha256) != (e.size, e.sha256):
             raise InputError(
                 f"{dataset.url}: {e.path!r} is held twice, with different contents, in "
                 f"{other.location} and {e.location}, and no manifest says which is current; "
                 "remove the stale copy or restore the manifest"
             )
-        chosen.setdefault(e.path, e)
-        unlisted[e.path] = e
     if not listed:
         lost = [p for p in _REQUIRED if p not in chosen and _wanted(p, include, exclude)]
         if lost:
@@ -389,6 +537,7 @@ def _choose(
                 f"({where}; an interrupted upload? re-run the convert or push to complete it); "
                 f"to export the rest anyway, add --exclude {' --exclude '.join(lost)}"
             )
+    _refuse_clashes(dataset, chosen)
     by_shard: dict[str, list[ManifestEntry]] = defaultdict(list)
     for e in chosen.values():
         assert e.location is not None
@@ -437,42 +586,68 @@ def export(
     Raises:
         InputError: the source is no bids2hf dataset, or its index is damaged or crafted
             (refused before anything is written).
-        DestinationError: a file would be replaced without ``overwrite``.
-        VerificationError: published files are missing, differ from their recorded size or
-            sha256, or (without a manifest) dataset-level files cannot be restored.
+        DestinationError: a file would be replaced without ``overwrite``, or something in
+            ``bids_out`` stands where a folder or file goes (refused before anything is
+            written).
+        VerificationError: published files are missing, a shard's pages cannot be read,
+            files differ from their recorded size or sha256, or (without a manifest)
+            dataset-level files cannot be restored.
     """
     dataset = open_dataset(source)
     out = Path(bids_out)
     report = ExportReport(str(out))
     chosen, shards = _choose(dataset, include, exclude, report)
-    resolved_out = out.resolve()
-    for path in chosen:
-        if not (resolved_out / path).resolve().is_relative_to(resolved_out):
-            raise InputError(f"refusing stored path {path!r}: it resolves outside {out}")
-        if (out / path).exists() and not overwrite:
-            raise DestinationError(f"{out / path}: already exists; pass --overwrite to replace it")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / _TMP).mkdir(exist_ok=True)
+    _refuse_blocked(out, chosen, overwrite)
+    tmp = _run_folder(out)
     total = sum(e.size for e in chosen.values())
     try:
         with ProgressBar(total, len(chosen), enabled=progress, desc="export") as bar:
-            for e in chosen.values():
-                if e.placement == "dataset_file":
-                    assert e.location is not None
-                    with _open(dataset, e.location) as f:
-                        report.bytes += _Target(out, e).write(_chunks(f))
-                    report.files += 1
-                    bar.update(e.size, 1)
-            by_shard: dict[str, list[ManifestEntry]] = defaultdict(list)
-            for e in chosen.values():
-                if e.placement == "row":
-                    assert e.location is not None
-                    by_shard[e.location].append(e)
-            for shard in sorted(by_shard):
-                _export_shard(dataset, shards[shard], by_shard[shard], out, report, bar)
+            _write_chosen(dataset, chosen, shards, out, tmp, report, bar)
     finally:
-        shutil.rmtree(out / _TMP, ignore_errors=True)
+        # Each write removes its own temporary file: the folder is empty unless someone else
+        # put something there, which is then kept.
+        with contextlib.suppress(OSError):
+            tmp.rmdir()
     return report
+
+
+def _run_folder(out: Path) -> Path:
+    """Create ``out`` and, in it, this run's own temporary folder (no other run shares it).
+
+    Raises:
+        DestinationError: ``out`` cannot be created or written to.
+    """
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(dir=out, prefix=_TMP_PREFIX))
+    except OSError as exc:  # a file on its path, no permission, ...
+        raise DestinationError(f"{out}: cannot be written to ({exc.strerror or exc})") from None
+
+
+def _write_chosen(
+    dataset: PublishedDataset,
+    chosen: dict[str, ManifestEntry],
+    shards: dict[str, _Shard],
+    out: Path,
+    tmp: Path,
+    report: ExportReport,
+    bar: ProgressBar,
+) -> None:
+    """Write the dataset-level files, then the embedded files shard by shard."""
+    for e in chosen.values():
+        if e.placement == "dataset_file":
+            assert e.location is not None
+            with _open(dataset, e.location) as f:
+                report.bytes += _Target(out, tmp, e).write(_chunks(f))
+            report.files += 1
+            bar.update(e.size, 1)
+    by_shard: dict[str, list[ManifestEntry]] = defaultdict(list)
+    for e in chosen.values():
+        if e.placement == "row":
+            assert e.location is not None
+            by_shard[e.location].append(e)
+    for shard in sorted(by_shard):
+        _export_shard(dataset, shards[shard], by_shard[shard], out, tmp, report, bar)
 
 
 def _export_shard(
@@ -480,6 +655,7 @@ def _export_shard(
     shard: _Shard,
     entries: list[ManifestEntry],
     out: Path,
+    tmp: Path,
     report: ExportReport,
     bar: ProgressBar,
 ) -> None:
@@ -487,20 +663,33 @@ def _export_shard(
     starts = shard.starts
     by_group = _by_group(starts, entries)
     with _open(dataset, shard.path) as f:
-        pf = pq.ParquetFile(f)
+        pf = _parquet(f, where)
         for group in sorted(by_group):
             wanted = by_group[group]
             columns = sorted({e.column for e in wanted if e.column})
-            table = pf.read_row_group(group, columns=columns)
+            table = _read_group(pf, group, columns, where)
             for e in wanted:
                 assert e.row is not None and e.column is not None
-                item = _item(table.column(e.column)[e.row - starts[group]], e, where)
-                # Checked before writing began; checked again, since this is what is written.
-                if not item.is_valid or item["path"].as_py() != e.path:
-                    raise InputError(f"{where}: row {e.row} column {e.column} changed while read")
+                # Checked before writing began, from the path pages alone; checked again, since
+                # this is what is written. A difference now means the pages of the bytes
+                # disagree with those of the paths (or the file changed while read): files
+                # were written already, so this is no refusal of the index (exit 2) but a
+                # damaged copy (exit 1).
+                try:
+                    item: pa.StructScalar | None = _item(
+                        table.column(e.column)[e.row - starts[group]], e, where
+                    )
+                except InputError:
+                    item = None
+                if item is None or _stored_path(item) != e.path:
+                    raise VerificationError(
+                        f"{where}: row {e.row} column {e.column} no longer holds {e.path!r} when "
+                        "read with its bytes; the published copy is damaged (or changed while "
+                        "read)"
+                    )
                 data = item["bytes"]
                 buffer = data.as_buffer() if data.is_valid else b""
-                report.bytes += _Target(out, e).write([memoryview(buffer)])
+                report.bytes += _Target(out, tmp, e).write([memoryview(buffer)])
                 report.files += 1
                 bar.update(e.size, 1)
             del table

@@ -12,6 +12,7 @@ a crash.
 from __future__ import annotations
 
 import json
+import logging
 import posixpath
 import re
 import reprlib
@@ -23,9 +24,10 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bids2hf.errors import InputError, VerificationError
+from bids2hf.errors import InputError, VerificationError, one_line
 from bids2hf.model.format import (
     DATASET_FILES_PREFIX,
+    FOOTER_KEY,
     MANIFEST_PATH,
     EmbeddedFile,
     read_footer_index,
@@ -45,6 +47,11 @@ _MANIFEST_FIELDS = frozenset(f.name for f in fields(ManifestEntry))
 _REFUSED = (
     "the index is damaged or crafted, so it is refused (download or convert the dataset again)"
 )
+
+log = logging.getLogger(__name__)
+
+#: A shard's Parquet metadata and its checked bids2hf index.
+Footer = tuple[pq.FileMetaData, list[EmbeddedFile]]
 
 _show = reprlib.Repr()
 _show.maxstring = 60
@@ -228,30 +235,79 @@ class PublishedDataset:
             return None
         return parse_manifest(self.read_bytes(MANIFEST_PATH), f"{self.url}/{MANIFEST_PATH}")
 
-    def footer(self, shard: str) -> tuple[pq.FileMetaData, list[EmbeddedFile]]:
+    def _metadata(self, shard: str) -> pq.FileMetaData:
+        """A shard's Parquet metadata; raises pa.ArrowException or OSError if it has none."""
+        with self.fs.open(self.path(shard), "rb") as f:
+            return pq.ParquetFile(f).metadata
+
+    def _index(self, shard: str, meta: pq.FileMetaData) -> list[EmbeddedFile]:
+        where = f"{self.url}/{shard}"
+        try:
+            index = read_footer_index(meta)
+        except (ValueError, TypeError, RecursionError) as exc:
+            raise _refuse(where, f"unreadable bids2hf index ({exc})") from None
+        return [check_embedded(e, f"{where} index entry {i}") for i, e in enumerate(index)]
+
+    def footer(self, shard: str) -> Footer:
         """A shard's Parquet metadata and its checked bids2hf index (empty for foreign files).
 
         Raises:
             VerificationError: the shard is no readable Parquet file (a damaged copy).
             InputError: its index is damaged or crafted.
         """
-        where = f"{self.url}/{shard}"
-        with self.fs.open(self.path(shard), "rb") as f:
-            try:
-                meta = pq.ParquetFile(f).metadata
-            except pa.ArrowException as exc:
-                raise VerificationError(
-                    f"{where}: not a readable Parquet file ({exc}); the published copy is damaged"
-                ) from None
         try:
-            index = read_footer_index(meta)
-        except (ValueError, TypeError, RecursionError) as exc:
-            raise _refuse(where, f"unreadable bids2hf index ({exc})") from None
-        return meta, [check_embedded(e, f"{where} index entry {i}") for i, e in enumerate(index)]
+            meta = self._metadata(shard)
+        except (pa.ArrowException, OSError) as exc:
+            raise VerificationError(
+                f"{self.url}/{shard}: not a readable Parquet file ({exc}); the published copy "
+                "is damaged"
+            ) from None
+        return meta, self._index(shard, meta)
 
-    def embedded(self) -> dict[str, list[EmbeddedFile]]:
-        """Shard → the files its footer says it holds."""
-        return {shard: self.footer(shard)[1] for shard in self.shards()}
+    def footers(self, manifest: list[ManifestEntry] | None) -> dict[str, Footer]:
+        """The footers of the shards that make up the dataset, by shard path.
+
+        bids2hf never deletes a file it did not write, so ``data/`` may hold foreign files and
+        stale copies next to the shards. With a manifest, only the ``data/*.parquet`` files it
+        references are read (one it references but that is absent is left to the caller).
+        Without one, every ``data/*.parquet`` is read, and a file that is no bids2hf shard (no
+        readable Parquet file, or no bids2hf index in its footer) is ignored with a warning.
+
+        Raises:
+            VerificationError: a shard the manifest references is no readable Parquet file.
+            InputError: the bids2hf index of a shard is damaged or crafted.
+        """
+        present = self.shards()
+        if manifest is not None:
+            referenced = {e.location for e in manifest if e.placement == "row"}
+            return {shard: self.footer(shard) for shard in present if shard in referenced}
+        found: dict[str, Footer] = {}
+        for shard in present:
+            where = f"{self.url}/{shard}"
+            try:
+                meta = self._metadata(shard)
+            except (pa.ArrowException, OSError) as exc:
+                # Without a manifest, nothing says this file belongs to the dataset.
+                log.warning(
+                    "%s: not a bids2hf shard (no readable Parquet file: %s), ignored",
+                    where,
+                    one_line(str(exc)),
+                )
+                continue
+            if FOOTER_KEY not in (meta.metadata or {}):
+                log.warning("%s: not a bids2hf shard (no bids2hf index), ignored", where)
+                continue
+            # A file with a bids2hf index claims to be a shard: a damaged index is refused.
+            found[shard] = meta, self._index(shard, meta)
+        return found
+
+    def embedded(self, manifest: list[ManifestEntry] | None) -> dict[str, list[EmbeddedFile]]:
+        """Shard → the files its footer says it holds, for the shards of :meth:`footers`.
+
+        Raises:
+            VerificationError, InputError: see :meth:`footers`.
+        """
+        return {shard: files for shard, (_, files) in self.footers(manifest).items()}
 
 
 def open_dataset(url: str) -> PublishedDataset:

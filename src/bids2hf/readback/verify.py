@@ -81,22 +81,34 @@ def _sha256(path: Path, bar: ProgressBar) -> str:
 
 
 def verify(bids_dir: str | os.PathLike[str], source: str, *, progress: bool = True) -> VerifyReport:
-    """Compare ``bids_dir`` with the dataset at ``source`` (folder, hf:// or fsspec URL)."""
+    """Compare ``bids_dir`` with the dataset at ``source`` (folder, hf:// or fsspec URL).
+
+    Raises:
+        InputError: ``bids_dir`` is no folder, ``source`` is no bids2hf dataset, or its index is
+            damaged or crafted.
+        VerificationError: a shard the manifest references is no readable Parquet file.
+    """
     if not Path(bids_dir).is_dir():
         # Otherwise a typo would report every published file as "extra".
         raise InputError(f"{bids_dir}: no such folder (give the BIDS folder to compare)")
     dataset = open_dataset(source)
     published: dict[str, ManifestEntry] = {}
     left_out: set[str] = set()
-    manifest = dataset.manifest() or []
-    for e in manifest:
+    manifest = dataset.manifest()
+    for e in manifest or []:
         if e.placement == "left_out":
             left_out.add(e.path)
         elif e.placement == "dataset_file" and e.location:
             published[e.path] = e
-    # Embedded files are taken from the shards themselves, not from the manifest's word.
-    for shard, files in dataset.embedded().items():
+    # Embedded files are taken from the shards themselves (their size and sha256), not from the
+    # manifest's word. A manifest says what the dataset holds, as for export: only the shards it
+    # references are read (data/ may hold foreign files and stale copies), and only the files it
+    # lists count.
+    listed = None if manifest is None else {(e.location, e.path) for e in manifest}
+    for shard, files in dataset.embedded(manifest).items():
         for ef in files:
+            if listed is not None and (shard, ef.path) not in listed:
+                continue
             published.setdefault(
                 ef.path,
                 ManifestEntry(

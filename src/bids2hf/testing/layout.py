@@ -43,6 +43,8 @@ class _Planner(_TextFiles):
         rest_subjects: list[str] = []
         session_acqs: list[tuple[_Subject, str | None, int, list[_Acq]]] = []
         real = subjects[: spec.n_subjects]  # the rest are participants without a folder
+        # ARC's repeated T2w (lesion mask on the later run): the second subject's first session
+        self._t2w_repeat_g = len(real[0].sessions) if len(real) > 1 else -1
         g = 0
         for subject in real:
             for ses in subject.sessions:
@@ -142,29 +144,40 @@ class _Planner(_TextFiles):
         has_func = not (spec.missing_modalities and g % 4 == 2)
         has_dwi = not (spec.missing_modalities and g % 4 == 3)
         multi = spec.multi_run and g % 3 == 0
+        repeats = spec.arc_repeated_runs
         if has_dwi:
-            acqs.append(_Acq("dwi", {"acq": "epb0p2", "dir": "AP", "run": nxt()}, "dwi", True, 0))
-            if multi:
-                ent = {"acq": "epb5m2", "dir": "AP", "run": nxt()}
-                acqs.append(_Acq("dwi", ent, "dwi", True, 0))
+            for code in ("epb0p2", "epb5m2") if multi else ("epb0p2",):
+                if repeats and g % 2 == 0:  # ARC's single-band references sit in dwi/
+                    ent = {"acq": code, "dir": "AP", "run": nxt()}
+                    acqs.append(_Acq("dwi", ent, "sbref", False, 0))
+                acqs.append(_Acq("dwi", {"acq": code, "dir": "AP", "run": nxt()}, "dwi", True, 0))
         if has_func and g % 3 != 2:
             ent = {"task": "naming40", "acq": "epfid2", "dir": "AP", "run": nxt()}
             acqs.append(_Acq("func", ent, "bold", True, 0))
         t1_acq = "tfl3" if g % 5 == 4 else "tfl3p2"
-        acqs.append(_Acq("anat", {"acq": t1_acq, "run": nxt()}, "T1w", False, 0))
-        if spec.multi_run and g % 3 == 1:
+        for _ in range(2 if repeats and g == 1 else 1):
+            acqs.append(_Acq("anat", {"acq": t1_acq, "run": nxt()}, "T1w", False, 0))
+        t2w_repeat = repeats and g == self._t2w_repeat_g
+        if t2w_repeat:
+            t2_acqs = ["spc3"]  # and once more at the end of the session
+        elif spec.multi_run and g % 3 == 1:
             t2_acqs = ["spc3p2", "tse3"]
         else:
             t2_acqs = [("spc3p2", "spc3", "tse3")[g % 3]]
         for t2 in t2_acqs:
             acqs.append(_Acq("anat", {"acq": t2, "run": nxt()}, "T2w", False, 0))
         if g % 2 == 1:
-            acqs.append(_Acq("anat", {"acq": "spcir2p2", "run": nxt()}, "FLAIR", False, 0))
+            for _ in range(2 if repeats and g == 3 else 1):
+                acqs.append(_Acq("anat", {"acq": "spcir2p2", "run": nxt()}, "FLAIR", False, 0))
         if has_func:
             for _ in range(2 if multi else 1):
                 ent = {"task": "rest", "acq": "epfid2p2m2", "dir": "AP", "run": nxt()}
                 acqs.append(_Acq("func", dict(ent), "bold", True, 0))
-                acqs.append(_Acq("func", dict(ent), "sbref", False, 0))
+                if not repeats:  # real ARC has no sbref in func/
+                    acqs.append(_Acq("func", dict(ent), "sbref", False, 0))
+        if t2w_repeat:  # as sub-M2105/ses-964: T2w run-6, later run-11, the one the mask is on
+            series = max(series + 3, 10)  # series not exported (localizers, derived images)
+            acqs.append(_Acq("anat", {"acq": "spc3", "run": nxt()}, "T2w", False, 0, True))
         for acq in acqs:
             acq.series = int(acq.entities.get("run", "0"))
         return acqs
@@ -186,7 +199,8 @@ class _Planner(_TextFiles):
         for subject, ses, _, acqs in session_acqs:
             if subject.label == last or any(k[0] == subject.label for k in out):
                 continue
-            out[(subject.label, ses)] = next(a for a in acqs if a.suffix == "T2w")
+            t2ws = [a for a in acqs if a.suffix == "T2w"]
+            out[(subject.label, ses)] = next((a for a in t2ws if a.lesion_source), t2ws[0])
         return out
 
     def _session(

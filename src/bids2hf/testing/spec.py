@@ -42,6 +42,11 @@ class SyntheticSpec:
         participant_without_folder: Add one ``participants.tsv`` row without a ``sub-*``
             folder.
         arc_shaped: Mimic the Aphasia Recovery Cohort layout (see module docstring).
+        arc_repeated_runs: In ARC mode, also mimic what real ARC has and a schema that takes
+            "the single file" gets wrong: a session with two T1w runs, one with two T2w runs
+            (the lesion mask drawn on the later one), one with two FLAIR runs, and
+            single-band references in ``dwi/`` (none in ``func/``).  ``False`` gives the ARC
+            layout of earlier versions, file for file.
         gzip_level: Deflate level of ``.nii.gz`` files (0-9; 1 is fastest that compresses).
         compress: Write ``.nii.gz`` (default) or raw ``.nii`` files.
         threads: Threads used to deflate images (``None``: ``os.cpu_count()``).  The output
@@ -63,6 +68,7 @@ class SyntheticSpec:
     derivatives: bool = True
     participant_without_folder: bool = True
     arc_shaped: bool = False
+    arc_repeated_runs: bool = True
     gzip_level: int = 1
     compress: bool = True
     threads: int | None = None
@@ -158,6 +164,7 @@ class _Acq:
     suffix: str
     four_d: bool
     series: int
+    lesion_source: bool = False  # the image a lesion mask of its session is drawn on
 
 
 @dataclass

@@ -45,6 +45,11 @@ every NIfTI carries ``acq-`` and a ``run-`` number that counts the session's ser
 scanner series numbers do (``sub-M2001_ses-1_acq-epb0p2_dir-AP_run-1_dwi``,
 ``..._task-naming40_acq-epfid2_dir-AP_run-2_bold``, ``..._acq-tfl3p2_run-3_T1w``,
 ``..._acq-spc3p2_run-4_T2w``, ...).  T2w acquisitions cycle through ``spc3p2``/``spc3``/``tse3``.
+With ``arc_repeated_runs`` (default), as real ARC: session ``g == 1`` has two T1w runs,
+``g == 3`` two FLAIR runs, the second subject's first session two ``acq-spc3`` T2w runs
+(``run-4`` and, at the end of the session, ``run-11``; its lesion mask is drawn on ``run-11``),
+and sessions with ``g % 2 == 0`` a single-band reference in ``dwi/`` before each dwi run
+(``..._acq-epb0p2_dir-AP_run-1_sbref``); ``func/`` then holds no sbref.
 Lesion masks live in ``derivatives/lesion_masks/sub-*/ses-*/anat/`` and, as in ARC, are named
 after the T2w image they were drawn on (``<T2w stem>_desc-lesion_mask.nii.gz``; this matches
 ``sub-*_ses-*_desc-lesion_mask.nii.gz`` but, like ARC itself, keeps ``T2w`` inside the name).

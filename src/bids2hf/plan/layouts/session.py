@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -31,7 +31,11 @@ from bids2hf.plan.builder import (
 )
 from bids2hf.plan.config import ColumnRule
 
-__all__ = ["KindColumns", "RuleColumn", "SessionLayout"]
+__all__ = ["DERIVED_ENTITIES", "KindColumns", "RuleColumn", "SessionLayout", "source_index"]
+
+#: Entities a derivative adds to the name of its source image, ignored when matching the two
+DERIVED_ENTITIES = frozenset({"description", "space", "resolution", "density", "label",
+                              "segmentation", "hemisphere", "atlas", "cohort"})  # fmt: skip
 
 _Key = tuple[str, str]
 
@@ -111,7 +115,7 @@ class SessionLayout(RowBuilder):
         ]
 
     def _config_columns(self, all_by_kind: Mapping[str, list[SourceFile]]) -> list[RuleColumn]:
-        columns = []
+        columns: list[RuleColumn] = []
         for rule in self.config.columns:
             matching = [
                 f
@@ -126,11 +130,33 @@ class SessionLayout(RowBuilder):
                         "config-empty",
                         self.config.source,
                         f"column {rule.name} matches no file (kinds {', '.join(rule.kinds)})",
-                        "check its kinds/where",
+                        _empty_hint(rule),
                     )
                 )
-            columns.append(RuleColumn.declare(self, rule, matching))
+            source = next((c for c in columns if c.rule.name == rule.source), None)
+            columns.append(RuleColumn.declare(self, rule, matching, source))
         return columns
+
+
+def _empty_hint(rule: ColumnRule) -> str:
+    pipelines = sorted({k.split(":", 1)[0] for k in rule.kinds if ":" in k})
+    if pipelines:  # derivatives are read only when asked for
+        return f"check its kinds/where, and convert with --derivatives {' '.join(pipelines)}"
+    return "check its kinds/where"
+
+
+def source_index(f: SourceFile, candidates: list[SourceFile]) -> int | None:
+    """The position in ``candidates`` of the one file whose entities, apart from
+    :data:`DERIVED_ENTITIES`, equal those of ``f`` (its name says it was made from that file:
+    same subject, session, acquisition, run, ...); ``None`` when no file or several do."""
+
+    def key(x: SourceFile) -> dict[str, str]:
+        return {k: v for k, v in (x.parsed.entities if x.parsed else {}).items()
+                if k not in DERIVED_ENTITIES}  # fmt: skip
+
+    mine = key(f)
+    found = [i for i, c in enumerate(candidates) if key(c) == mine]
+    return found[0] if len(found) == 1 else None
 
 
 @dataclass(frozen=True)
@@ -226,12 +252,22 @@ class RuleColumn:
     name: str
     as_json: frozenset[str]
     as_int: bool
+    #: the image column ``rule.source`` names, and the name of ``<name>_source_index``
+    source: RuleColumn | None = None
+    index_name: str = ""
+    #: row key → the files the row's column holds, in order (what ``source`` matches against)
+    placed: dict[str, list[SourceFile]] = field(default_factory=dict)
 
     @classmethod
     def declare(
-        cls, builder: RowBuilder, rule: ColumnRule, matching: list[SourceFile]
+        cls,
+        builder: RowBuilder,
+        rule: ColumnRule,
+        matching: list[SourceFile],
+        source: RuleColumn | None = None,
     ) -> RuleColumn:
-        """Add the rule's column to ``builder``; its feature comes from the files it matches."""
+        """Add the rule's column to ``builder`` (and ``<name>_source_index`` if it has a
+        ``source``); its feature comes from the files it matches."""
         value = rule.value
 
         def wrap(feature: Any) -> Any:
@@ -252,16 +288,12 @@ class RuleColumn:
             )
         elif value == "sha256":
             builder.add(ColumnSpec(rule.name, Role.SHA256, wrap(Value("string")), rule.single))
+        elif rule.map:  # readable names for entity:NAME or meta:KEY values: text
+            builder.add(ColumnSpec(rule.name, Role.VALUE, wrap(Value("string")), rule.single))
         elif value.startswith("entity:"):
             name = value.split(":", 1)[1]
-            feature, as_int = entity_feature(
-                [
-                    f.parsed.entities[name]
-                    for f in matching
-                    if f.parsed and name in f.parsed.entities
-                ],
-                name,
-            )
+            found = [f.parsed.entities.get(name) for f in matching if f.parsed]
+            feature, as_int = entity_feature([v for v in found if v is not None], name)
             builder.add(ColumnSpec(rule.name, Role.VALUE, wrap(feature), rule.single))
         elif value.startswith("meta:"):
             key = value.split(":", 1)[1]
@@ -272,7 +304,12 @@ class RuleColumn:
             )
         else:  # path, bval, bvec, meta (JSON text)
             builder.add(ColumnSpec(rule.name, Role.VALUE, wrap(Value("string")), rule.single))
-        return cls(builder, rule, builder.columns[-1].name, frozenset(as_json), as_int)
+        name = builder.columns[-1].name
+        if source is not None:  # the position of each file's source in that column's list
+            idx = ColumnSpec(f"{name}_source_index", Role.VALUE, wrap(Value("int32")), rule.single)
+            builder.add(idx)
+        index_name = builder.columns[-1].name if source is not None else ""
+        return cls(builder, rule, name, frozenset(as_json), as_int, source, index_name)
 
     def value_of(self, f: SourceFile) -> Any:
         """The cell value ``f`` gives (for the value kinds: not image or sha256)."""
@@ -284,11 +321,24 @@ class RuleColumn:
         if value == "meta":
             return json.dumps(self.builder.effective(f), sort_keys=True)
         if value.startswith("meta:"):
-            return jsonify(self.builder.effective(f), self.as_json).get(value.split(":", 1)[1])
+            key = value.split(":", 1)[1]
+            if self.rule.map:
+                return self.mapped(self.builder.effective(f).get(key))
+            return jsonify(self.builder.effective(f), self.as_json).get(key)
         if value.startswith("entity:"):
             v = f.parsed.entities.get(value.split(":", 1)[1]) if f.parsed else None
+            if self.rule.map:
+                return self.mapped(v)
             return int(v) if self.as_int and v is not None else v
         raise AssertionError(value)
+
+    def mapped(self, v: Any) -> str | None:
+        """``v``'s name in the rule's ``map``; a value the map does not list is kept, as text
+        (JSON text unless it is a string)."""
+        if v is None:
+            return None
+        text = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+        return self.rule.map.get(text, text)
 
     def pick(self, row: RowPlan, by_kind: Mapping[str, list[SourceFile]]) -> list[SourceFile]:
         """The row's files for this column: every match, or for a single column the one
@@ -332,6 +382,12 @@ class RuleColumn:
         files = self.pick(row, by_kind)
         if value == "image":
             self.builder.count(",".join(self.rule.kinds), name, files)
+            self.placed[row.key] = files
+        if self.source is not None:
+            candidates = self.source.placed.get(row.key, [])
+            indexes = [source_index(f, candidates) for f in files]
+            single = indexes[0] if indexes else None
+            row.values[self.index_name] = single if self.rule.single else indexes
         if value in ("image", "sha256"):
             row.files[name] = [file_ref(f) for f in files]
             return {f.relpath for f in files} if value == "image" else set()
