@@ -25,7 +25,7 @@ from bids2hf.testing.spec import GeneratedDataset
 from test_bids_fs import MANIFEST, T1W, add_offsets
 from test_byte_ranges import convert
 
-MOUNT = [sys.executable, "-m", "bids2hf.readback.mount"]
+MOUNT = [sys.executable, "-m", "bids2hf", "mount"]
 
 
 def _fuse_usable() -> str | None:
@@ -41,7 +41,7 @@ def _fuse_usable() -> str | None:
 
 
 class Mount:
-    """A running ``bids2hf.readback.mount`` process and its mount point."""
+    """A running ``bids2hf mount`` process and its mount point."""
 
     def __init__(self, source: Path, point: Path, env: dict[str, str] | None = None) -> None:
         point.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from bids2hf.bids.options import ScanOptions
 from bids2hf.cli.options import _options, common, input_options, publish_options
 from bids2hf.units import human_bytes
 
-__all__ = ["convert", "demo", "export", "inspect", "main", "push", "verify"]
+__all__ = ["convert", "demo", "export", "inspect", "main", "mount", "push", "verify"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -276,6 +276,28 @@ def verify(bids_dir: str, source: str, quiet: bool) -> None:
     click.echo(report.text())
     if not report.ok:
         sys.exit(1)
+
+
+@main.command()
+@click.argument("source")
+@click.argument("mountpoint", type=click.Path())
+@click.option(
+    "--no-verify",
+    is_flag=True,
+    help="Do not check each file's sha256 on its first read (only for a source you trust).",
+)
+@common
+def mount(source: str, mountpoint: str, no_verify: bool, quiet: bool) -> None:
+    """Show the BIDS tree of SOURCE as a read-only folder at MOUNTPOINT (FUSE), until Ctrl-C.
+
+    SOURCE is an output folder, hf://datasets/ORG/NAME[@REV] or an fsspec URL. Needs
+    `pip install "bids2hf[mount]"` and libfuse 3 (Debian: fuse3). Each file's sha256 is checked
+    on its first read: a damaged file reads as an I/O error, never as wrong bytes.
+    """
+    from bids2hf.readback.mount import mount as run
+
+    # libfuse owns SIGINT/SIGTERM while mounted: it unmounts and `run` returns normally.
+    run(source, mountpoint, verify=not no_verify)
 
 
 if __name__ == "__main__":  # pragma: no cover

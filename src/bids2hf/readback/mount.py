@@ -17,17 +17,14 @@ import errno
 import logging
 import os
 import stat
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import click
-
 from bids2hf.errors import Bids2HfError, DestinationError
 
-__all__ = ["FUSE_DEVICE_ENV", "FuseUnavailableError", "mount", "mount_command"]
+__all__ = ["FUSE_DEVICE_ENV", "FuseUnavailableError", "mount"]
 
 log = logging.getLogger(__name__)
 
@@ -208,32 +205,3 @@ def mount(
         if os.path.ismount(point):
             raise FuseUnavailableError(f"{point}: FUSE stopped with error {exc}") from None
         log.debug("FUSE loop ended (%s) and %s is unmounted", exc, point)
-
-
-@click.command("mount")
-@click.argument("source")
-@click.argument("mountpoint", type=click.Path())
-@click.option(
-    "--no-verify",
-    is_flag=True,
-    help="Do not check each file's sha256 on its first read (only for a source you trust).",
-)
-@click.option("--debug", is_flag=True, help="Verbose logging and full tracebacks.")
-def mount_command(source: str, mountpoint: str, no_verify: bool, debug: bool) -> None:
-    """Show the BIDS tree of SOURCE as a read-only folder at MOUNTPOINT (FUSE), until Ctrl-C."""
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-        force=True,
-    )
-    try:
-        mount(source, mountpoint, verify=not no_verify)
-    except Bids2HfError as exc:
-        if debug:
-            raise
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
-
-
-if __name__ == "__main__":
-    mount_command()
