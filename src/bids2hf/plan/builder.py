@@ -13,7 +13,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import pyarrow as pa
-from datasets import List, Nifti, Value
 
 import bids2hf.bids.schema as bids_schema
 from bids2hf.bids.inheritance import SidecarIndex
@@ -29,6 +28,15 @@ from bids2hf.model.inventory import (
 )
 from bids2hf.model.rows import ColumnSpec, FileRef, Role, RowPlan
 from bids2hf.plan.config import TableRule
+from bids2hf.plan.features import (
+    Feature,
+    List,
+    Nifti,
+    NoArrowType,
+    Struct,
+    Value,
+    infer_arrow_type,
+)
 from bids2hf.plan.options import PlanOptions
 
 __all__ = [
@@ -122,7 +130,7 @@ def entities_of(f: SourceFile) -> dict[str, str]:
     return {k: v for k, v in f.parsed.entities.items() if k not in ("subject", "session")}
 
 
-def entity_feature(values: Iterable[str], name: str) -> tuple[Any, bool]:
+def entity_feature(values: Iterable[str], name: str) -> tuple[Value, bool]:
     """(feature, as_int) for an entity column: index entities become int32 when they can."""
     entity = bids_schema.entity_by_name().get(name)
     as_int = bool(entity and entity.is_index and all(v.isdigit() for v in values))
@@ -141,8 +149,8 @@ def infer_struct(dicts: Sequence[Mapping[str, Any]]) -> tuple[pa.DataType | None
         values = [v for v in keys[k] if v is not None]
         typ: pa.DataType | None
         try:
-            typ = pa.array(values).type if values else pa.string()
-        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError):
+            typ = infer_arrow_type(values) if values else pa.string()
+        except NoArrowType:
             typ = None
         if typ is None or _has_null_or_empty_struct(typ):  # no usable type: JSON text
             typ = pa.string()
@@ -171,7 +179,11 @@ def jsonify(d: Mapping[str, Any], as_json: Container[str]) -> dict[str, Any]:
     }
 
 
-_TYPE_FEATURES = {"string": Value("string"), "int64": Value("int64"), "float64": Value("float64")}
+_TYPE_FEATURES: dict[str, Feature] = {
+    "string": Value("string"),
+    "int64": Value("int64"),
+    "float64": Value("float64"),
+}
 
 
 def _table_columns(
@@ -326,7 +338,9 @@ class RowBuilder:
         """The ``files`` column (every other file of the row, embedded) and its hashes."""
         self.add(
             ColumnSpec(
-                "files", Role.FILE, List({"path": Value("string"), "bytes": Value("binary")})
+                "files",
+                Role.FILE,
+                List(Struct.of({"path": Value("string"), "bytes": Value("binary")})),
             )
         )
         self.add(ColumnSpec("files_sha256", Role.SHA256, List(Value("string"))))

@@ -12,11 +12,11 @@ import json
 from dataclasses import dataclass
 
 import pyarrow as pa
-from datasets import Features
 
 from bids2hf.model.inventory import Inventory, Placement, Problem, Severity, SourceFile
 from bids2hf.model.rows import ColumnSpec, Role, ShardPlan
 from bids2hf.plan.builder import KindSummary, RowBuilder, kind_sort
+from bids2hf.plan.features import Features
 from bids2hf.plan.layouts.scan import ScanLayout
 from bids2hf.plan.layouts.session import SessionLayout
 from bids2hf.plan.options import PlanOptions
@@ -126,7 +126,7 @@ def make_plan(inventory: Inventory, options: PlanOptions | None = None) -> Conve
 
 
 def _schema_id(features: Features) -> str:
-    return hashlib.sha256(json.dumps(features.to_dict(), sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(features.to_json(), sort_keys=True).encode()).hexdigest()
 
 
 def _plan_id(plan: ConversionPlan) -> str:

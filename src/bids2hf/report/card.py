@@ -9,8 +9,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from datasets import DatasetInfo, SplitDict, SplitInfo
-from datasets.info import DatasetInfosDict
 from huggingface_hub import DatasetCardData
 
 import bids2hf.bids.schema as bids_schema
@@ -105,13 +103,15 @@ def _card_data(plan: ConversionPlan, description: dict[str, Any]) -> DatasetCard
                 "data_files": [{"split": split, "path": f"data/{split}-*.parquet"}],
             }
         ],
-        dataset_info={},  # filled below, in `datasets`' own format
+        # what `datasets`' DatasetInfosDict.to_dataset_card_data writes for one "default" config
+        dataset_info={
+            "features": plan.features.to_yaml(),
+            "splits": [
+                {"name": split, "num_bytes": plan.embedded_bytes, "num_examples": plan.rows}
+            ],
+        },
         **extra,
     )
-    splits = SplitDict()
-    splits.add(SplitInfo(name=split, num_bytes=plan.embedded_bytes, num_examples=plan.rows))
-    info = DatasetInfo(features=plan.features, splits=splits)
-    DatasetInfosDict({"default": info}).to_dataset_card_data(data)
     return data
 
 

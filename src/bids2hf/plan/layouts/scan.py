@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from datasets import Value
-
 import bids2hf.bids.schema as bids_schema
 from bids2hf.model.inventory import Problem, Severity, SourceFile
 from bids2hf.model.rows import ColumnSpec, Role, RowPlan
@@ -20,6 +18,7 @@ from bids2hf.plan.builder import (
     natural_key,
     stem,
 )
+from bids2hf.plan.features import Value
 
 __all__ = ["ScanLayout"]
 

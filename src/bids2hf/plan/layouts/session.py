@@ -9,8 +9,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
-from datasets import List, Value
-from datasets.features.features import generate_from_arrow_type
 
 import bids2hf.bids.schema as bids_schema
 from bids2hf.model.inventory import Problem, Severity, SourceFile
@@ -30,6 +28,7 @@ from bids2hf.plan.builder import (
     stem,
 )
 from bids2hf.plan.config import ColumnRule
+from bids2hf.plan.features import List, Value, generate_from_arrow_type
 
 __all__ = ["DERIVED_ENTITIES", "KindColumns", "RuleColumn", "SessionLayout", "source_index"]
 
