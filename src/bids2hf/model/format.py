@@ -6,8 +6,9 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 
@@ -40,6 +41,31 @@ class EmbeddedFile:
     row: int
     column: str
     index: int  # position in the cell's list; -1 for single-valued columns
+    #: Byte position in the shard of the file's first byte, for files stored verbatim (an
+    #: uncompressed PLAIN chunk): the file is ``[offset, offset + size)``. None otherwise.
+    offset: int | None = None
+
+    def record(self) -> dict[str, Any]:
+        """The footer index entry: the fields in order, ``offset`` only when there is one.
+
+        Leaving out a None offset keeps footers written without offsets byte-identical.
+        """
+        d = dict(self.__dict__)
+        if d["offset"] is None:
+            del d["offset"]
+        return d
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> EmbeddedFile:
+        """An entry of a footer index; keys a newer bids2hf may add are ignored.
+
+        Raises:
+            TypeError: a required field is missing (or ``record`` is no mapping).
+        """
+        return cls(**{k: v for k, v in record.items() if k in _EMBEDDED_FIELDS})
+
+
+_EMBEDDED_FIELDS = frozenset(f.name for f in fields(EmbeddedFile))
 
 
 def sha256_file(
@@ -58,12 +84,20 @@ def sha256_file(
 
 
 def read_footer_index(metadata: pq.FileMetaData) -> list[EmbeddedFile]:
-    """The embedded-file index a shard carries in its footer (empty for foreign files)."""
+    """The embedded-file index a shard carries in its footer (empty for foreign files).
+
+    Raises:
+        ValueError: the index is no valid JSON.
+        TypeError: an entry is no object or lacks a required field.
+    """
     kv = metadata.metadata or {}
     raw = kv.get(FOOTER_KEY)
     if raw is None:
         return []
-    return [EmbeddedFile(**e) for e in json.loads(raw)]
+    entries = json.loads(raw)
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise TypeError("the index is no list of objects")
+    return [EmbeddedFile.from_record(e) for e in entries]
 
 STATE_DIR = ".bids2hf"
 LOCK_NAME = "lock"

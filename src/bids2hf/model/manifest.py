@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
-__all__ = ["ManifestEntry", "dumps", "loads"]
+__all__ = ["FIELDS", "ManifestEntry", "dumps", "loads"]
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,7 @@ class ManifestEntry:
 
     ``placement`` is ``row`` (``location`` is the shard, ``column``/``row``/``index`` say where),
     ``dataset_file`` (``location`` is its path in the output) or ``left_out`` (``reason``).
+    ``offset`` is where a row file's bytes start in its shard, when it is stored verbatim.
     """
 
     path: str
@@ -30,6 +31,11 @@ class ManifestEntry:
     row: int | None = None
     index: int | None = None
     reason: str | None = None
+    offset: int | None = None
+
+
+#: Fields this version knows; a manifest from a newer bids2hf may carry more, which are ignored.
+FIELDS = frozenset(f.name for f in fields(ManifestEntry))
 
 
 def dumps(entries: Iterable[ManifestEntry]) -> bytes:
@@ -41,4 +47,14 @@ def dumps(entries: Iterable[ManifestEntry]) -> bytes:
 
 
 def loads(data: bytes) -> list[ManifestEntry]:
-    return [ManifestEntry(**json.loads(line)) for line in data.decode("utf-8").splitlines() if line]
+    """Parse a manifest, ignoring fields a newer bids2hf may have added.
+
+    Raises:
+        ValueError: a line is no JSON (or the data no UTF-8).
+        TypeError: a record lacks a required field.
+    """
+    return [
+        ManifestEntry(**{k: v for k, v in json.loads(line).items() if k in FIELDS})
+        for line in data.decode("utf-8").splitlines()
+        if line
+    ]

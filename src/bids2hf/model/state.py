@@ -74,7 +74,12 @@ class ResumeState:
 # -- records ------------------------------------------------------------------------------------
 def _shard_record(rec: ShardRecord) -> dict[str, Any]:
     # Embedded files as arrays, not objects: they are most of the journal's bytes.
-    files = [[e.path, e.size, e.sha256, e.row, e.column, e.index] for e in rec.files]
+    # The offset is a 7th element only when known: older journals have 6, and still load.
+    files = [
+        [e.path, e.size, e.sha256, e.row, e.column, e.index]
+        + ([] if e.offset is None else [e.offset])
+        for e in rec.files
+    ]
     return {
         "op": "shard",
         "path": rec.path,
@@ -95,6 +100,15 @@ def _dataset_file_record(rec: DatasetFileRecord) -> dict[str, Any]:
     }
 
 
+def _embedded(f: list[Any]) -> EmbeddedFile:
+    """[path, size, sha256, row, column, index] and, when recorded, the offset as a 7th element."""
+    p, s, h, row, c, i, *rest = f
+    if len(rest) > 1:
+        raise ValueError(f"embedded file record of {len(f)} elements")
+    offset = int(rest[0]) if rest and rest[0] is not None else None
+    return EmbeddedFile(str(p), int(s), str(h), int(row), str(c), int(i), offset)
+
+
 def _apply(state: ResumeState, r: dict[str, Any]) -> None:
     """Apply one journal record (raises KeyError/TypeError/ValueError on a malformed one)."""
     op = r["op"]
@@ -105,10 +119,7 @@ def _apply(state: ResumeState, r: dict[str, Any]) -> None:
         state.version, state.destination = r.get("version"), r.get("destination")
         state.complete = False
     elif op == "shard":
-        files = tuple(
-            EmbeddedFile(str(p), int(s), str(h), int(row), str(c), int(i))
-            for p, s, h, row, c, i in r["files"]
-        )
+        files = tuple(_embedded(f) for f in r["files"])
         sha = r.get("sha256")
         state.shards[r["path"]] = ShardRecord(
             str(r["path"]), str(r["content_id"]), int(r["size"]), sha and str(sha), files
@@ -183,7 +194,7 @@ def _from_legacy(data: dict[str, Any]) -> ResumeState:
         complete=bool(data.get("complete")),
     )
     for path, rec in dict(data.get("shards", {})).items():
-        files = tuple(EmbeddedFile(**e) for e in rec.get("files", []))
+        files = tuple(EmbeddedFile.from_record(e) for e in rec.get("files", []))
         state.shards[path] = ShardRecord(
             path, str(rec["content_id"]), int(rec["size"]), rec.get("sha256"), files
         )

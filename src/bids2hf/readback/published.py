@@ -129,6 +129,8 @@ def check_entry(e: ManifestEntry, where: str) -> ManifestEntry:
         raise _refuse(where, f"row {_show.repr(e.row)} of {e.path!r} is no row number")
     if e.index is not None and not _is_int(e.index, low=-1):
         raise _refuse(where, f"index {_show.repr(e.index)} of {e.path!r} is no list position")
+    if e.offset is not None and not _is_int(e.offset):
+        raise _refuse(where, f"offset {_show.repr(e.offset)} of {e.path!r} is no byte position")
     return e
 
 
@@ -155,19 +157,21 @@ def parse_manifest(data: bytes, where: str = MANIFEST_PATH) -> list[ManifestEntr
             raise _refuse(at, f"not valid JSON ({exc})") from None
         if not isinstance(record, dict):
             raise _refuse(at, f"{_show.repr(record)} is no JSON object")
-        unknown = sorted(set(record) - _MANIFEST_FIELDS)
-        if unknown:
-            raise _refuse(at, f"unknown field {_show.repr(unknown[0])}")
-        # A missing field becomes None, which check_entry then refuses by name.
+        # Fields a newer bids2hf added are ignored (forward compatibility); a missing field
+        # becomes None, which check_entry then refuses by name.
+        known = {k: v for k, v in record.items() if k in _MANIFEST_FIELDS}
         required = dict.fromkeys(("path", "size", "placement"))
-        entries.append(check_entry(ManifestEntry(**{**required, **record}), at))
+        entries.append(check_entry(ManifestEntry(**{**required, **known}), at))
     return entries
 
 
 def check_embedded(e: EmbeddedFile, where: str) -> EmbeddedFile:
     """``e`` (an entry of a shard's footer index) if its types, ranges and path are sound."""
     check_entry(
-        ManifestEntry(e.path, e.size, "row", e.sha256, "data/shard", e.column, e.row, e.index),
+        ManifestEntry(
+            e.path, e.size, "row", e.sha256, "data/shard", e.column, e.row, e.index,
+            offset=e.offset,
+        ),
         where,
     )
     if e.index is None:  # the writer always records -1 for single-valued columns

@@ -342,7 +342,7 @@ def write_shard(
                 # the end does not stall the pipeline for a whole shard's worth of dirty pages.
                 _start_writeback(tmp_path)
             writer.add_key_value_metadata(
-                {FOOTER_KEY: json.dumps([e.__dict__ for e in embedded], separators=(",", ":"))}
+                {FOOTER_KEY: json.dumps([e.record() for e in embedded], separators=(",", ":"))}
             )
         fsync_file(tmp_path)
         size = tmp_path.stat().st_size
