@@ -25,7 +25,6 @@ import pyarrow.parquet as pq
 from bids2hf.errors import RERUN_HINT, InputError
 from bids2hf.model.format import FOOTER_KEY, EmbeddedFile
 from bids2hf.model.rows import ColumnSpec, FileRef, Role, RowPlan, ShardPlan
-from bids2hf.write.arrays import bool_array, int32_array, string_array, typed_array
 
 __all__ = [
     "Progress", "ShardResult", "SourceChangedError", "fsync_file", "parquet_options",
@@ -109,9 +108,8 @@ def fsync_file(path: Path) -> None:
 def parquet_options(schema: pa.Schema, columns: Sequence[ColumnSpec]) -> dict[str, Any]:
     """ParquetWriter options: embedded bytes uncompressed and without dictionaries or stats."""
     buf = io.BytesIO()
-    # No rows: a file with the schema alone (writing an empty table would import pandas).
-    with pq.ParquetWriter(buf, schema):
-        pass
+    with pq.ParquetWriter(buf, schema) as w:
+        w.write_table(schema.empty_table())
     parquet_schema = pq.ParquetFile(io.BytesIO(buf.getvalue())).schema
     nifti_cols = {c.name for c in columns if c.role is Role.FILE and c.nifti}
     file_cols = {c.name for c in columns if c.role is Role.FILE}
@@ -252,17 +250,17 @@ def _file_array(
     )
     children = {
         "bytes": bytes_arr,
-        "path": string_array([r.relpath if r else None for r in slots]),
+        "path": pa.array([r.relpath if r else None for r in slots], type=pa.string()),
     }
     item_fields = list(typ if spec.single else typ.value_type)
     arrays = [children[f.name] for f in item_fields]
     if spec.single:
-        mask = bool_array([r is None for r in slots])
+        mask = pa.array([r is None for r in slots], type=pa.bool_())
         return pa.StructArray.from_arrays(arrays, fields=item_fields, mask=mask)
     struct = pa.StructArray.from_arrays(arrays, fields=item_fields)
     list_offsets = np.zeros(len(cells) + 1, dtype=np.int32)
     np.cumsum([len(c) for c in cells], out=list_offsets[1:])
-    return pa.ListArray.from_arrays(int32_array(list_offsets), struct, type=typ)
+    return pa.ListArray.from_arrays(pa.array(list_offsets), struct, type=typ)
 
 
 def _sha_array(
@@ -270,11 +268,8 @@ def _sha_array(
 ) -> pa.Array:
     cells = _cells(rows, spec.name)
     if spec.single:
-        return string_array([reader.sha256(c[0]) if c else None for c in cells])
-    offsets = np.zeros(len(cells) + 1, dtype=np.int32)
-    np.cumsum([len(c) for c in cells], out=offsets[1:])
-    values = string_array([reader.sha256(r) for c in cells for r in c])
-    return pa.ListArray.from_arrays(int32_array(offsets), values, type=typ)
+        return pa.array([reader.sha256(c[0]) if c else None for c in cells], type=typ)
+    return pa.array([[reader.sha256(r) for r in c] for c in cells], type=typ)
 
 
 def write_shard(
@@ -323,7 +318,7 @@ def write_shard(
                     elif spec.role is Role.SHA256:
                         arrays.append(_sha_array(spec, typ, rows, reader))
                     else:
-                        arrays.append(typed_array([r.values.get(spec.name) for r in rows], typ))
+                        arrays.append(pa.array([r.values.get(spec.name) for r in rows], type=typ))
                 reader.flush()  # all hashes known, and the buffer free for the next row group
                 for i, row in enumerate(rows, start=start):
                     for spec in columns:
