@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from bids2hf.errors import RERUN_HINT, InputError
 from bids2hf.model.format import FOOTER_KEY, EmbeddedFile
 from bids2hf.model.rows import ColumnSpec, FileRef, Role, RowPlan, ShardPlan
+from bids2hf.write.arrays import bool_array, int32_array, string_array, typed_array
 
 __all__ = [
     "Progress", "ShardResult", "SourceChangedError", "fsync_file", "parquet_options",
@@ -55,6 +56,10 @@ class ShardResult:
 
 
 _WILLNEED = getattr(os, "POSIX_FADV_WILLNEED", None)
+
+
+#: In a worker process, the pid of the run that started it (set by init_worker); else None.
+PARENT_PID: int | None = None
 
 
 #: In a worker process, the pid of the run that started it (set by init_worker); else None.
@@ -108,8 +113,9 @@ def fsync_file(path: Path) -> None:
 def parquet_options(schema: pa.Schema, columns: Sequence[ColumnSpec]) -> dict[str, Any]:
     """ParquetWriter options: embedded bytes uncompressed and without dictionaries or stats."""
     buf = io.BytesIO()
-    with pq.ParquetWriter(buf, schema) as w:
-        w.write_table(schema.empty_table())
+    # No rows: a file with the schema alone (writing an empty table would import pandas).
+    with pq.ParquetWriter(buf, schema):
+        pass
     parquet_schema = pq.ParquetFile(io.BytesIO(buf.getvalue())).schema
     nifti_cols = {c.name for c in columns if c.role is Role.FILE and c.nifti}
     file_cols = {c.name for c in columns if c.role is Role.FILE}
@@ -250,17 +256,17 @@ def _file_array(
     )
     children = {
         "bytes": bytes_arr,
-        "path": pa.array([r.relpath if r else None for r in slots], type=pa.string()),
+        "path": string_array([r.relpath if r else None for r in slots]),
     }
     item_fields = list(typ if spec.single else typ.value_type)
     arrays = [children[f.name] for f in item_fields]
     if spec.single:
-        mask = pa.array([r is None for r in slots], type=pa.bool_())
+        mask = bool_array([r is None for r in slots])
         return pa.StructArray.from_arrays(arrays, fields=item_fields, mask=mask)
     struct = pa.StructArray.from_arrays(arrays, fields=item_fields)
     list_offsets = np.zeros(len(cells) + 1, dtype=np.int32)
     np.cumsum([len(c) for c in cells], out=list_offsets[1:])
-    return pa.ListArray.from_arrays(pa.array(list_offsets), struct, type=typ)
+    return pa.ListArray.from_arrays(int32_array(list_offsets), struct, type=typ)
 
 
 def _sha_array(
@@ -268,8 +274,11 @@ def _sha_array(
 ) -> pa.Array:
     cells = _cells(rows, spec.name)
     if spec.single:
-        return pa.array([reader.sha256(c[0]) if c else None for c in cells], type=typ)
-    return pa.array([[reader.sha256(r) for r in c] for c in cells], type=typ)
+        return string_array([reader.sha256(c[0]) if c else None for c in cells])
+    offsets = np.zeros(len(cells) + 1, dtype=np.int32)
+    np.cumsum([len(c) for c in cells], out=offsets[1:])
+    values = string_array([reader.sha256(r) for c in cells for r in c])
+    return pa.ListArray.from_arrays(int32_array(offsets), values, type=typ)
 
 
 def write_shard(
@@ -318,7 +327,7 @@ def write_shard(
                     elif spec.role is Role.SHA256:
                         arrays.append(_sha_array(spec, typ, rows, reader))
                     else:
-                        arrays.append(pa.array([r.values.get(spec.name) for r in rows], type=typ))
+                        arrays.append(typed_array([r.values.get(spec.name) for r in rows], typ))
                 reader.flush()  # all hashes known, and the buffer free for the next row group
                 for i, row in enumerate(rows, start=start):
                     for spec in columns:
@@ -350,6 +359,9 @@ def write_shard(
             )
         fsync_file(tmp_path)
         size = tmp_path.stat().st_size
+        # An orphaned worker (its parent killed) must not publish: a new run may hold the lock.
+        if PARENT_PID is not None and os.getppid() != PARENT_PID:
+            raise RuntimeError(f"{final_path}: not written, the run that started this worker ended")
         # An orphaned worker (its parent killed) must not publish: a new run may hold the lock.
         if PARENT_PID is not None and os.getppid() != PARENT_PID:
             raise RuntimeError(f"{final_path}: not written, the run that started this worker ended")
