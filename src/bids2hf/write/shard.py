@@ -62,10 +62,6 @@ _WILLNEED = getattr(os, "POSIX_FADV_WILLNEED", None)
 PARENT_PID: int | None = None
 
 
-#: In a worker process, the pid of the run that started it (set by init_worker); else None.
-PARENT_PID: int | None = None
-
-
 def _row_group_rows(shard: ShardPlan) -> list[list[RowPlan]]:
     groups, start = [], 0
     for count in shard.row_groups:
@@ -359,9 +355,6 @@ def write_shard(
             )
         fsync_file(tmp_path)
         size = tmp_path.stat().st_size
-        # An orphaned worker (its parent killed) must not publish: a new run may hold the lock.
-        if PARENT_PID is not None and os.getppid() != PARENT_PID:
-            raise RuntimeError(f"{final_path}: not written, the run that started this worker ended")
         # An orphaned worker (its parent killed) must not publish: a new run may hold the lock.
         if PARENT_PID is not None and os.getppid() != PARENT_PID:
             raise RuntimeError(f"{final_path}: not written, the run that started this worker ended")
