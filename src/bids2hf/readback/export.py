@@ -3,12 +3,12 @@
 Everything that can be checked without reading the embedded bytes is checked before the first
 file is written: every index entry (types, ranges, safe paths), the manifest against each
 shard's own footer index, every row/column/list position against the shard's structure, and
-the stored path of every wanted cell that has no recorded offset (a small read of the ``path``
-fields only). Files with a recorded ``offset`` (stored verbatim) are then fetched as byte ranges,
-neighbours coalesced and several in flight, each checked against its sha256 before it is written:
-an export of a few files costs about their bytes plus the index. The other files are streamed one
-row group at a time (only the columns that hold wanted files). Every file's size and sha256 are
-checked before it is renamed into place.
+the stored path of every wanted cell (a small read of the ``path`` fields only). Files with a
+recorded ``offset`` (stored verbatim) are then fetched as byte ranges, neighbours coalesced and
+several in flight, each checked against its sha256 before it is written: an export of a few
+files costs about their bytes plus the index. The other files are streamed one row group at a
+time (only the columns that hold wanted files). Every file's size and sha256 are checked before
+it is renamed into place.
 
 Exit codes (through the CLI): 2 when the index is refused (damaged or crafted, or a path that
 would land outside the output folder) or the output folder is in the way, always before the
@@ -294,9 +294,9 @@ def _check_row_entries(
 ) -> None:
     """Check entries against the shard's structure and the paths stored in their cells.
 
-    Reads only the ``path`` fields of the wanted cells without a recorded offset, never the
-    embedded bytes. A file with an offset needs no such read: its bytes are checked against its
-    sha256 when fetched, which proves they are the file the index names.
+    Reads only the ``path`` fields of the wanted cells, never the embedded bytes. Files with a
+    recorded offset are checked too: their sha256 would catch a wrong range only after other
+    files were written, and a crafted index is refused before the first write.
     """
     where = f"{dataset.url}/{shard.path}"
     starts = shard.starts
@@ -324,12 +324,9 @@ def _check_row_entries(
                 f"{where}: {e.path!r} is said to hold {e.size} bytes, more than all of column "
                 f"{e.column!r} in its row group ({limit}); {_REFUSED}"
             )
-    unplaced = [e for e in entries if _offset(shard, e) is None]
-    if not unplaced:
-        return
     with _open(dataset, shard.path, whole=False) as f:
-        pf = _parquet(f, where)
-        for group, wanted in _by_group(starts, unplaced).items():
+        pf = _parquet(f, where, shard.meta)
+        for group, wanted in _by_group(starts, entries).items():
             leaves = sorted({columns[e.column].path_leaf for e in wanted if e.column})
             table = _read_group(pf, group, leaves, where)
             for e in wanted:
@@ -346,14 +343,14 @@ def _check_row_entries(
                     )
 
 
-def _parquet(f: BinaryIO, where: str) -> pq.ParquetFile:
-    """``f`` opened as Parquet.
+def _parquet(f: BinaryIO, where: str, meta: pq.FileMetaData | None = None) -> pq.ParquetFile:
+    """``f`` opened as Parquet; with ``meta`` (read already), its footer is not read again.
 
     Raises:
         VerificationError: its footer cannot be read (a damaged copy).
     """
     try:
-        return pq.ParquetFile(f)
+        return pq.ParquetFile(f, metadata=meta)
     except (pa.ArrowException, OSError) as exc:
         raise _unreadable(where, exc) from None
 
@@ -703,7 +700,7 @@ def _export_shard(
     starts = shard.starts
     by_group = _by_group(starts, rest)
     with _open(dataset, shard.path, whole=False) as f:
-        pf = _parquet(f, where)
+        pf = _parquet(f, where, shard.meta)
         for group in sorted(by_group):
             wanted = by_group[group]
             columns = sorted({e.column for e in wanted if e.column})
