@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from click.testing import Result
 
 from helpers import tree
+from hub_emulator import HubEmulator
 
 Cli = Callable[..., Result]
 FAST = ("-q", "-j", "1")
@@ -325,3 +327,87 @@ def test_workers_of_a_killed_run_write_nothing(bids_copy: Path, tmp_path: Path) 
             with contextlib.suppress(psutil.NoSuchProcess):
                 worker.kill()
 
+
+# -- M6: a card edited on the Hub is someone else's ----------------------------------------------
+_EDIT_CARD = """
+import sys
+from huggingface_hub import CommitOperationAdd, HfApi
+HfApi().create_commit(sys.argv[1], [CommitOperationAdd("README.md", b"# edited on the Hub\\n")],
+                      commit_message="Update README.md", repo_type="dataset")
+"""
+
+
+def _run_hub(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    import sys
+
+    return subprocess.run(
+        [sys.executable, *args], env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def _refused_line(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    return lines[0]
+
+
+def test_card_edited_on_the_hub_stops_convert(
+    emu: HubEmulator, hub_env: dict[str, str], bids_copy: Path
+) -> None:
+    url = "hf://datasets/org/m6"
+    convert = ["-m", "bids2hf", "convert", str(bids_copy), url, *FAST]
+    first = _run_hub(hub_env, *convert)
+    assert first.returncode == 0, first.stderr
+    assert _run_hub(hub_env, "-c", _EDIT_CARD, "org/m6").returncode == 0
+    edited = emu.files("org/m6")["README.md"]
+    with open(bids_copy / "README", "a") as f:
+        f.write("\nA change in the source.\n")
+    line = _refused_line(_run_hub(hub_env, *convert))
+    assert "README.md" in line and "--overwrite" in line, line
+    assert emu.files("org/m6")["README.md"] == edited, "the edited card was replaced"
+    again = _run_hub(hub_env, *convert, "--overwrite")
+    assert again.returncode == 0, again.stderr
+    assert emu.files("org/m6")["README.md"] != edited
+    # The card bids2hf published is its own again: a later update needs no --overwrite.
+    with open(bids_copy / "README", "a") as f:
+        f.write("\nAnother change.\n")
+    later = _run_hub(hub_env, *convert)
+    assert later.returncode == 0, later.stderr
+
+
+def test_card_edited_on_the_hub_stops_push(
+    emu: HubEmulator, hub_env: dict[str, str], bids_copy: Path, tmp_path: Path
+) -> None:
+    url = "hf://datasets/org/m6p"
+    out = tmp_path / "out"
+    assert _run_hub(hub_env, "-m", "bids2hf", "convert", str(bids_copy), str(out), *FAST).returncode == 0
+    first = _run_hub(hub_env, "-m", "bids2hf", "push", str(out), url, "-q")
+    assert first.returncode == 0, first.stderr
+    assert _run_hub(hub_env, "-c", _EDIT_CARD, "org/m6p").returncode == 0
+    edited = emu.files("org/m6p")["README.md"]
+    line = _refused_line(_run_hub(hub_env, "-m", "bids2hf", "push", str(out), url, "-q"))
+    assert "README.md" in line and "--overwrite" in line, line
+    assert emu.files("org/m6p")["README.md"] == edited
+
+
+# -- L1: --timeout bounds the manifest read ------------------------------------------------------
+def test_slow_manifest_read_is_bounded_by_timeout(
+    emu: HubEmulator, hub_env: dict[str, str], bids_copy: Path
+) -> None:
+    """Every read of the remote manifest answers after 4 s; with --timeout 1 each attempt gives
+    up after a second, and the run stops with one line naming the manifest (it used to wait for
+    every answer, HfFileSystem's own 10 s read timeout never reached, and succeed late)."""
+    import time
+
+    url = "hf://datasets/org/l1"
+    convert = ["-m", "bids2hf", "convert", str(bids_copy), url, *FAST]
+    assert _run_hub(hub_env, *convert).returncode == 0
+    emu.inject(r"/resolve/[^/]+/bids2hf/manifest\.jsonl$", "GET", delay=4.0, times=None)
+    env = dict(hub_env, BIDS2HF_RETRY_BASE_DELAY="0.01")
+    start = time.monotonic()
+    proc = _run_hub(env, *convert, "--timeout", "1")
+    elapsed = time.monotonic() - start
+    line = _refused_line(proc)
+    assert "bids2hf/manifest.jsonl" in line and "cannot be read" in line, line
+    assert elapsed < 8 * 4, f"{elapsed:.1f} s: the reads were not cut at --timeout"

@@ -305,7 +305,8 @@ def _convert_locked(run: _Run) -> None:
         run.report.publish = _dry_run(run)
         return
     if run.remote_url is not None:
-        run.remote = RemoteRun.open(run.remote_url, run.publish, run.state)
+        card = run.out.store.published_card(run.remote_url)
+        run.remote = RemoteRun.open(run.remote_url, run.publish, run.state, card)
         run.report.publish = run.remote.report
     work = _classify(run)
     paths = _paths(run, work)
@@ -600,6 +601,7 @@ def push(
             timeout=timeout,
             progress=progress,
             overwrite=overwrite,
+            store=out.store if writable else None,
         )
 
 

@@ -19,12 +19,14 @@ from bids2hf.model.state import ShardRecord
 from bids2hf.publish.retry import call_with_retries
 from bids2hf.publish.targets.base import RemoteFile, Target, git_blob_oid
 from bids2hf.publish.targets.fsspec import FsspecTarget
-from bids2hf.publish.targets.hub import HubTarget
+from bids2hf.publish.targets.hub import HubTarget, hub_call_settings
 
 __all__ = [
     "Classified",
+    "card_identities",
     "carries_bids2hf_index",
     "classify",
+    "foreign_card",
     "kept_paths", "recorded_paths", "refuse_remote_conflicts", "remote_conflicts",
     "same_content", "stale_paths", "verify_remote",
 ]
@@ -101,6 +103,28 @@ def stale_paths(
     )
 
 
+def card_identities(path: Path) -> set[str]:
+    """The identities a card file would have on a remote: its git blob oid (how the Hub lists a
+    regular file) and its sha256 (LFS files, fsspec checksums). Raises OSError if unreadable."""
+    from bids2hf.model.format import sha256_file
+
+    return {f"git:{git_blob_oid(path)}", f"sha256:{sha256_file(path)}"}
+
+
+def foreign_card(remote: RemoteFile | None, recorded: Collection[str]) -> bool:
+    """Whether the remote card is none of the cards bids2hf recorded publishing there (edited
+    on the Hub since, so someone else's). Without a record, or without an identity in the
+    listing, nothing says so: False. Never raises."""
+    if remote is None or not recorded:
+        return False
+    ids = set()
+    if remote.git_oid is not None:
+        ids.add(f"git:{remote.git_oid}")
+    if remote.sha256 is not None:
+        ids.add(f"sha256:{remote.sha256}")
+    return bool(ids) and not ids & set(recorded)
+
+
 def recorded_paths(target: Target, remote: dict[str, RemoteFile]) -> set[str]:
     """Remote paths that a bids2hf run recorded writing, as far as the remote itself says.
 
@@ -142,13 +166,20 @@ def recorded_paths(target: Target, remote: dict[str, RemoteFile]) -> set[str]:
 
 def _read_remote(target: Target, path: str) -> bytes:
     if isinstance(target, HubTarget):
-        from huggingface_hub import HfFileSystem
+        from huggingface_hub import get_session, hf_hub_url
+        from huggingface_hub.utils import build_hf_headers, hf_raise_for_status
+
+        url = hf_hub_url(target.repo_id, path, repo_type="dataset", revision=target.revision)
 
         def read() -> bytes:
-            # A fresh instance: a cached one may hold a listing from before the last commit.
-            fs = HfFileSystem(skip_instance_cache=True)
-            with fs.open(f"datasets/{target.repo_id}/{path}", "rb", revision=target.revision) as f:
-                return bytes(f.read())
+            # One GET through the shared client, inside hub_call_settings: --timeout bounds it.
+            # (HfFileSystem would first list the folder, with no timeout, then read with its own.)
+            with hub_call_settings(target.timeout):
+                response = get_session().get(url, headers=build_hf_headers())
+                if response.status_code == 404:
+                    raise FileNotFoundError(path)
+                hf_raise_for_status(response)
+                return bytes(response.content)
 
         return bytes(call_with_retries(f"read {path} ({target.repo_id})", read, target.policy))
     if isinstance(target, FsspecTarget):
@@ -174,7 +205,14 @@ def carries_bids2hf_index(target: Target, path: str) -> bool:
 
     try:
         if isinstance(target, HubTarget):
-            return bool(call_with_retries(f"read footer of {path}", footer, target.policy))
+
+            def bounded() -> bool:
+                # Metadata requests on the shared client get --timeout; HfFileSystem's byte
+                # reads carry their own (HF_HUB_DOWNLOAD_TIMEOUT), its folder listing none.
+                with hub_call_settings(target.timeout):
+                    return footer()
+
+            return bool(call_with_retries(f"read footer of {path}", bounded, target.policy))
         return footer()
     except Exception as exc:  # not Parquet, or unreadable: not shown to be ours
         log.debug("%s/%s: no bids2hf footer read (%s)", target.url, path, exc)

@@ -24,7 +24,9 @@ from bids2hf.model.manifest import ManifestEntry
 from bids2hf.model.state import ResumeState
 from bids2hf.progress import ProgressBar
 from bids2hf.publish.compare import (
+    card_identities,
     carries_bids2hf_index,
+    foreign_card,
     kept_paths,
     recorded_paths,
     refuse_remote_conflicts,
@@ -38,6 +40,7 @@ from bids2hf.publish.targets.fsspec import FsspecTarget
 from bids2hf.publish.targets.hub import HubTarget
 from bids2hf.publish.uploader import Publisher, PublishReport
 from bids2hf.write.output_folder import OutputFolder
+from bids2hf.write.state_store import StateStore
 
 __all__ = [
     "DryRunItem",
@@ -133,19 +136,25 @@ class RemoteRun:
         remote: dict[str, RemoteFile],
         owned: set[str],
         options: PublishOptions,
+        card: Collection[str] = (),
     ) -> None:
         self.url = url
         self.target = target
         self.remote = remote  # the destination's files when the run began
         self.owned = owned  # those a bids2hf record says bids2hf wrote
         self.options = options
+        self.card = set(card)  # what the card bids2hf last published here may be (recorded)
         self.report = PublishReport(url)
         self._publisher: Publisher | None = None
 
     @classmethod
-    def open(cls, url: str, options: PublishOptions, state: ResumeState) -> RemoteRun:
+    def open(
+        cls, url: str, options: PublishOptions, state: ResumeState, card: Collection[str] = ()
+    ) -> RemoteRun:
         """Create the destination if needed and list it; ``state`` (the staging folder's) adds
-        the paths its runs wrote there.
+        the paths its runs wrote there. ``card`` is what the card bids2hf last published there
+        may be (:meth:`StateStore.published_card`): a remote card that is none of these was
+        edited since, and is someone else's.
 
         Raises :class:`~bids2hf.errors.DestinationError` when the destination cannot be created
         or its records read, and the client's errors for failures that outlasted the retries.
@@ -156,7 +165,9 @@ class RemoteRun:
         owned = recorded_paths(target, remote)
         if state.destination == url:
             owned |= state.remote_owned
-        return cls(url, target, remote, owned, options)
+        if foreign_card(remote.get("README.md"), card):
+            owned.discard("README.md")
+        return cls(url, target, remote, owned, options, card)
 
     def refuse_conflicts(
         self, paths: Iterable[str], same: Collection[str], overwrite: bool
@@ -219,12 +230,17 @@ class RemoteRun:
         # Only files a bids2hf run recorded writing there are deleted; others are kept and named.
         deletions = stale_paths(self.remote, keep, self.owned)
         self.report.kept = kept_paths(stale_paths(self.remote, keep), self.owned)
+        # Recorded before the commit, with the earlier card: killed after the commit, the next
+        # run still knows the card there as bids2hf's, whichever of the two it is.
+        card = card_identities(out.root / "README.md")
+        out.store.record_published_card(self.url, self.card | card)
         self._publisher.finish(final, deletions, FINAL_MESSAGE)
         out.store.remote_disown(deletions)
         shards = out.store.state.shards
         expected = {p: (shards[p].size, shards[p].sha256 or "") for p in shard_paths}
         expected.update({f.path: (f.size, f.checksum()) for f in final})
         verify_remote(self.target, expected, {f.path: f.local for f in final}, self.owned)
+        out.store.record_published_card(self.url, card)
         # The staging folder keeps only the resume state.
         out.remove_owned(
             [p for p in out.owned if p.startswith(("data/", DATASET_FILES_PREFIX, "bids2hf/"))]
@@ -269,12 +285,14 @@ def upload_folder(
     timeout: float | None = 300.0,
     progress: bool = True,
     overwrite: bool = False,
+    store: StateStore | None = None,
 ) -> PublishReport:
     """Upload a finished output's ``files`` to ``url``: shards in batched commits, then the
     dataset-level files, manifest and card with the deletions in the last commit; verify.
 
     Files the remote holds with the same content are skipped, and nothing is committed when
     nothing changed. Stale files are deleted only if a bids2hf record says bids2hf wrote them.
+    ``store`` records the card pushed: edited on the remote since, it is someone else's.
 
     Raises :class:`~bids2hf.errors.DestinationError` for a remote file in the way that bids2hf
     did not write (without ``overwrite``), :class:`~bids2hf.errors.VerificationError` if the
@@ -288,14 +306,9 @@ def upload_folder(
     report = PublishReport(url)
     target.ensure()
     remote = target.files()
-    owned = recorded_paths(target, remote)
+    recorded_card = store.published_card(url) if store is not None else set()
     by_path = {f.path: f for f in files}
-    conflicts = [
-        p
-        for p in remote_conflicts(remote, owned, keep)
-        if not same_content(remote[p], by_path[p].size, by_path[p].checksum(), by_path[p].local)
-    ]
-    refuse_remote_conflicts(url, conflicts, overwrite)
+    owned = _refuse_push_conflicts(target, remote, by_path, recorded_card, overwrite)
     deletions = stale_paths(remote, keep, owned)
     report.kept = kept_paths(stale_paths(remote, keep), owned)
     shards = [f for f in files if f.path.startswith("data/")]
@@ -307,6 +320,7 @@ def upload_folder(
         )
         for item in shards:
             publisher.submit(item, holds_slot=False)
+        card = _record_card(store, url, by_path.get("README.md"), recorded_card)
         try:
             publisher.finish(final, deletions, FINAL_MESSAGE)
         except BaseException:
@@ -318,7 +332,42 @@ def upload_folder(
         {f.path: f.local for f in files},
         owned | set(keep),
     )
+    if store is not None and card:
+        store.record_published_card(url, card)
     return report
+
+
+def _refuse_push_conflicts(
+    target: Target,
+    remote: dict[str, RemoteFile],
+    files: dict[str, StagedFile],
+    recorded_card: set[str],
+    overwrite: bool,
+) -> set[str]:
+    """The remote paths bids2hf wrote; refuses (:class:`~bids2hf.errors.DestinationError`) if
+    another file of different content is in the way of ``files``, unless ``overwrite``."""
+    owned = recorded_paths(target, remote)
+    if foreign_card(remote.get("README.md"), recorded_card):
+        owned.discard("README.md")  # edited there since bids2hf published it
+    conflicts = [
+        p
+        for p in remote_conflicts(remote, owned, files)
+        if not same_content(remote[p], files[p].size, files[p].checksum(), files[p].local)
+    ]
+    refuse_remote_conflicts(target.url, conflicts, overwrite)
+    return owned
+
+
+def _record_card(
+    store: StateStore | None, url: str, card: StagedFile | None, recorded: set[str]
+) -> set[str]:
+    """Record the card about to be pushed with the earlier one, before the commit (as in
+    :meth:`RemoteRun.finish`); its identities. Raises OSError if the record cannot be written."""
+    if store is None or card is None:
+        return set()
+    ids = card_identities(card.local)
+    store.record_published_card(url, recorded | ids)
+    return ids
 
 
 def is_remote(url: str | os.PathLike[str]) -> bool:

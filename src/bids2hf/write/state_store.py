@@ -30,7 +30,10 @@ from bids2hf.model.state import (
     _snapshot,
 )
 
-__all__ = ["StateStore"]
+__all__ = ["CARDS_NAME", "StateStore"]
+
+#: Beside the journal: the identities of the card last published to each destination.
+CARDS_NAME = "published_cards.json"
 
 
 class StateStore:
@@ -160,6 +163,48 @@ class StateStore:
 
     def mark_complete(self) -> None:
         self._append({"op": "complete"})
+
+    # -- the published card ---------------------------------------------------------------------
+    def published_card(self, destination: str) -> set[str]:
+        """What the card bids2hf last published to ``destination`` may be, as the remote lists
+        it (``git:<blob oid>``, ``sha256:<hex>``); empty when no run recorded publishing one.
+
+        Kept beside the journal (``published_cards.json``): a card edited on the Hub since then
+        is someone else's. An unreadable record is no record. Raises nothing.
+        """
+        try:
+            data = json.loads((self.state_dir / CARDS_NAME).read_text())
+            return {str(i) for i in data.get(destination, [])}
+        except (OSError, ValueError, TypeError, AttributeError):
+            return set()
+
+    def record_published_card(self, destination: str, identities: Iterable[str]) -> None:
+        """Record the identities the card on ``destination`` may have (replacing the earlier
+        ones). Written atomically (temporary file, fsync, rename).
+
+        Raises :class:`OSError` when the record cannot be written.
+        """
+        path = self.state_dir / CARDS_NAME
+        with self._lock:
+            try:
+                data = json.loads(path.read_text())
+                if not isinstance(data, dict):
+                    data = {}
+            except (OSError, ValueError):
+                data = {}
+            data[destination] = sorted(set(identities))
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix="cards.", suffix=".tmp", dir=self.tmp_dir)
+            try:
+                _write_all(fd, json.dumps(data, sort_keys=True).encode())
+                os.fsync(fd)
+            except BaseException:
+                os.close(fd)
+                os.unlink(tmp)
+                raise
+            os.close(fd)
+            os.replace(tmp, path)
+            _fsync_dir(self.state_dir)
 
     def close(self) -> None:
         """Stop recording: later changes (from a thread outliving a failed run) are dropped."""
