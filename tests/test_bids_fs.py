@@ -1,8 +1,8 @@
 """``bids2hf://``: the BIDS tree of an output, over a local folder, S3 (moto) and the Hub emulator.
 
-Outputs are made by today's writer and then given byte offsets the way the writer will record
-them (``record_offsets`` on each shard, ``offset`` in the manifest's row entries); the plain
-outputs, without offsets, stand for datasets written before offsets existed.
+Outputs are made by the writer, which records byte offsets (in each shard's footer index and the
+manifest's row entries); the plain outputs, the same with the offsets removed, stand for
+datasets written before offsets existed.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from bids2hf.model.format import FOOTER_KEY, read_footer_index
 from bids2hf.model.ranges import RangeError
 from bids2hf.readback.bids_fs import BidsHfFileSystem
 from bids2hf.testing.spec import GeneratedDataset
-from bids2hf.write.ranges import record_offsets, replace_footer_value
+from bids2hf.write.ranges import replace_footer_value
 from hub_emulator import HubEmulator
 from test_byte_ranges import convert
 
@@ -44,19 +44,17 @@ def test_protocol_registered_by_entry_point() -> None:
     assert fsspec.get_filesystem_class("bids2hf") is BidsHfFileSystem
 
 
-def add_offsets(out: Path) -> None:
-    """What the writer will do: offsets in each shard's footer index and in the manifest."""
-    found: dict[tuple[str, str, int, int], int] = {}
+def strip_offsets(out: Path) -> None:
+    """An output as written before offsets: no ``offset`` in the footer indexes or the manifest."""
     for shard in sorted((out / "data").glob("*.parquet")):
-        index = read_footer_index(pq.read_metadata(shard))
-        for (column, row, i), r in record_offsets(shard, index, FOOTER_KEY).items():
-            found[(f"data/{shard.name}", column, row, i)] = r.offset
+        index = [e.record() for e in read_footer_index(pq.read_metadata(shard))]
+        for e in index:
+            e.pop("offset", None)
+        replace_footer_value(shard, FOOTER_KEY, json.dumps(index, separators=(",", ":")).encode())
     lines = []
     for line in (out / MANIFEST).read_text().splitlines():
         e = json.loads(line)
-        key = (e.get("location"), e.get("column"), e.get("row"), e.get("index"))
-        if e["placement"] == "row" and key in found:
-            e["offset"] = found[key]
+        e.pop("offset", None)
         lines.append(json.dumps(e, sort_keys=True))
     (out / MANIFEST).write_text("\n".join(lines) + "\n")
 
@@ -64,10 +62,11 @@ def add_offsets(out: Path) -> None:
 @pytest.fixture(scope="module")
 def outputs(synthetic: GeneratedDataset, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("bids_fs")
-    plain = convert(synthetic.root, base / "plain", "--max-shard-size", "400kB", "--row-group-size", "60kB")
-    offsets = base / "offsets"
-    shutil.copytree(plain, offsets)
-    add_offsets(offsets)
+    offsets = convert(synthetic.root, base / "offsets", "--max-shard-size", "400kB", "--row-group-size", "60kB")
+    assert '"offset":' in (offsets / MANIFEST).read_text()  # the writer records them
+    plain = base / "plain"
+    shutil.copytree(offsets, plain)
+    strip_offsets(plain)
     return {"plain": plain, "offsets": offsets}
 
 

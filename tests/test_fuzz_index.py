@@ -374,7 +374,10 @@ def test_fuzzed_data_pages(
         return damage_pages(hf, rng)
 
     outcomes = _run(_cases(published, tmp_path, 30, damage), source)
-    assert outcomes.get(1, 0) >= 10, outcomes
+    # Images with a recorded offset are fetched as byte ranges and checked by sha256 alone, so
+    # flips in their page headers are never read: those exports succeed, and check_outcome
+    # proves them byte-identical. Damage to the file bytes themselves is still refused.
+    assert outcomes.get(1, 0) >= 5, outcomes
 
 
 def test_fuzzed_name_clashes(published: Path, source: Path, tmp_path: Path) -> None:

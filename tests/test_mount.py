@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from bids2hf.testing.spec import GeneratedDataset
-from test_bids_fs import MANIFEST, T1W, add_offsets
+from test_bids_fs import MANIFEST, T1W
 from test_byte_ranges import convert
 
 MOUNT = [sys.executable, "-m", "bids2hf", "mount"]
@@ -71,7 +71,6 @@ class Mount:
 def source(synthetic: GeneratedDataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = convert(synthetic.root, tmp_path_factory.mktemp("mount") / "out",
                   "--max-shard-size", "400kB", "--row-group-size", "60kB")
-    add_offsets(out)
     return out
 
 

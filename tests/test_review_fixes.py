@@ -266,3 +266,62 @@ def test_batch_committed_shards_are_ours_with_a_fresh_staging(
     shutil.rmtree(Path(hub_env["BIDS2HF_CACHE"]) / "staging")
     again = run(args)
     assert again.returncode == 0, again.stderr
+
+
+# -- M3: workers die with the run that started them ---------------------------------------------
+_SLOW_WORKER_FSYNC = """
+import multiprocessing, os, time
+_real_fsync = os.fsync
+def _slow_fsync(fd):
+    if multiprocessing.parent_process() is not None:  # only in worker processes
+        time.sleep(0.7)
+    return _real_fsync(fd)
+os.fsync = _slow_fsync
+"""
+
+
+def test_workers_of_a_killed_run_write_nothing(bids_copy: Path, tmp_path: Path) -> None:
+    """SIGKILL of the parent alone, while both workers are writing shards (each worker's fsync
+    is slowed through a sitecustomize, so that a shard is always in flight): within a few seconds
+    no worker of that run is alive and no shard lands in data/ after the kill."""
+    import contextlib
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_SLOW_WORKER_FSYNC)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]))
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "bids2hf", "convert", str(bids_copy), str(out), "-q", "-j", "2"]
+    proc = subprocess.Popen([*args, "--max-shard-size", "100kB"], env=env)
+    workers: list[psutil.Process] = []
+    try:
+        data = out / "data"
+        deadline = time.monotonic() + 120
+        while not (data.is_dir() and any(data.glob("*.parquet"))):
+            assert proc.poll() is None, "the run ended before its first shard was seen"
+            assert time.monotonic() < deadline, "no shard written"
+            time.sleep(0.02)
+        workers[:] = psutil.Process(proc.pid).children(recursive=True)
+        assert workers, "no worker processes"
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait() == -signal.SIGKILL
+        shards = sorted(p.name for p in data.glob("*.parquet"))
+        _, alive = psutil.wait_procs(workers, timeout=5)
+        assert not alive, f"workers outlived the killed run: {alive}"
+        time.sleep(1.0)  # a worker still alive would rename its shard by now
+        assert sorted(p.name for p in data.glob("*.parquet")) == shards, "a shard landed after the kill"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for worker in workers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                worker.kill()
+

@@ -3,9 +3,12 @@
 Everything that can be checked without reading the embedded bytes is checked before the first
 file is written: every index entry (types, ranges, safe paths), the manifest against each
 shard's own footer index, every row/column/list position against the shard's structure, and
-the stored path of every wanted cell (a small read of the ``path`` fields only). Then it streams
-one row group at a time (only the columns that hold wanted files) and checks every file's size
-and sha256 before it is renamed into place.
+the stored path of every wanted cell (a small read of the ``path`` fields only). Files with a
+recorded ``offset`` (stored verbatim) are then fetched as byte ranges, neighbours coalesced and
+several in flight, each checked against its sha256 before it is written: an export of a few
+files costs about their bytes plus the index. The other files are streamed one row group at a
+time (only the columns that hold wanted files). Every file's size and sha256 are checked before
+it is renamed into place.
 
 Exit codes (through the CLI): 2 when the index is refused (damaged or crafted, or a path that
 would land outside the output folder) or the output folder is in the way, always before the
@@ -44,6 +47,7 @@ from bids2hf.model.format import DATASET_FILES_PREFIX, MANIFEST_PATH, EmbeddedFi
 from bids2hf.model.manifest import ManifestEntry
 from bids2hf.progress import ProgressBar
 from bids2hf.readback.published import PublishedDataset, open_dataset, safe_relpath
+from bids2hf.readback.ranges import fetch_ranges
 
 __all__ = ["ExportReport", "export"]
 
@@ -56,6 +60,12 @@ _REFUSED = (
 )
 #: Dataset-level files every converted dataset has (scan refuses a folder without it).
 _REQUIRED = ("dataset_description.json",)
+
+#: Byte-range requests in flight per shard when fetching files by their recorded offset.
+_RANGE_WORKERS = 4
+#: Gap bytes fetched between two wanted files, at most this fraction of the file brought in:
+#: an export downloads at most 1.05x the bytes of its files (plus the index).
+_RANGE_WASTE = 0.05
 
 #: (column, row, index) of a file inside one shard; index -1 for single-valued columns.
 _Slot = tuple[str, int, int]
@@ -168,7 +178,17 @@ def _read_shards(
 
 
 def _from_footer(shard: str, e: EmbeddedFile) -> ManifestEntry:
-    return ManifestEntry(e.path, e.size, "row", e.sha256, shard, e.column, e.row, e.index)
+    return ManifestEntry(
+        e.path, e.size, "row", e.sha256, shard, e.column, e.row, e.index, offset=e.offset
+    )
+
+
+def _offset(shard: _Shard, e: ManifestEntry) -> int | None:
+    """Where ``e``'s bytes start in its shard: the manifest's offset, else the footer index's."""
+    if e.offset is not None:
+        return e.offset
+    found = shard.index.get(_slot(e))
+    return found.offset if found is not None else None
 
 
 def _entries(
@@ -274,7 +294,9 @@ def _check_row_entries(
 ) -> None:
     """Check entries against the shard's structure and the paths stored in their cells.
 
-    Reads only the ``path`` fields of the wanted cells, never the embedded bytes.
+    Reads only the ``path`` fields of the wanted cells, never the embedded bytes. Files with a
+    recorded offset are checked too: their sha256 would catch a wrong range only after other
+    files were written, and a crafted index is refused before the first write.
     """
     where = f"{dataset.url}/{shard.path}"
     starts = shard.starts
@@ -302,8 +324,8 @@ def _check_row_entries(
                 f"{where}: {e.path!r} is said to hold {e.size} bytes, more than all of column "
                 f"{e.column!r} in its row group ({limit}); {_REFUSED}"
             )
-    with _open(dataset, shard.path) as f:
-        pf = _parquet(f, where)
+    with _open(dataset, shard.path, whole=False) as f:
+        pf = _parquet(f, where, shard.meta)
         for group, wanted in _by_group(starts, entries).items():
             leaves = sorted({columns[e.column].path_leaf for e in wanted if e.column})
             table = _read_group(pf, group, leaves, where)
@@ -321,14 +343,14 @@ def _check_row_entries(
                     )
 
 
-def _parquet(f: BinaryIO, where: str) -> pq.ParquetFile:
-    """``f`` opened as Parquet.
+def _parquet(f: BinaryIO, where: str, meta: pq.FileMetaData | None = None) -> pq.ParquetFile:
+    """``f`` opened as Parquet; with ``meta`` (read already), its footer is not read again.
 
     Raises:
         VerificationError: its footer cannot be read (a damaged copy).
     """
     try:
-        return pq.ParquetFile(f)
+        return pq.ParquetFile(f, metadata=meta)
     except (pa.ArrowException, OSError) as exc:
         raise _unreadable(where, exc) from None
 
@@ -432,9 +454,18 @@ def _chunks(f: BinaryIO) -> Iterator[bytes]:
         yield chunk
 
 
-def _open(dataset: PublishedDataset, relpath: str) -> BinaryIO:
+def _open(dataset: PublishedDataset, relpath: str, whole: bool = True) -> BinaryIO:
+    """``relpath`` of the dataset, opened for reading.
+
+    ``whole=False`` is for shards read in parts: no read-ahead, which would fetch a block (5 MB
+    on ``hf://``) beyond each column chunk asked for.
+
+    Raises:
+        VerificationError: the file is missing.
+    """
+    kwargs = {} if whole else {"cache_type": "none"}
     try:
-        f: BinaryIO = dataset.fs.open(dataset.path(relpath), "rb")
+        f: BinaryIO = dataset.fs.open(dataset.path(relpath), "rb", **kwargs)
     except FileNotFoundError:
         raise _missing(dataset, relpath) from None
     return f
@@ -660,10 +691,16 @@ def _export_shard(
     bar: ProgressBar,
 ) -> None:
     where = f"{dataset.url}/{shard.path}"
+    ranged = [e for e in entries if _offset(shard, e) is not None]
+    if ranged:
+        _export_ranges(dataset, shard, ranged, out, tmp, report, bar)
+    rest = [e for e in entries if _offset(shard, e) is None]
+    if not rest:
+        return
     starts = shard.starts
-    by_group = _by_group(starts, entries)
-    with _open(dataset, shard.path) as f:
-        pf = _parquet(f, where)
+    by_group = _by_group(starts, rest)
+    with _open(dataset, shard.path, whole=False) as f:
+        pf = _parquet(f, where, shard.meta)
         for group in sorted(by_group):
             wanted = by_group[group]
             columns = sorted({e.column for e in wanted if e.column})
@@ -693,3 +730,40 @@ def _export_shard(
                 report.files += 1
                 bar.update(e.size, 1)
             del table
+
+
+def _export_ranges(
+    dataset: PublishedDataset,
+    shard: _Shard,
+    entries: list[ManifestEntry],
+    out: Path,
+    tmp: Path,
+    report: ExportReport,
+    bar: ProgressBar,
+) -> None:
+    """Fetch files stored verbatim by their byte range and write them.
+
+    Raises:
+        RangeError: a range's bytes do not hash to the file's sha256 (the index or the shard is
+            damaged); that file is never written.
+    """
+    items = []
+    for e in entries:
+        offset = _offset(shard, e)
+        assert offset is not None and e.sha256 is not None
+        items.append((offset, e.size, e.sha256))
+    path = dataset.path(shard.path)
+    for i, data in fetch_ranges(
+        dataset.fs,
+        path,
+        items,
+        workers=_RANGE_WORKERS,
+        waste=_RANGE_WASTE,
+        names=[e.path for e in entries],
+    ):
+        e = entries[i]
+        # fetch_ranges checked the sha256 already; _Target checks again as it writes, which is
+        # cheap next to the download and keeps one rule for every file written.
+        report.bytes += _Target(out, tmp, e).write([data])
+        report.files += 1
+        bar.update(e.size, 1)

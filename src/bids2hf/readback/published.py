@@ -11,6 +11,7 @@ a crash.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import posixpath
@@ -43,6 +44,8 @@ PLACEMENTS = ("row", "dataset_file", "left_out")
 #: Largest size, row or index accepted (a signed 64-bit count, as in Parquet and the OS).
 _MAX = 2**63 - 1
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+#: Bytes read from a shard's end to get its footer in one request (as pyarrow does).
+_FOOTER_GUESS = 64 << 10
 _MANIFEST_FIELDS = frozenset(f.name for f in fields(ManifestEntry))
 _REFUSED = (
     "the index is damaged or crafted, so it is refused (download or convert the dataset again)"
@@ -240,9 +243,27 @@ class PublishedDataset:
         return parse_manifest(self.read_bytes(MANIFEST_PATH), f"{self.url}/{MANIFEST_PATH}")
 
     def _metadata(self, shard: str) -> pq.FileMetaData:
-        """A shard's Parquet metadata; raises pa.ArrowException or OSError if it has none."""
-        with self.fs.open(self.path(shard), "rb") as f:
-            return pq.ParquetFile(f).metadata
+        """A shard's Parquet metadata, in one read of its tail (two if the footer is longer).
+
+        No read-ahead: a block read beyond the footer (5 MB on ``hf://``) would cost more than
+        the footer itself, and reading a few files of a shard must cost about their bytes.
+
+        Raises:
+            pa.ArrowException, OSError: the file has no readable Parquet footer.
+        """
+        with self.fs.open(self.path(shard), "rb", cache_type="none") as f:
+            size = f.seek(0, 2)
+            f.seek(max(0, size - _FOOTER_GUESS))
+            tail = f.read()
+            if len(tail) < 12 or tail[-4:] != b"PAR1":
+                raise OSError("no Parquet footer (magic bytes not found)")
+            length = int.from_bytes(tail[-8:-4], "little") + 8
+            if length > size - 4:
+                raise OSError(f"footer of {length} bytes in a file of {size}")
+            if length > len(tail):
+                f.seek(size - length)
+                tail = f.read(length - len(tail)) + tail
+        return pq.read_metadata(io.BytesIO(b"PAR1" + tail[-length:]))
 
     def _index(self, shard: str, meta: pq.FileMetaData) -> list[EmbeddedFile]:
         where = f"{self.url}/{shard}"

@@ -89,12 +89,18 @@ class Span:
 
 
 def coalesce(
-    ranges: Sequence[tuple[int, int]], gap: int = 64 << 10, max_span: int = 64 << 20
+    ranges: Sequence[tuple[int, int]],
+    gap: int = 64 << 10,
+    max_span: int = 64 << 20,
+    waste: float | None = None,
 ) -> list[Span]:
     """Merge ``(offset, length)`` ranges whose gap is at most ``gap`` bytes into fewer requests.
 
     A span grows past ``max_span`` only with a single range (memory stays bounded by the largest
-    file or ``max_span``). The extra bytes read are the gaps, at most ``gap`` per merge.
+    file or ``max_span``). The extra bytes read are the gaps, at most ``gap`` per merge. With
+    ``waste``, a gap is also merged only if it is at most ``waste`` times the range it brings
+    in, so the bytes read stay within ``1 + waste`` times the bytes asked for (small files far
+    apart are fetched one by one instead of with the data between them).
     """
     order = sorted(range(len(ranges)), key=lambda i: ranges[i][0])
     spans: list[Span] = []
@@ -102,7 +108,8 @@ def coalesce(
     members: list[int] = []
     for i in order:
         off, length = ranges[i]
-        if members and off - end <= gap and max(end, off + length) - start <= max_span:
+        fits = off - end <= gap and (waste is None or off - end <= waste * length)
+        if members and fits and max(end, off + length) - start <= max_span:
             end = max(end, off + length)
             members.append(i)
             continue
@@ -122,20 +129,33 @@ def fetch_ranges(
     gap: int = 64 << 10,
     max_span: int = 64 << 20,
     workers: int = 4,
+    waste: float | None = None,
+    names: Sequence[str] | None = None,
 ) -> Iterator[tuple[int, bytes]]:
     """Fetch ``(offset, length, sha256)`` ranges of one object, verified, several in flight.
 
-    Neighbours are coalesced (:func:`coalesce`); up to ``workers`` requests run at once, and at
+    Neighbours are coalesced (:func:`coalesce`, ``gap``/``max_span``/``waste``); up to ``workers`` requests run at once, and at
     most ``2 * workers`` spans are held in memory. Yields ``(position in items, bytes)``, in span
-    order, each only after its sha256 matched.
+    order, each only after its sha256 matched. ``names`` (one per item) name the files in
+    errors.
 
     Raises:
         RangeError: a range's bytes do not hash to its sha256 (nothing of it is yielded).
     """
-    spans = coalesce([(o, n) for o, n, _ in items], gap, max_span)
+    spans = coalesce([(o, n) for o, n, _ in items], gap, max_span, waste)
 
     def get(span: Span) -> bytes:
-        return cat_range(fs, path, span.start, span.end)
+        try:
+            return cat_range(fs, path, span.start, span.end)
+        except RangeError as exc:
+            if not names:
+                raise
+            which = ", ".join(names[i] for i in span.members[:3])
+            more = f" and {len(span.members) - 3} more" if len(span.members) > 3 else ""
+            raise RangeError(
+                f"{which}{more}: {exc} (the recorded offset is past the shard's end: the index "
+                "or the shard is damaged)"
+            ) from None
 
     with ThreadPoolExecutor(max(1, workers), thread_name_prefix="bids2hf-range") as pool:
         pending: list[tuple[Span, Future[bytes]]] = []
@@ -149,5 +169,6 @@ def fetch_ranges(
             for i in span.members:
                 off, length, sha = items[i]
                 piece = data[off - span.start : off - span.start + length]
-                check_range(piece, sha, f"{path} [{off}, {off + length})")
+                where = f"{path} [{off}, {off + length})"
+                check_range(piece, sha, f"{names[i]} (at {where})" if names else where)
                 yield i, piece

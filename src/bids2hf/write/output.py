@@ -68,6 +68,7 @@ def finish_output(
                     ef.column,
                     ef.row,
                     ef.index,
+                    offset=ef.offset,
                 )
             )
     out.write_bytes(out.root / MANIFEST_PATH, dumps(entries))

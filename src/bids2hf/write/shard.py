@@ -8,6 +8,7 @@ renamed into place only when complete.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -29,6 +30,7 @@ from bids2hf.model.format import FOOTER_KEY, EmbeddedFile
 from bids2hf.model.rows import ColumnSpec, FileRef, Role, RowPlan, ShardPlan
 from bids2hf.model.source import Source
 from bids2hf.write.arrays import bool_array, int32_array, string_array, typed_array
+from bids2hf.write.ranges import record_offsets
 
 __all__ = [
     "Progress", "ShardResult", "SourceChangedError", "fsync_file", "parquet_options",
@@ -341,8 +343,18 @@ def write_shard(
             writer.add_key_value_metadata(
                 {FOOTER_KEY: json.dumps([e.record() for e in embedded], separators=(",", ":"))}
             )
+        # Where each verbatim file sits, checked against its sha256 and stored in the footer, so
+        # readers can fetch one file by its byte range. A RangeError means the shard disagrees
+        # with its index: the except below deletes it, nothing wrong is published.
+        ranges = record_offsets(tmp_path, embedded, FOOTER_KEY)
+        embedded = [
+            dataclasses.replace(e, offset=r.offset)
+            if (r := ranges.get((e.column, e.row, e.index)))
+            else e
+            for e in embedded
+        ]
         fsync_file(tmp_path)
-        size = tmp_path.stat().st_size
+        size = tmp_path.stat().st_size  # after record_offsets: the footer grew
         # An orphaned worker (its parent killed) must not publish: a new run may hold the lock.
         if PARENT_PID is not None and os.getppid() != PARENT_PID:
             raise RuntimeError(f"{final_path}: not written, the run that started this worker ended")

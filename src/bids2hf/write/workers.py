@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import queue
+import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import (
@@ -21,6 +24,7 @@ import pyarrow as pa
 
 from bids2hf.model.rows import ColumnSpec, ShardPlan
 from bids2hf.model.source import Source
+from bids2hf.write import shard as shard_module
 from bids2hf.write.output_folder import OutputFolder
 from bids2hf.write.shard import ShardResult, write_shard
 
@@ -32,9 +36,34 @@ _progress_queue: Any = None
 
 
 def init_worker(progress_queue: Any) -> None:
-    """Process-pool initializer: where to send progress."""
+    """Process-pool initializer: where to send progress, and die with the run that started us.
+
+    A worker outliving its run (the parent killed with SIGKILL) would finish its shard and
+    rename it into ``data/`` while a new run may hold the folder's lock. On Linux the kernel
+    kills the worker when its parent dies (``PR_SET_PDEATHSIG``); everywhere, :func:`write_shard`
+    renames nothing once the parent pid recorded here has changed. Raises nothing.
+    """
     global _progress_queue
     _progress_queue = progress_queue
+    shard_module.PARENT_PID = os.getppid()
+    _die_with_parent()
+    if os.getppid() != shard_module.PARENT_PID:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # no usable libc: the pid check still applies
+        pass
 
 
 def _queue_progress(nbytes: int, nfiles: int) -> None:
