@@ -609,7 +609,7 @@ def test_write_shard_cleans_up_when_fsync_fails(
     monkeypatch.setattr(os, "fsync", no_space)
     with pytest.raises(OSError) as info:
         write_shard(
-            shard, plan.columns, plan.arrow_schema, inventory.root, out.root / shard.path, tmp
+            shard, plan.columns, plan.arrow_schema, inventory.source, out.root / shard.path, tmp
         )
     assert info.value.errno == errno.ENOSPC
     assert not tmp.exists() and not (out.root / shard.path).exists()

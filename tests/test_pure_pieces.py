@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from bids2hf.bids.source import LocalSource
 from bids2hf.bids.walk import bidsignore_patterns, first_match
 from bids2hf.model.rows import ShardPlan
 from bids2hf.model.state import ShardRecord
@@ -86,9 +87,9 @@ def test_first_match(relpath: str, patterns: list[str], match: str | None) -> No
 
 
 def test_bidsignore_patterns(tmp_path: Path) -> None:
-    assert bidsignore_patterns(tmp_path) == []
+    assert bidsignore_patterns(LocalSource(tmp_path)) == []
     (tmp_path / ".bidsignore").write_text("# a comment\n\n  extra_data/  \n*_notes.txt\n #x\n")
-    assert bidsignore_patterns(tmp_path) == ["extra_data/", "*_notes.txt"]
+    assert bidsignore_patterns(LocalSource(tmp_path)) == ["extra_data/", "*_notes.txt"]
 
 
 @pytest.mark.parametrize(

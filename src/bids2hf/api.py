@@ -15,11 +15,11 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from bids2hf._version import __version__
 from bids2hf.bids.options import ScanOptions
 from bids2hf.bids.scan import scan
+from bids2hf.bids.source import source_of
 from bids2hf.errors import DestinationError, InputError
 from bids2hf.model.format import (
     DATASET_FILES_PREFIX,
@@ -30,6 +30,7 @@ from bids2hf.model.format import (
 from bids2hf.model.inventory import Inventory, Problem, Severity
 from bids2hf.model.manifest import ManifestEntry
 from bids2hf.model.rows import ShardPlan
+from bids2hf.model.source import Source
 from bids2hf.model.state import ResumeState, ShardRecord
 from bids2hf.plan.options import PlanOptions
 from bids2hf.plan.plan import ConversionPlan, make_plan
@@ -119,11 +120,11 @@ def check_problems(
 
 
 def scan_and_plan(
-    bids_dir: str | os.PathLike[str],
+    bids_dir: str | os.PathLike[str] | Source,  # [issue 15] a URL or a Source too
     scan_options: ScanOptions | None = None,
     plan_options: PlanOptions | None = None,
 ) -> tuple[Inventory, ConversionPlan]:
-    """Scan a BIDS folder and plan its conversion; reads metadata, writes nothing.
+    """Scan a BIDS folder (local, fsspec URL or Source) and plan its conversion; writes nothing.
 
     Raises:
         InputError: sizes out of range, or a source that cannot be read as BIDS.
@@ -143,7 +144,7 @@ def _check_destination(
     out: OutputFolder,
     state: ResumeState | None,
     plan: ConversionPlan,
-    source: Path,
+    source: str,  # [issue 15] the source's location
     overwrite: bool,
     remote_url: str | None,
 ) -> str:
@@ -181,7 +182,7 @@ def _check_destination(
         return "resume"
     if remote_url is not None:
         return "update"  # a staging folder holds only what bids2hf wrote: always ours to update
-    if not state.complete and state.source == str(source):
+    if not state.complete and state.source == source:
         # An unfinished run of the same source whose files changed since: finish it with the
         # new plan (shards still up to date are kept).
         return "update"
@@ -196,7 +197,7 @@ def _check_destination(
 
 # long because: the docstring documents every argument; the body is ten lines of set-up.
 def convert(
-    bids_dir: str | os.PathLike[str],
+    bids_dir: str | os.PathLike[str] | Source,  # [issue 15]
     destination: str | os.PathLike[str],
     *,
     scan_options: ScanOptions | None = None,
@@ -212,7 +213,9 @@ def convert(
     """Convert a BIDS folder into a Hugging Face dataset, locally or straight to a remote.
 
     Args:
-        bids_dir: the BIDS dataset's top folder.
+        bids_dir: the BIDS dataset's top folder: a local path, an fsspec URL such as
+            ``s3://openneuro.org/ds004884`` (read in place, never copied to local disk), or a
+            :class:`~bids2hf.model.source.Source` (e.g. ``open_source(url, anon=True)``).
         destination: a local folder (created; must be empty, a resumable run, or ``overwrite``),
             ``hf://datasets/ORG/NAME[@REVISION]``, or an fsspec URL such as ``s3://bucket/prefix``.
             Remote destinations are written in one streaming pass: each shard is uploaded as soon
@@ -293,6 +296,12 @@ class _Run:
     def state(self) -> ResumeState:
         return self.out.store.state  # empty when there was none; kept up to date by the store
 
+    @property
+    def source(self) -> Source:
+        """[issue 15] Where the files are read (inventories built in memory have only a root)."""
+        inventory = self.report.inventory
+        return source_of(inventory.root, inventory.source)
+
 
 #: Written last, in this order: until both are there, the output does not pass for complete.
 _LAST_PATHS = (MANIFEST_PATH, "README.md")
@@ -326,7 +335,7 @@ def _destination(run: _Run) -> str:
     """Load the folder's state and decide what this run does there (see _check_destination)."""
     loaded = run.out.load_state()
     mode = _check_destination(
-        run.out, loaded, run.plan, run.report.inventory.root, run.overwrite, run.remote_url
+        run.out, loaded, run.plan, run.source.location, run.overwrite, run.remote_url
     )
     if mode != "new":
         log.info("%s the conversion in %s", mode, run.out.root)
@@ -422,7 +431,7 @@ def _prepare(run: _Run, mode: str, paths: _Paths) -> None:
     previous_owned = set(run.state.owned)
     # The state first: a kill before it is recorded leaves nothing but .bids2hf/ behind, and a
     # folder holding nothing else still counts as empty.
-    store.begin(plan.plan_id, str(run.report.inventory.root), __version__, run.remote_url)
+    store.begin(plan.plan_id, run.source.location, __version__, run.remote_url)  # [issue 15]
     out.prepare()
     if mode == "replace":
         replaced = sorted(p for p in previous_owned if os.path.lexists(out.root / p))
@@ -545,7 +554,7 @@ def _write_all(
     write_shards(
         plan.columns,
         plan.arrow_schema,
-        report.inventory.root,
+        run.source,  # [issue 15]
         out,
         todo,
         run.workers,
@@ -555,7 +564,7 @@ def _write_all(
     )
     card = render_card(plan, report.inventory.description, run.repo_hint).encode()
     return finish_output(
-        out, report.inventory.root, plan.shards, plan.dataset_files, plan.left_out, bar.update, card
+        out, run.source, plan.shards, plan.dataset_files, plan.left_out, bar.update, card
     )
 
 

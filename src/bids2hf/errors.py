@@ -5,7 +5,8 @@ from __future__ import annotations
 import unicodedata
 
 __all__ = [
-    "RERUN_HINT", "Bids2HfError", "DestinationError", "InputError", "VerificationError", "one_line",
+    "RERUN_HINT", "Bids2HfError", "DestinationError", "InputError", "SourceChangedError",
+    "VerificationError", "one_line",
 ]
 
 #: Characters that would break a message across lines (or garble a terminal) if printed as is.
@@ -43,6 +44,10 @@ class Bids2HfError(Exception):
 
 class InputError(Bids2HfError):
     """The BIDS folder (or a file in it) cannot be converted as it is."""
+
+
+class SourceChangedError(InputError):
+    """A source file changed between planning and reading."""
 
 
 class DestinationError(Bids2HfError):

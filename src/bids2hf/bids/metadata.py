@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
-from bids2hf.bids.nifti import check_nifti
+from bids2hf.bids.nifti import NiftiCheck, check_nifti
 from bids2hf.bids.options import ScanOptions
 from bids2hf.bids.privacy import lint_nifti_text, lint_sidecar
+from bids2hf.bids.source import source_of
 from bids2hf.bids.tabular import read_tsv
-from bids2hf.model.inventory import Inventory, Placement, Problem, Severity
+from bids2hf.model.inventory import Inventory, Placement, Problem, Severity, SourceFile
+from bids2hf.model.source import Source
 
 
 def _unreadable(relpath: str, exc: OSError) -> Problem:
@@ -26,18 +27,29 @@ def _unreadable(relpath: str, exc: OSError) -> Problem:
     )
 
 
-def _read_text(path: Path, relpath: str, problems: list[Problem], **kw: str) -> str | None:
+# [issue 15] every read goes through the source (a local folder or an fsspec URL)
+def _read_text(
+    source: Source, relpath: str, problems: list[Problem], encoding: str, errors: str = "strict"
+) -> str | None:
     """The text of a small metadata file, or None (with an ``unreadable`` problem)."""
     try:
-        return path.read_text(**kw)
+        return source.read_text(relpath, encoding, errors)
     except OSError as exc:
-        if not any(p.code == "unreadable" and p.path == relpath for p in problems):
-            problems.append(_unreadable(relpath, exc))
-        return None
+        return _text_or_problem(exc, relpath, problems)
 
 
-def _load_json(path: Path, relpath: str, problems: list[Problem]) -> dict[str, Any] | None:
-    text = _read_text(path, relpath, problems, encoding="utf-8-sig")
+def _text_or_problem(text: str | OSError, relpath: str, problems: list[Problem]) -> str | None:
+    """``text``, or None with an ``unreadable`` problem (once per file) for a failed read."""
+    if not isinstance(text, OSError):
+        return text
+    if not any(p.code == "unreadable" and p.path == relpath for p in problems):
+        problems.append(_unreadable(relpath, text))
+    return None
+
+
+def _load_json(read: str | OSError, relpath: str, problems: list[Problem]) -> dict[str, Any] | None:
+    """A JSON sidecar's object, or None (with a problem) when it cannot be read or parsed."""
+    text = _text_or_problem(read, relpath, problems)
     if text is None:
         return None
     try:
@@ -62,7 +74,7 @@ def _load_json(path: Path, relpath: str, problems: list[Problem]) -> dict[str, A
 
 
 def _read_metadata(inv: Inventory, options: ScanOptions) -> None:
-    root = inv.root
+    source = source_of(inv.root, inv.source)  # [issue 15]
     problems = inv.problems
     # Unreadable files already have their one problem; reading them would only add noise.
     unreadable = {p.path for p in problems if p.code == "unreadable"}
@@ -71,27 +83,20 @@ def _read_metadata(inv: Inventory, options: ScanOptions) -> None:
         for f in inv.files
         if f.placement is not Placement.LEFT_OUT and f.relpath not in unreadable
     ]
-    # JSON sidecars: needed for the inheritance principle and the privacy lint. Files that
-    # .bidsignore (or --on-invalid keep) exempts from BIDS are stored as they are, never parsed.
-    for f in present:
-        if f.reason:
-            continue
-        if f.relpath.endswith(".json") and f.relpath != "dataset_description.json":
-            data = _load_json(root / f.relpath, f.relpath, problems)
-            if data is not None:
-                inv.sidecars[f.relpath] = data
-                problems.extend(lint_sidecar(f.relpath, data))
-        elif f.relpath.endswith((".bval", ".bvec")) and f.size <= 1 << 20:
-            text = _read_text(
-                root / f.relpath, f.relpath, problems, encoding="utf-8", errors="replace"
-            )
-            if text is not None:
-                inv.texts[f.relpath] = text
+    _read_small_files(inv, source, present)
     niftis = [f for f in present if f.is_nifti and not f.reason.startswith("invalid")]
-    # Header checks are small reads spread over the disk: several in flight keep it busy.
-    with ThreadPoolExecutor(8, thread_name_prefix="bids2hf-check") as pool:
-        results = pool.map(lambda f: check_nifti(str(root / f.relpath), options.check), niftis)
-        checked = list(zip(niftis, results, strict=True))
+
+    def check(f: SourceFile) -> NiftiCheck:
+        try:
+            where = source.nifti_input(f.relpath)  # [issue 15] a path, or range reads
+        except OSError as exc:
+            return NiftiCheck(error=f"cannot be read ({exc})")
+        return check_nifti(where, options.check)
+
+    # Header checks are small reads spread over the disk (or range requests to a remote):
+    # several in flight keep it busy.
+    with ThreadPoolExecutor(source.scan_threads, thread_name_prefix="bids2hf-check") as pool:
+        checked = list(zip(niftis, pool.map(check, niftis), strict=True))
     for f, result in checked:
         f.nifti_version = result.version
         if result.error:
@@ -118,6 +123,39 @@ def _read_metadata(inv: Inventory, options: ScanOptions) -> None:
     _read_tables(inv)
 
 
+def _read_small_files(inv: Inventory, source: Source, present: list[SourceFile]) -> None:
+    """JSON sidecars (needed for the inheritance principle and the privacy lint) and bval/bvec
+    texts. Files that .bidsignore (or --on-invalid keep) exempts from BIDS are stored as they
+    are, never parsed."""
+    # [issue 15] read first (a remote source keeps many requests in flight), then parsed in
+    # the order of the files, so that problems come out in the same order from any source.
+    sidecars = [
+        f.relpath
+        for f in present
+        if not f.reason and f.relpath.endswith(".json") and f.relpath != "dataset_description.json"
+    ]
+    vectors = [
+        f.relpath
+        for f in present
+        if not f.reason and f.relpath.endswith((".bval", ".bvec")) and f.size <= 1 << 20
+    ]
+    texts = dict(zip(sidecars, source.read_texts(sidecars, "utf-8-sig"), strict=True))
+    texts.update(zip(vectors, source.read_texts(vectors, "utf-8", "replace"), strict=True))
+    problems = inv.problems
+    for f in present:
+        if f.relpath not in texts or f.reason:
+            continue
+        if f.relpath.endswith(".json"):
+            data = _load_json(texts[f.relpath], f.relpath, problems)
+            if data is not None:
+                inv.sidecars[f.relpath] = data
+                problems.extend(lint_sidecar(f.relpath, data))
+        else:
+            text = _text_or_problem(texts[f.relpath], f.relpath, problems)
+            if text is not None:
+                inv.texts[f.relpath] = text
+
+
 def _read_tables(inv: Inventory) -> None:
     subjects = sorted(
         {f.subject for f in inv.files if f.row_key and f.derivative is None and f.subject}
@@ -129,10 +167,10 @@ def _read_tables(inv: Inventory) -> None:
 
 def _read_participants(inv: Inventory, subjects: list[str]) -> None:
     """participants.tsv, checked against the subject folders (each needs a row)."""
-    participants_path = inv.root / "participants.tsv"
+    source = source_of(inv.root, inv.source)  # [issue 15]
     text = (
-        _read_text(participants_path, "participants.tsv", inv.problems, encoding="utf-8-sig")
-        if participants_path.is_file()
+        _read_text(source, "participants.tsv", inv.problems, encoding="utf-8-sig")
+        if source.is_file("participants.tsv")
         else None
     )
     if text is None:
@@ -166,8 +204,7 @@ def _read_participants(inv: Inventory, subjects: list[str]) -> None:
                 Severity.WARNING,
                 "participants-extra",
                 "participants.tsv",
-                f"{len(extra)} participant(s) without a folder get no row: "
-                + ", ".join(extra[:5]),
+                f"{len(extra)} participant(s) without a folder get no row: " + ", ".join(extra[:5]),
                 "expected when participants were withdrawn",
             )
         )
@@ -175,10 +212,14 @@ def _read_participants(inv: Inventory, subjects: list[str]) -> None:
 
 def _read_sessions(inv: Inventory, subjects: list[str]) -> None:
     """Each subject's sub-X_sessions.tsv, with its own dictionary or the top-level one."""
+    source = source_of(inv.root, inv.source)  # [issue 15]
     for subject in subjects:
         rel = f"{subject}/{subject}_sessions.tsv"
-        path = inv.root / rel
-        text = _read_text(path, rel, inv.problems, encoding="utf-8-sig") if path.is_file() else None
+        text = (
+            _read_text(source, rel, inv.problems, encoding="utf-8-sig")
+            if source.is_file(rel)
+            else None
+        )
         if text is None:
             continue
         table, found = read_tsv(

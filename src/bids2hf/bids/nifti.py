@@ -43,7 +43,7 @@ import struct
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import nibabel as nib
 import numpy as np
@@ -54,6 +54,9 @@ from nibabel.cifti2.cifti2 import LimitedNifti2Header
 from nibabel.filebasedimages import FileBasedImage
 
 from bids2hf.bids.options import CheckLevel
+
+if TYPE_CHECKING:
+    from bids2hf.model.source import NiftiInput
 
 __all__ = ["NiftiCheck", "check_nifti", "load_nifti"]
 
@@ -207,45 +210,63 @@ def _data_spec(header: nib.Nifti1Header, cifti_xml: bytes | None) -> tuple[int, 
     return int(proxy.offset), math.prod(shape) * dtype.itemsize
 
 
-def _full_length(path: str) -> int:
+class _LocalFile:
+    """[issue 15] A local file as a :class:`~bids2hf.model.source.NiftiInput`."""
+
+    def __init__(self, path: str) -> None:
+        self.name = path
+
+    def size(self) -> int:
+        return os.path.getsize(self.name)
+
+    def open(self, whole: bool = False) -> BinaryIO:
+        return open(self.name, "rb")
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _full_length(path: NiftiInput) -> int:
     """Decompressed length of a gzip file; raises on a bad CRC or truncated stream."""
     total = 0
-    with gzip.open(path, "rb") as f:
+    with path.open(whole=True) as raw, gzip.GzipFile(fileobj=raw, mode="rb") as f:
         while chunk := f.read(1 << 20):
             total += len(chunk)
     return total
 
 
-def check_nifti(path: str, level: CheckLevel = "header") -> NiftiCheck:
+def check_nifti(path: str | NiftiInput, level: CheckLevel = "header") -> NiftiCheck:
     """Check that ``path`` is a NIfTI-1, NIfTI-2 or CIFTI-2 file that can be read in full.
 
     Never raises for a bad file: the reason is ``NiftiCheck.error`` (one line).
 
     Args:
-        path: file to check (``.nii`` or ``.nii.gz``, including ``.dtseries.nii`` and the like).
+        path: file to check (``.nii`` or ``.nii.gz``, including ``.dtseries.nii`` and the like):
+            a local path, or a :class:`~bids2hf.model.source.NiftiInput` (a remote file read
+            with range requests: the header, then the gzip trailer) [issue 15].
         level: ``"header"`` (cheap: header, extensions and gzip trailer size), ``"full"``
             (decompress all, which verifies the gzip CRC) or ``"none"`` (only read the header
             version when possible, never fail).
     """
     result = NiftiCheck()
     try:
-        _check(path, level, result)
+        _check(_LocalFile(path) if isinstance(path, str) else path, level, result)
     except _Refused as refused:
         if level != "none":
             result.error = str(refused)
     return result
 
 
-def _check(path: str, level: CheckLevel, result: NiftiCheck) -> None:
-    gz = path.endswith(".gz")
+def _check(path: NiftiInput, level: CheckLevel, result: NiftiCheck) -> None:
+    gz = path.name.endswith(".gz")
     try:
-        size = os.path.getsize(path)
+        size = path.size()
     except OSError as exc:
         raise _Refused(f"cannot be read ({exc.strerror or exc})") from None
     if size == 0:
         raise _Refused("empty file (a placeholder or an interrupted copy)")
     try:
-        with open(path, "rb") as raw:
+        with path.open() as raw:
             if gz and raw.read(2) != _GZIP_MAGIC:
                 raise _Refused("named .nii.gz but not gzip-compressed")
             raw.seek(0)
@@ -279,7 +300,7 @@ def _check(path: str, level: CheckLevel, result: NiftiCheck) -> None:
                     f"truncated: {actual} bytes uncompressed, the header needs {expected}"
                 )
         else:
-            with open(path, "rb") as f:
+            with path.open() as f:
                 f.seek(-4, os.SEEK_END)
                 (isize,) = struct.unpack("<I", f.read(4))
             # ISIZE is the length mod 2**32 of the last gzip member only; on a mismatch

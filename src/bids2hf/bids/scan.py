@@ -16,9 +16,11 @@ from typing import Any
 import bids2hf.bids.schema as bids_schema
 from bids2hf.bids.metadata import _read_metadata, _unreadable
 from bids2hf.bids.options import OnInvalid, ScanOptions
-from bids2hf.bids.walk import Walked, bidsignore_patterns, first_match, not_followed_problem, walk
+from bids2hf.bids.source import LocalSource, open_source
+from bids2hf.bids.walk import Walked, bidsignore_patterns, first_match, not_followed_problem
 from bids2hf.errors import InputError
 from bids2hf.model.inventory import Inventory, Placement, Problem, Severity, SourceFile
+from bids2hf.model.source import Source
 
 __all__ = ["scan"]
 
@@ -51,7 +53,9 @@ def _classify(
     derivative_dataset: bool,
 ) -> SourceFile:
     rel = w.relpath
-    f = SourceFile(rel, w.size, w.mtime_ns, Placement.DATASET_FILE, is_symlink=w.is_symlink)
+    f = SourceFile(
+        rel, w.size, w.mtime_ns, Placement.DATASET_FILE, is_symlink=w.is_symlink, version=w.version
+    )
     parts = rel.split("/")
     top = parts[0]
     if w.vcs_dir:
@@ -137,22 +141,24 @@ def _classify_subject(
 
 
 def scan(
-    root: str | os.PathLike[str],
+    root: str | os.PathLike[str] | Source,
     options: ScanOptions | None = None,
 ) -> Inventory:
-    """Scan a BIDS folder.
+    """Scan a BIDS folder: a local path, an fsspec URL (``s3://bucket/ds``) or a
+    :class:`~bids2hf.model.source.Source`.
 
     Raises :class:`~bids2hf.errors.InputError` for problems that make the folder unusable
-    (missing, not BIDS, no subjects). Problems with single files are collected in
-    ``Inventory.problems`` so that ``inspect`` can list them all at once.
+    (missing, not BIDS, no subjects, a URL that cannot be listed). Problems with single files
+    are collected in ``Inventory.problems`` so that ``inspect`` can list them all at once.
     """
     options = options or ScanOptions()
-    root_path, description = _read_description(root)
+    source, description = _read_description(root)  # [issue 15] local folder or fsspec URL
+    root_path = source.location
     link_details: dict[str, str] = {}
-    walked = walk(root_path, link_details)
-    bidsignore = bidsignore_patterns(root_path)
+    walked = source.walk(link_details)
+    bidsignore = bidsignore_patterns(source)
     wanted = set(options.derivatives)
-    _check_derivatives(walked, wanted, root_path)
+    _check_derivatives(walked, wanted, source)
 
     def derivative_selected(name: str) -> bool:
         return "all" in wanted or name in wanted
@@ -189,30 +195,37 @@ def scan(
             "check that this is a BIDS dataset's top folder"
         )
 
-    inventory = Inventory(root=root_path, files=files, description=description)
+    inventory = Inventory(_inventory_root(source), files, description, source=source)
     inventory.problems = problems
     _read_metadata(inventory, options)
     return inventory
 
 
-def _read_description(root: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
-    """(the resolved root, its dataset_description.json); InputError if either is unusable."""
-    root_path = Path(root)
-    if not root_path.exists():
+def _inventory_root(source: Source) -> Path | str:
+    """[issue 15] ``Inventory.root``: the resolved local folder, or a remote source's URL."""
+    return source.root if isinstance(source, LocalSource) else source.location
+
+
+def _read_description(root: str | os.PathLike[str] | Source) -> tuple[Source, dict[str, Any]]:
+    """(the resolved source, its dataset_description.json); InputError if either is unusable."""
+    source = open_source(root)
+    if not isinstance(root, (str, os.PathLike)):
+        root = source.location
+    if not source.exists():
         raise InputError(f"{root}: no such folder (give the path to a BIDS dataset)")
-    if not root_path.is_dir():
+    if not source.is_dir():
         raise InputError(f"{root}: not a folder (give the path to a BIDS dataset's top folder)")
-    desc_path = root_path / "dataset_description.json"
-    if not desc_path.is_file():
+    desc_path = source.display("dataset_description.json")
+    if not source.is_file("dataset_description.json"):
         raise InputError(
             f"{desc_path}: missing, so {root} is not a BIDS dataset "
             "(point at the folder that holds dataset_description.json)"
         )
     try:
-        description = json.loads(desc_path.read_text(encoding="utf-8-sig"))
+        description = json.loads(source.read_text("dataset_description.json", "utf-8-sig"))
     except PermissionError:
         raise InputError(
-            f"{desc_path}: cannot be read (permission denied); fix its permissions (chmod a+r)"
+            f"{desc_path}: cannot be read (permission denied); {source.denied_hint}"
         ) from None
     except OSError as exc:
         raise InputError(f"{desc_path}: cannot be read ({exc.strerror or exc})") from None
@@ -220,20 +233,20 @@ def _read_description(root: str | os.PathLike[str]) -> tuple[Path, dict[str, Any
         raise InputError(f"{desc_path}: not valid JSON ({exc}); fix its syntax") from None
     if not isinstance(description, dict):
         raise InputError(f"{desc_path}: must hold a JSON object with Name and BIDSVersion")
-    return root_path.resolve(), description
+    return source.resolved(), description
 
 
-def _check_derivatives(walked: list[Walked], wanted: set[str], root_path: Path) -> None:
+def _check_derivatives(walked: list[Walked], wanted: set[str], source: Source) -> None:
     """InputError naming the first selected pipeline that derivatives/ does not hold."""
     available = {w.relpath.split("/")[1] for w in walked if w.relpath.startswith("derivatives/")}
     for name in sorted(wanted - {"all"} - available):
         raise InputError(
-            f"{root_path / 'derivatives' / name}: no such derivative pipeline "
+            f"{source.display('derivatives/' + name)}: no such derivative pipeline "
             f"(found: {', '.join(sorted(available)) or 'none'})"
         )
 
 
-def _broken_symlinks(files: list[SourceFile], broken: list[str], root_path: Path) -> Problem:
+def _broken_symlinks(files: list[SourceFile], broken: list[str], root_path: str) -> Problem:
     """Leave the broken symlinks out; the one problem that names the first and the fix."""
     broken_set = set(broken)
     for f in files:
@@ -243,8 +256,7 @@ def _broken_symlinks(files: list[SourceFile], broken: list[str], root_path: Path
         Severity.ERROR,
         "broken-symlink",
         broken[0],
-        f"{len(broken)} broken symlink(s), e.g. this one: git-annex/DataLad content "
-        "not fetched",
+        f"{len(broken)} broken symlink(s), e.g. this one: git-annex/DataLad content not fetched",
         f"run `datalad get` in {root_path} (or `git annex get .`), then retry",
     )
 

@@ -6,12 +6,12 @@ import fnmatch
 import os
 import stat
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from bids2hf.errors import InputError
 from bids2hf.model.format import VCS_DIRS
 from bids2hf.model.inventory import Problem, Severity
+from bids2hf.model.source import Source, Walked  # [issue 15] Walked moved to model/
 
 __all__ = [
     "FOLDER_SEEN",
@@ -23,29 +23,6 @@ __all__ = [
     "not_followed_problem",
     "walk",
 ]
-
-
-@dataclass
-class Walked:
-    """One entry found by :func:`walk`: a file, or a folder that was not entered.
-
-    Folders that were not entered carry a trailing ``/`` in ``relpath``: version-control
-    folders (``vcs_dir``) and folders given by ``not_followed`` (why they were not read).
-    """
-
-    relpath: str
-    size: int = 0
-    mtime_ns: int = 0
-    is_symlink: bool = False
-    broken: bool = False
-    unreadable: bool = False
-    vcs_dir: bool = False
-    not_followed: str = ""
-
-    @property
-    def is_file(self) -> bool:
-        """A regular file (or a symlink to one) whose size and mtime are known."""
-        return not (self.broken or self.unreadable or self.vcs_dir or self.not_followed)
 
 
 #: Reasons a folder is not read. They go into the published manifest, so they never name a path
@@ -184,14 +161,14 @@ def not_followed_problem(
     )
 
 
-def bidsignore_patterns(root: Path) -> list[str]:
-    """The patterns of ``root/.bidsignore`` (comments and blank lines dropped); [] if it is
-    absent or unreadable (the walk reports an unreadable file). Never raises."""
-    path = root / ".bidsignore"
-    if not path.is_file():
+def bidsignore_patterns(source: Source) -> list[str]:
+    """The patterns of the source's ``.bidsignore`` (comments and blank lines dropped); [] if it
+    is absent or unreadable (the walk reports an unreadable file). Never raises."""
+    # [issue 15] read through the source: a local folder or an fsspec URL
+    if not source.is_file(".bidsignore"):
         return []
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        text = source.read_text(".bidsignore", encoding="utf-8", errors="replace")
     except OSError:
         return []  # the walk reports it as unreadable
     patterns = []

@@ -10,7 +10,14 @@ import click
 
 from bids2hf._version import __version__
 from bids2hf.bids.options import ScanOptions
-from bids2hf.cli.options import _options, common, input_options, publish_options
+from bids2hf.cli.options import (
+    _options,
+    common,
+    input_options,
+    open_bids_dir,
+    publish_options,
+    source_option,
+)
 from bids2hf.units import human_bytes
 
 __all__ = ["convert", "demo", "export", "inspect", "main", "mount", "push", "verify"]
@@ -25,11 +32,12 @@ def main() -> None:
 @main.command()
 @click.argument("bids_dir", type=click.Path())
 @input_options
+@source_option
 @click.option(
     "--all", "all_problems", is_flag=True, help="List every problem, not only the first 20."
 )
 @common
-def inspect(bids_dir: str, all_problems: bool, quiet: bool, **kw: Any) -> None:
+def inspect(bids_dir: str, all_problems: bool, quiet: bool, source_anon: bool, **kw: Any) -> None:
     """Show what convert would write and every problem found, writing nothing.
 
     Exit code 2 when convert would refuse the input.
@@ -38,7 +46,8 @@ def inspect(bids_dir: str, all_problems: bool, quiet: bool, **kw: Any) -> None:
     from bids2hf.report.summaries import inspect_text
 
     scan_options, plan_options = _options(kw)
-    inventory, plan = scan_and_plan(bids_dir, scan_options, plan_options)
+    source = open_bids_dir(bids_dir, source_anon)  # [issue 15]
+    inventory, plan = scan_and_plan(source, scan_options, plan_options)
     click.echo(inspect_text(inventory, plan, all_problems))
     if plan.errors:
         sys.exit(2)
@@ -48,6 +57,7 @@ def inspect(bids_dir: str, all_problems: bool, quiet: bool, **kw: Any) -> None:
 @click.argument("bids_dir", type=click.Path())
 @click.argument("destination")
 @input_options
+@source_option
 @click.option(
     "--workers",
     "-j",
@@ -91,11 +101,13 @@ def convert(
     timeout: float,
     staging: str | None,
     max_staged: int | None,
+    source_anon: bool,
     **kw: Any,
 ) -> None:
     """Convert BIDS_DIR into a Hugging Face dataset at DESTINATION.
 
-    DESTINATION is a local folder, hf://datasets/ORG/NAME[@REVISION] (converted and uploaded in
+    BIDS_DIR is a local folder or an fsspec URL read in place, never copied to local disk
+    (s3://openneuro.org/ds004884). DESTINATION is a local folder, hf://datasets/ORG/NAME[@REVISION] (converted and uploaded in
     one streaming pass), or an fsspec URL such as s3://bucket/prefix.
     """
     from bids2hf.api import convert as run
@@ -111,7 +123,7 @@ def convert(
         timeout=timeout or None,
     )
     report = run(
-        bids_dir,
+        open_bids_dir(bids_dir, source_anon),
         destination,
         scan_options=scan_options,
         plan_options=plan_options,
@@ -267,12 +279,14 @@ def export(
 @main.command()
 @click.argument("bids_dir", type=click.Path())
 @click.argument("source")
+@source_option
 @common
-def verify(bids_dir: str, source: str, quiet: bool) -> None:
-    """Compare BIDS_DIR with the published dataset SOURCE, file by file (exit 1 if they differ)."""
+def verify(bids_dir: str, source: str, quiet: bool, source_anon: bool) -> None:
+    """Compare BIDS_DIR (a folder or a URL) with the published dataset SOURCE, file by file
+    (exit 1 if they differ)."""
     from bids2hf.readback.verify import verify as run
 
-    report = run(bids_dir, source, progress=not quiet)
+    report = run(open_bids_dir(bids_dir, source_anon), source, progress=not quiet)
     click.echo(report.text())
     if not report.ok:
         sys.exit(1)

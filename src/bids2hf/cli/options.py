@@ -6,7 +6,7 @@ import functools
 import logging
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -16,7 +16,11 @@ from bids2hf.plan.config import Config, load_config
 from bids2hf.plan.options import PlanOptions
 from bids2hf.units import parse_size
 
-__all__ = ["SIZE", "SizeType", "common", "input_options", "publish_options"]
+if TYPE_CHECKING:
+    from bids2hf.model.source import Source
+
+__all__ = ["SIZE", "SizeType", "common", "input_options", "open_bids_dir", "publish_options",
+           "source_option"]  # fmt: skip
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -147,6 +151,29 @@ def input_options(func: F) -> F:
     for option in reversed(options):
         func = option(func)
     return func
+
+
+# -- [issue 15] ------------------------------------------------------------------------------
+def source_option(func: F) -> F:
+    """--source-anon: how a BIDS_DIR given as a URL is read."""
+    return click.option(
+        "--source-anon",
+        is_flag=True,
+        help="Read an s3:// BIDS_DIR anonymously (public buckets such as s3://openneuro.org). "
+        "Default: anonymous only when the AWS configuration holds no credentials.",
+    )(func)
+
+
+def open_bids_dir(bids_dir: str, anon: bool) -> Source:
+    """The BIDS_DIR to read: a local folder, or an fsspec URL read in place.
+
+    Raises:
+        InputError: the URL's protocol is not available, or the AWS configuration is broken.
+    """
+    # Imported here: `bids2hf --help` loads no source module (nor fsspec).
+    from bids2hf.bids.source import open_source
+
+    return open_source(bids_dir, anon=True if anon else None)
 
 
 def publish_options(func: F) -> F:

@@ -8,7 +8,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bids2hf.model.source import Source
 
 __all__ = [
     "NIFTI_EXTENSIONS", "Inventory", "ParsedName", "Placement", "Problem", "Severity",
@@ -62,6 +65,7 @@ class SourceFile:
     derivative: str | None = None  # pipeline folder name for files under derivatives/NAME/
     nifti_version: int | None = None  # 1 or 2 once the header was read
     is_symlink: bool = False
+    version: str = ""  # [issue 15] remote sources: the listing's version (ETag); "" locally
 
     @property
     def is_nifti(self) -> bool:
@@ -89,7 +93,7 @@ class Table:
 class Inventory:
     """Everything :mod:`bids2hf.scan` learned about a BIDS folder."""
 
-    root: Path
+    root: Path | str  # the local folder (resolved), or the URL of a remote source [issue 15]
     files: list[SourceFile]
     description: dict[str, Any]
     participants: Table | None = None
@@ -97,6 +101,7 @@ class Inventory:
     sidecars: dict[str, dict[str, Any]] = field(default_factory=dict)  # relpath → parsed JSON
     texts: dict[str, str] = field(default_factory=dict)  # relpath → text of .bval/.bvec files
     problems: list[Problem] = field(default_factory=list)
+    source: Source | None = None  # [issue 15] where files are read from (None: the local root)
 
     @property
     def errors(self) -> list[Problem]:

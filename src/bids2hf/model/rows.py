@@ -29,6 +29,9 @@ class FileRef:
     relpath: str
     size: int
     mtime_ns: int
+    # [issue 15] Remote sources: the version the listing gave (ETag). Empty for local files,
+    # whose mtime is their version; ids hash it only when set, so local ids do not change.
+    version: str = ""
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,7 @@ class DatasetFileRecord:
     size: int
     mtime_ns: int
     sha256: str
+    version: str = ""  # [issue 15] remote sources: the source's version (ETag) then
 
 
 @dataclass
@@ -91,13 +92,16 @@ def _shard_record(rec: ShardRecord) -> dict[str, Any]:
 
 
 def _dataset_file_record(rec: DatasetFileRecord) -> dict[str, Any]:
-    return {
+    record = {
         "op": "dataset_file",
         "relpath": rec.relpath,
         "size": rec.size,
         "mtime_ns": rec.mtime_ns,
         "sha256": rec.sha256,
     }
+    if rec.version:  # [issue 15] remote sources only: local journals stay as they were
+        record["version"] = rec.version
+    return record
 
 
 def _embedded(f: list[Any]) -> EmbeddedFile:
@@ -135,7 +139,11 @@ def _apply(state: ResumeState, r: dict[str, Any]) -> None:
             state.shards.pop(path, None)
     elif op == "dataset_file":
         state.dataset_files[r["relpath"]] = DatasetFileRecord(
-            str(r["relpath"]), int(r["size"]), int(r["mtime_ns"]), str(r["sha256"])
+            str(r["relpath"]),
+            int(r["size"]),
+            int(r["mtime_ns"]),
+            str(r["sha256"]),
+            str(r.get("version", "")),  # [issue 15]
         )
     elif op == "drop_dataset_files":
         for relpath in r["relpaths"]:

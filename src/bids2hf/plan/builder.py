@@ -81,7 +81,7 @@ def natural_key(text: str) -> tuple[Any, ...]:
 
 def file_ref(f: SourceFile) -> FileRef:
     """The reference a row keeps to a source file."""
-    return FileRef(f.relpath, f.size, f.mtime_ns)
+    return FileRef(f.relpath, f.size, f.mtime_ns, f.version)  # [issue 15] version
 
 
 def kind_of(f: SourceFile) -> str:

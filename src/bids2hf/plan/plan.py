@@ -134,7 +134,8 @@ def _plan_id(plan: ConversionPlan) -> str:
     for shard in plan.shards:
         h.update(f"{shard.path}\0{shard.content_id}\n".encode())
     for f in plan.dataset_files:
-        h.update(f"D\0{f.relpath}\0{f.size}\0{f.mtime_ns}\n".encode())
+        version = f"\0{f.version}" if f.version else ""  # [issue 15] remote sources only
+        h.update(f"D\0{f.relpath}\0{f.size}\0{f.mtime_ns}{version}\n".encode())
     for f in plan.left_out:
         h.update(f"L\0{f.relpath}\0{f.reason}\n".encode())
     return h.hexdigest()[:32]

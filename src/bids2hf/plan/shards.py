@@ -57,7 +57,9 @@ def _content_id(schema_id: str, rows: Sequence[RowPlan], groups: Sequence[int]) 
         h.update(json.dumps(row.values, sort_keys=True, default=str).encode())
         for col in sorted(row.files):
             for ref in row.files[col]:
-                h.update(f"{col}\0{ref.relpath}\0{ref.size}\0{ref.mtime_ns}\n".encode())
+                # [issue 15] the version only when set (remote): local ids stay as they were.
+                version = f"\0{ref.version}" if ref.version else ""
+                h.update(f"{col}\0{ref.relpath}\0{ref.size}\0{ref.mtime_ns}{version}\n".encode())
     return h.hexdigest()
 
 

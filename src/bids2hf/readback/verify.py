@@ -9,12 +9,13 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from bids2hf.bids.walk import Walked, not_followed_problem, walk
+from bids2hf.bids.source import open_source, sha256_of
+from bids2hf.bids.walk import Walked, not_followed_problem
 from bids2hf.errors import InputError
 from bids2hf.model.format import DATASET_FILES_PREFIX, sha256_file
 from bids2hf.model.manifest import ManifestEntry
+from bids2hf.model.source import Source
 from bids2hf.progress import ProgressBar
 from bids2hf.readback.published import open_dataset
 
@@ -63,10 +64,10 @@ class VerifyReport:
         return "\n".join(lines)
 
 
-def _source_files(root: Path) -> dict[str, Walked]:
+def _source_files(source: Source) -> dict[str, Walked]:
     """The BIDS folder as ``convert`` saw it: the same walk, the same folders not entered."""
     details: dict[str, str] = {}
-    walked = walk(root, details)
+    walked = source.walk(details)  # [issue 15] a local folder or an fsspec URL
     skipped = [w.relpath for w in walked if w.not_followed]
     if skipped:
         problem = not_followed_problem(skipped, details, "their files are not compared")
@@ -74,23 +75,34 @@ def _source_files(root: Path) -> dict[str, Walked]:
     return {w.relpath: w for w in walked if not (w.vcs_dir or w.not_followed)}
 
 
-def _sha256(path: Path, bar: ProgressBar) -> str:
-    digest = sha256_file(path, on_bytes=bar.update)
+def _sha256(bids: Source, relpath: str, bar: ProgressBar) -> str:
+    local = bids.local_path(relpath)  # [issue 15] a remote BIDS folder is streamed
+    if local is not None:
+        digest = sha256_file(local, on_bytes=bar.update)
+    else:
+        digest = sha256_of(bids, relpath, bar.update)
     bar.update(0, 1)
     return digest
 
 
-def verify(bids_dir: str | os.PathLike[str], source: str, *, progress: bool = True) -> VerifyReport:
-    """Compare ``bids_dir`` with the dataset at ``source`` (folder, hf:// or fsspec URL).
+def verify(
+    bids_dir: str | os.PathLike[str] | Source, source: str, *, progress: bool = True
+) -> VerifyReport:
+    """Compare ``bids_dir`` (a folder, an fsspec URL or a Source) with the dataset at ``source``
+    (folder, hf:// or fsspec URL).
 
     Raises:
         InputError: ``bids_dir`` is no folder, ``source`` is no bids2hf dataset, or its index is
             damaged or crafted.
         VerificationError: a shard the manifest references is no readable Parquet file.
     """
-    if not Path(bids_dir).is_dir():
+    bids = open_source(bids_dir)  # [issue 15]
+    if not bids.is_dir():
         # Otherwise a typo would report every published file as "extra".
-        raise InputError(f"{bids_dir}: no such folder (give the BIDS folder to compare)")
+        raise InputError(
+            f"{bids_dir if isinstance(bids_dir, (str, os.PathLike)) else bids.location}: "
+            "no such folder (give the BIDS folder to compare)"
+        )
     dataset = open_dataset(source)
     published: dict[str, ManifestEntry] = {}
     left_out: set[str] = set()
@@ -120,8 +132,7 @@ def verify(bids_dir: str | os.PathLike[str], source: str, *, progress: bool = Tr
         if e.placement == "dataset_file" and e.location not in stored:
             published.pop(e.path)
     report = VerifyReport(left_out=len(left_out))
-    root = Path(bids_dir)
-    source_files = _source_files(root)
+    source_files = _source_files(bids)
     total = sum(w.size for rel, w in source_files.items() if rel in published and w.is_file)
     with ProgressBar(total, len(source_files), enabled=progress, desc="verify") as bar:
         for rel, w in sorted(source_files.items()):
@@ -142,7 +153,7 @@ def verify(bids_dir: str | os.PathLike[str], source: str, *, progress: bool = Tr
                 )
             else:
                 try:
-                    digest = _sha256(root / rel, bar)
+                    digest = _sha256(bids, rel, bar)
                 except OSError as exc:  # removed or made unreadable since the walk
                     digest = f"cannot be read ({exc.strerror or exc})"
                 if digest != entry.sha256:

@@ -61,8 +61,9 @@ def problem_lines(problems: Sequence[Problem], limit: int = 20) -> list[str]:
 
 def inspect_text(inventory: Inventory, plan: ConversionPlan, all_problems: bool = False) -> str:
     """What ``convert`` would write, and every problem found."""
+    where = inventory.source.location if inventory.source else inventory.root  # [issue 15]
     lines = [
-        f"dataset: {inventory.description.get('Name', '?')}  ({inventory.root})",
+        f"dataset: {inventory.description.get('Name', '?')}  ({where})",
         f"files: {len(inventory.files)}, {human_bytes(inventory.total_bytes)}",
         f"layout: {plan.options.layout}; {plan.rows} rows in {len(plan.shards)} shard(s) "
         f"of at most {human_bytes(plan.options.max_shard_bytes)}; "

@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from bids2hf.model.format import DATASET_FILES_PREFIX, MANIFEST_PATH
 from bids2hf.model.inventory import Placement, SourceFile
 from bids2hf.model.manifest import ManifestEntry, dumps
-from bids2hf.model.rows import ShardPlan
+from bids2hf.model.rows import FileRef, ShardPlan
+from bids2hf.model.source import Source
 from bids2hf.model.state import DatasetFileRecord
-from bids2hf.write.output_folder import OutputFolder
+from bids2hf.write.output_folder import OutputFolder, atomic_file
 
 __all__ = ["finish_output"]
 
 
 def finish_output(
     out: OutputFolder,
-    source_root: Path,
+    source: Source,  # [issue 15] a Source, not a path
     shards: Sequence[ShardPlan],
     dataset_files: Sequence[SourceFile],
     left_out: Sequence[SourceFile],
@@ -45,11 +46,9 @@ def finish_output(
         rel = DATASET_FILES_PREFIX + f.relpath
         rec = state.dataset_files.get(f.relpath)
         dest = out.root / rel
-        if not (rec and rec.size == f.size and rec.mtime_ns == f.mtime_ns and dest.is_file()):
-            sha = out.copy_in(
-                source_root / f.relpath, rel, f.size, f.mtime_ns, lambda n: progress(n, 0)
-            )
-            rec = DatasetFileRecord(f.relpath, f.size, f.mtime_ns, sha)
+        if not (rec and _same_file(rec, f) and dest.is_file()):  # [issue 15] _same_file
+            sha = _copy_in(out, source, f, rel, lambda n: progress(n, 0))
+            rec = DatasetFileRecord(f.relpath, f.size, f.mtime_ns, sha, f.version)
             store.put_dataset_file(rec)
         progress(0, 1)
         entries.append(
@@ -75,3 +74,31 @@ def finish_output(
     out.write_bytes(out.root / MANIFEST_PATH, dumps(entries))
     out.write_bytes(out.root / "README.md", card)
     return entries
+
+
+# -- [issue 15] ------------------------------------------------------------------------------
+def _same_file(rec: DatasetFileRecord, f: SourceFile) -> bool:
+    """The copy recorded is of this source file (the version too: remote sources)."""
+    return rec.size == f.size and rec.mtime_ns == f.mtime_ns and rec.version == f.version
+
+
+def _copy_in(
+    out: OutputFolder, source: Source, f: SourceFile, rel: str, on_bytes: Callable[[int], None]
+) -> str:
+    """Copy a dataset-level file into the output atomically; return its sha256.
+
+    A local file is copied by :meth:`OutputFolder.copy_in` as before; a remote one is streamed
+    (checked against its planned size and version). Raises :class:`SourceChangedError`.
+    """
+    local = source.local_path(f.relpath)
+    if local is not None:
+        return out.copy_in(local, rel, f.size, f.mtime_ns, on_bytes)
+    sha = hashlib.sha256()
+    ref = FileRef(f.relpath, f.size, f.mtime_ns, f.version)
+    # Raised inside atomic_file, a change removes the copy: it is never renamed into place.
+    with atomic_file(out.tmp_path(rel), out.root / rel) as dest:
+        for chunk in source.read_chunks(ref):
+            sha.update(chunk)
+            dest.write(chunk)
+            on_bytes(len(chunk))
+    return sha.hexdigest()

@@ -23,9 +23,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bids2hf.errors import RERUN_HINT, InputError
+# [issue 15] reading the source (local folder or fsspec URL) is the Source's job; the error
+# moved to bids2hf.errors and is re-exported here for existing imports.
+from bids2hf.errors import SourceChangedError as SourceChangedError
 from bids2hf.model.format import FOOTER_KEY, EmbeddedFile
 from bids2hf.model.rows import ColumnSpec, FileRef, Role, RowPlan, ShardPlan
+from bids2hf.model.source import Source
 from bids2hf.write.arrays import bool_array, int32_array, string_array, typed_array
 from bids2hf.write.ranges import record_offsets
 
@@ -34,13 +37,7 @@ __all__ = [
     "write_shard",
 ]
 
-_CHUNK = 8 * 1024 * 1024
-
 Progress = Callable[[int, int], None]  # (bytes, files) just written
-
-
-class SourceChangedError(InputError):
-    """A source file changed between planning and reading."""
 
 
 @dataclass
@@ -57,9 +54,6 @@ class ShardResult:
     files: list[EmbeddedFile] = field(default_factory=list)
 
 
-_WILLNEED = getattr(os, "POSIX_FADV_WILLNEED", None)
-
-
 #: In a worker process, the pid of the run that started it (set by init_worker); else None.
 PARENT_PID: int | None = None
 
@@ -72,21 +66,9 @@ def _row_group_rows(shard: ShardPlan) -> list[list[RowPlan]]:
     return groups
 
 
-def _advise(root: Path, rows: Sequence[RowPlan], advice: int | None) -> None:
-    """Readahead hint for the files of some rows (a no-op where posix_fadvise is missing)."""
-    if advice is None:
-        return
-    for row in rows:
-        for refs in row.files.values():
-            for ref in refs:
-                try:
-                    fd = os.open(root / ref.relpath, os.O_RDONLY)
-                except OSError:
-                    continue  # reported when the file is read
-                try:
-                    os.posix_fadvise(fd, 0, 0, advice)
-                finally:
-                    os.close(fd)
+def _advise(source: Source, rows: Sequence[RowPlan]) -> None:
+    """Readahead hint for the files of some rows (see :meth:`Source.will_need`)."""
+    source.will_need(ref for row in rows for refs in row.files.values() for ref in refs)
 
 
 def _start_writeback(path: Path) -> None:
@@ -139,8 +121,8 @@ class _Reader:
     the reads, so sha256 costs no time on the read/write path; :meth:`flush` waits for it.
     """
 
-    def __init__(self, root: Path, progress: Progress | None) -> None:
-        self.root = root
+    def __init__(self, source: Source, progress: Progress | None) -> None:
+        self.source = source
         self.progress = progress
         self._arena = np.empty(0, dtype=np.uint8)
         self.hashes: dict[str, str] = {}
@@ -170,50 +152,30 @@ class _Reader:
             self._arena = np.empty(size, dtype=np.uint8)
         return self._arena
 
+    def read_files(self, items: Sequence[tuple[FileRef, memoryview]]) -> None:
+        """Read each file into its buffer, hashing each chunk as it arrives.
+
+        Raises :class:`SourceChangedError` (the file is not the planned one) or
+        :class:`~bids2hf.errors.InputError` (it cannot be read).
+        """
+        shas = [hashlib.sha256() for _ in items]
+
+        def on_chunk(i: int, chunk: memoryview) -> None:
+            # One hashing thread: updates run in submission order (the source calls this in
+            # order for each file).
+            self._pending.append(self._hasher.submit(shas[i].update, chunk))
+            if self.progress:
+                self.progress(len(chunk), 0)
+
+        def on_file(i: int) -> None:
+            self._pending.append(self._hasher.submit(self._finish, items[i][0].relpath, shas[i]))
+            if self.progress:
+                self.progress(0, 1)
+
+        self.source.read_files(items, on_chunk, on_file)
+
     def read_into(self, ref: FileRef, out: memoryview) -> None:
-        path = self.root / ref.relpath
-        sha = hashlib.sha256()
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            raise SourceChangedError(f"{path}: removed after planning; {RERUN_HINT}") from None
-        except PermissionError:
-            raise InputError(
-                f"{path}: cannot be read (permission denied); fix its permissions (chmod a+r) "
-                "or --exclude it"
-            ) from None
-        except OSError as exc:
-            raise InputError(
-                f"{path}: cannot be read ({exc.strerror or exc}); fix or --exclude it"
-            ) from None
-        try:
-            st = os.fstat(fd)
-            if st.st_size != ref.size or st.st_mtime_ns != ref.mtime_ns:
-                raise SourceChangedError(
-                    f"{path}: changed after planning (size or modification time); {RERUN_HINT}"
-                )
-            if hasattr(os, "posix_fadvise"):
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-            done = 0
-            with os.fdopen(fd, "rb", buffering=0, closefd=False) as f:
-                while done < ref.size:
-                    n = f.readinto(out[done : min(ref.size, done + _CHUNK)])
-                    if not n:
-                        raise SourceChangedError(
-                            f"{path}: shorter than planned ({done} of {ref.size} bytes); {RERUN_HINT}"
-                        )
-                    # One worker thread: updates run in submission order.
-                    self._pending.append(self._hasher.submit(sha.update, out[done : done + n]))
-                    done += n
-                    if self.progress:
-                        self.progress(n, 0)
-            if os.fstat(fd).st_mtime_ns != ref.mtime_ns:
-                raise SourceChangedError(f"{path}: modified while being read; {RERUN_HINT}")
-        finally:
-            os.close(fd)
-        self._pending.append(self._hasher.submit(self._finish, ref.relpath, sha))
-        if self.progress:
-            self.progress(0, 1)
+        self.read_files([(ref, out)])
 
     def sha256(self, ref: FileRef) -> str:
         if ref.relpath not in self.hashes:
@@ -229,12 +191,27 @@ def _cells(rows: Sequence[RowPlan], column: str) -> list[list[FileRef]]:
     return [row.files.get(column, []) for row in rows]
 
 
-def _file_array(
-    spec: ColumnSpec, typ: pa.DataType, rows: Sequence[RowPlan], reader: _Reader, arena: np.ndarray
-) -> pa.Array:
-    """The column's files read into ``arena`` (a slice of the row group's buffer), zero-copy."""
+@dataclass
+class _FileColumn:
+    """[issue 15] Where a FILE column's files go in its slice of the row group's buffer."""
+
+    spec: ColumnSpec
+    cells: list[list[FileRef]]
+    slots: list[FileRef | None]  # one per embedded file; single-valued: one per row (or None)
+    offsets: np.ndarray
+    arena: np.ndarray
+
+    def reads(self) -> list[tuple[FileRef, memoryview]]:
+        view = memoryview(self.arena.data)
+        return [
+            (ref, view[int(self.offsets[i]) : int(self.offsets[i + 1])])
+            for i, ref in enumerate(self.slots)
+            if ref is not None
+        ]
+
+
+def _file_column(spec: ColumnSpec, rows: Sequence[RowPlan], arena: np.ndarray) -> _FileColumn:
     cells = _cells(rows, spec.name)
-    # One slot per embedded file; a single-valued column has one slot per row (None if absent).
     slots: list[FileRef | None] = (
         [cell[0] if cell else None for cell in cells]
         if spec.single
@@ -243,12 +220,14 @@ def _file_array(
     sizes = np.array([r.size if r else 0 for r in slots], dtype=np.int64)
     offsets = np.zeros(len(slots) + 1, dtype=np.int64)
     np.cumsum(sizes, out=offsets[1:])
+    return _FileColumn(spec, cells, slots, offsets, arena)
+
+
+def _file_array(column: _FileColumn, typ: pa.DataType) -> pa.Array:
+    """The column's files, already read into its slice of the row group's buffer, zero-copy."""
+    spec, cells, slots, offsets = column.spec, column.cells, column.slots, column.offsets
     total = int(offsets[-1])
-    view = memoryview(arena.data)
-    for i, ref in enumerate(slots):
-        if ref is not None:
-            reader.read_into(ref, view[int(offsets[i]) : int(offsets[i + 1])])
-    data = pa.py_buffer(arena[:total])
+    data = pa.py_buffer(column.arena[:total])
     bytes_arr = pa.Array.from_buffers(
         pa.binary(), len(slots), [None, pa.py_buffer(offsets.astype(np.int32)), data]
     )
@@ -283,17 +262,20 @@ def write_shard(
     shard: ShardPlan,
     columns: Sequence[ColumnSpec],
     schema: pa.Schema,
-    source_root: Path,
+    source: Source,
     final_path: Path,
     tmp_path: Path,
     progress: Progress | None = None,
 ) -> ShardResult:
     """Write ``shard`` to ``tmp_path``, then rename it to ``final_path``.
 
+    ``source`` is where the files are read: a :class:`~bids2hf.bids.source.LocalSource` or an
+    fsspec one (``write/`` never opens a source itself: it takes the object) [issue 15].
+
     Raises :class:`SourceChangedError` if a source file differs from the plan; the temporary
     file is removed on any failure, so no partial shard is ever visible.
     """
-    reader = _Reader(source_root, progress)
+    reader = _Reader(source, progress)
     options = parquet_options(schema, columns)
     embedded: list[EmbeddedFile] = []
     try:
@@ -306,7 +288,7 @@ def write_shard(
                 if index + 1 < len(groups):
                     # The kernel reads the next row group's files while this one is encoded
                     # and written: reading and writing overlap without holding more memory.
-                    _advise(source_root, groups[index + 1], _WILLNEED)
+                    _advise(source, groups[index + 1])
                 sizes = {
                     spec.name: sum(r.size for row in rows for r in row.files.get(spec.name, []))
                     for spec in columns
@@ -314,14 +296,20 @@ def write_shard(
                 }
                 arena = reader.arena(sum(sizes.values()))
                 at = 0
+                file_columns: dict[str, _FileColumn] = {}
+                for spec in columns:
+                    if spec.role is Role.FILE:
+                        part = arena[at : at + sizes[spec.name]]
+                        file_columns[spec.name] = _file_column(spec, rows, part)
+                        at += sizes[spec.name]
+                # [issue 15] every file of the row group in one call, in column order: a remote
+                # source keeps several of them in flight.
+                reader.read_files([r for c in file_columns.values() for r in c.reads()])
                 arrays = []
                 for spec in columns:
                     typ = schema.field(spec.name).type
                     if spec.role is Role.FILE:
-                        arrays.append(
-                            _file_array(spec, typ, rows, reader, arena[at : at + sizes[spec.name]])
-                        )
-                        at += sizes[spec.name]
+                        arrays.append(_file_array(file_columns[spec.name], typ))
                     elif spec.role is Role.SHA256:
                         arrays.append(_sha_array(spec, typ, rows, reader))
                     else:

@@ -23,6 +23,7 @@ from typing import Any
 import pyarrow as pa
 
 from bids2hf.model.rows import ColumnSpec, ShardPlan
+from bids2hf.model.source import Source
 from bids2hf.write import shard as shard_module
 from bids2hf.write.output_folder import OutputFolder
 from bids2hf.write.shard import ShardResult, write_shard
@@ -74,12 +75,16 @@ def write_job(
     shard: ShardPlan,
     columns: list[ColumnSpec],
     schema: pa.Schema,
-    root: str,
+    source: Source,
     final: str,
     tmp: str,
 ) -> ShardResult:
-    """:func:`write_shard` in a worker process, reporting progress through the queue."""
-    return write_shard(shard, columns, schema, Path(root), Path(final), Path(tmp), _queue_progress)
+    """:func:`write_shard` in a worker process, reporting progress through the queue.
+
+    ``source`` arrives pickled [issue 15]: unpickling it imports its module (a remote source
+    opens its file system again in this process).
+    """
+    return write_shard(shard, columns, schema, source, Path(final), Path(tmp), _queue_progress)
 
 
 # -- parallel shard writing -----------------------------------------------------------------
@@ -109,7 +114,7 @@ def _drain(q: Any, progress: Callable[[int, int], None]) -> Iterator[None]:
 def write_shards(
     columns: list[ColumnSpec],
     schema: pa.Schema,
-    source_root: Path,
+    source: Source,  # [issue 15] the object, not a path (write/ never opens a source)
     out: OutputFolder,
     shards: Sequence[ShardPlan],
     workers: int,
@@ -133,7 +138,7 @@ def write_shards(
                 shard,
                 columns,
                 schema,
-                source_root,
+                source,
                 out.root / shard.path,
                 out.tmp_path(shard.path),
                 progress,
@@ -162,7 +167,7 @@ def write_shards(
                         shard,
                         lean_columns,
                         schema,
-                        str(source_root),
+                        source,
                         str(out.root / shard.path),
                         str(out.tmp_path(shard.path)),
                     )
