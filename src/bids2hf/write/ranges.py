@@ -58,6 +58,17 @@ def _find_value(
         view.release()
 
 
+def _release(data: mmap.mmap, upto: int) -> None:
+    """Drop the mapped pages before ``upto`` from this process's resident memory.
+
+    Hashing through the map touches every page of the shard; without this, each page would
+    count in the writer's RSS until the map closes (a whole shard). They stay in the page cache.
+    """
+    end = upto - upto % mmap.PAGESIZE
+    if end > 0 and hasattr(data, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        data.madvise(mmap.MADV_DONTNEED, 0, end)
+
+
 def locate_ranges(
     shard: str | os.PathLike[str],
     files: Sequence[EmbeddedLike],
@@ -114,6 +125,7 @@ def locate_ranges(
                         )
                     out[(column, f.row, f.index)] = FileRange(found, f.size)
                     cursor = found + f.size
+                    _release(data, cursor)
     return out
 
 
