@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -57,3 +58,19 @@ def run_json_script(code: str, env: dict[str, str], tmp_path: Path) -> tuple[dic
     assert proc.returncode == 0, proc.stderr[-3000:]
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     return result, proc.stderr
+
+
+def kill_tree(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a bids2hf run and its spawned shard writers. The multiprocessing resource
+    tracker is spared: it sees the parent die and removes the semaphores the run left."""
+    import psutil
+
+    for child in psutil.Process(proc.pid).children(recursive=True):
+        try:
+            if "resource_tracker" in " ".join(child.cmdline()):
+                continue
+            child.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:  # also ZombieProcess: it exited while we looked
+            continue
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()

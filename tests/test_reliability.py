@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import signal
 import subprocess
 import sys
 import textwrap
@@ -15,7 +14,7 @@ import pytest
 
 from bids2hf.testing.spec import SyntheticSpec
 from bids2hf.testing.synthetic import generate_bids
-from helpers import tree
+from helpers import kill_tree, tree
 
 CAP = 320 * 1024 * 1024  # bytes of resident memory a child may use
 DATASET = 10 * CAP  # the dataset is ten times larger than the cap
@@ -135,17 +134,6 @@ def _without_state(root: Path) -> dict[str, str]:
     return {k: v for k, v in tree(root).items() if not k.startswith(".bids2hf/")}
 
 
-def _kill_tree(proc: subprocess.Popen[bytes]) -> None:
-    # The parent and its spawned shard writers. The multiprocessing resource tracker is spared:
-    # it sees the parent die and removes the semaphores the run left in /dev/shm.
-    for child in psutil.Process(proc.pid).children(recursive=True):
-        if "resource_tracker" in " ".join(child.cmdline()):
-            continue
-        child.send_signal(signal.SIGKILL)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-
-
 def test_sigkill_at_random_points_then_resume(tmp_path: Path) -> None:
     bids = generate_bids(
         tmp_path / "bids", SyntheticSpec(n_subjects=8, target_bytes=60_000_000)
@@ -189,7 +177,7 @@ def test_sigkill_at_random_points_then_resume(tmp_path: Path) -> None:
                 break
             time.sleep(0.002)
         assert proc.poll() is None, "the run ended before it could be killed"
-        _kill_tree(proc)
+        kill_tree(proc)
         partial_left += any((out / ".bids2hf" / "tmp").glob("*"))
     assert partial_left, "no kill landed while a shard was being written"
     subprocess.run(run_args, check=True)

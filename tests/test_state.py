@@ -9,7 +9,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from bids2hf.model.state import DatasetFileRecord, ShardRecord
 from bids2hf.testing.spec import SyntheticSpec
 from bids2hf.testing.synthetic import generate_bids
 from bids2hf.write.state_store import StateStore
-from helpers import hub_env, tree
+from helpers import hub_env, kill_tree, tree
 from hub_emulator import HubEmulator
 
 Cli = Callable[..., Result]
@@ -360,16 +359,6 @@ def test_state_io_is_linear_20000_files(tmp_path: Path) -> None:
     _check_state_io(tmp_path, 20_000)
 
 
-def _kill_tree(proc: subprocess.Popen[bytes]) -> None:
-    import psutil
-
-    for child in psutil.Process(proc.pid).children(recursive=True):
-        if "resource_tracker" not in " ".join(child.cmdline()):
-            child.send_signal(signal.SIGKILL)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-
-
 def test_kill_at_random_points_resumes_byte_identically(tmp_path: Path) -> None:
     """SIGKILL at random points of a run writing many small shards (state recorded after each);
     the re-run ends byte-identical to an uninterrupted run."""
@@ -394,7 +383,7 @@ def test_kill_at_random_points_resumes_byte_identically(tmp_path: Path) -> None:
                 break
             time.sleep(0.001)
         if proc.poll() is None:
-            _kill_tree(proc)
+            kill_tree(proc)
             kills += 1
     assert kills >= 2, "the runs ended before they could be killed"
     subprocess.run([*BIDS2HF, "convert", str(bids), str(out), *TINY_ARGS], check=True)

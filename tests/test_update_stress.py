@@ -227,7 +227,10 @@ def leftovers(root: Path) -> list[str]:
     the journal ``state.jsonl``) and its folder; a missing state counts as a leftover too."""
     found = sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
     states = [p for p in found if p in STATE_FILES]
-    left = [p for p in found if p not in STATE_FILES and p != ".bids2hf"]
+    # The record of the card bids2hf published (so that a card edited on the Hub is recognised
+    # as someone else's) is part of the resume state too.
+    kept = {*STATE_FILES, ".bids2hf", ".bids2hf/published_cards.json"}
+    left = [p for p in found if p not in kept]
     return left if len(states) == 1 else [*left, f"(resume state: {states})"]
 
 
