@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from bids2hf.report.card_facts import USER_END, USER_START
+from hub_emulator import HubEmulator
 
 
 def _convert(bids: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -81,3 +82,32 @@ def test_broken_markers_refused_in_one_line(bids_copy: Path, tmp_path: Path) -> 
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert (out / "README.md").read_text() == broken  # the user's text is not lost
+
+
+def test_user_section_written_on_the_hub_survives_a_rerun(
+    emu: HubEmulator, hub_env: dict[str, str], bids_copy: Path, tmp_path: Path
+) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "bids2hf", *args],
+            env=hub_env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    url = "hf://datasets/org/ds"
+    first = run("convert", str(bids_copy), url, "-q", "-j", "1")
+    assert first.returncode == 0, first.stderr
+    card = emu.files("org/ds")["README.md"].read_text()
+    assert "org/ds" in card  # the loading snippet names the real repository
+    # Someone edits the card on the Hub (not in the staging folder).
+    mine = "\nEdited on the Hub: *keep me*.\n"
+    start, end = card.index(USER_START) + len(USER_START), card.index(USER_END)
+    emu.upload_bytes("org/ds", {"README.md": (card[:start] + mine + card[end:]).encode()})
+    (bids_copy / "README").write_text("Changed description.\n")
+    second = run("convert", str(bids_copy), url, "-q", "-j", "1")
+    assert second.returncode == 0, second.stderr
+    again = emu.files("org/ds")["README.md"].read_text()
+    assert "Changed description." in again
+    assert again.split(USER_START)[1].split(USER_END)[0] == mine

@@ -35,7 +35,7 @@ from bids2hf.model.state import ResumeState, ShardRecord
 from bids2hf.plan.options import PlanOptions
 from bids2hf.plan.plan import ConversionPlan, make_plan
 from bids2hf.progress import ProgressBar
-from bids2hf.publish.compare import Classified, classify
+from bids2hf.publish.compare import Classified, classify, read_remote
 from bids2hf.publish.pipeline import (
     DryRunItem,
     PublishOptions,
@@ -585,18 +585,31 @@ _USER_SECTION = "user-section.md"  # in .bids2hf/, never published
 
 
 def _user_section_of_card(run: _Run) -> str | None:
-    """The user section of the card bids2hf wrote earlier in the folder (None if none).
+    """The user section of the card this run replaces (None if none): the destination's when
+    publishing (the user may have edited it there), else the folder's, if bids2hf wrote it.
 
     Raises:
-        DestinationError: its markers are broken (fixing them first keeps the user's text).
+        DestinationError: its markers are broken (fixing them first keeps the user's text), or
+            the destination's card cannot be read.
     """
     card = run.out.root / "README.md"
-    if "README.md" not in run.out.owned or not card.is_file():
-        return None
+    remote = run.remote
     try:
-        return extract_user_section(card.read_text(encoding="utf-8", errors="replace"))
+        if remote is not None and "README.md" in remote.remote and "README.md" in remote.owned:
+            where = f"{remote.url}/README.md"
+            text = read_remote(remote.target, "README.md").decode("utf-8", errors="replace")
+        elif "README.md" in run.out.owned and card.is_file():
+            where, text = str(card), card.read_text(encoding="utf-8", errors="replace")
+        else:
+            return None
+        return extract_user_section(text)
     except UserSectionError as exc:
-        raise DestinationError(f"{run.out.root}/{exc}") from None
+        raise DestinationError(f"{where}: {str(exc).removeprefix('README.md: ')}") from None
+    except Exception as exc:
+        raise DestinationError(
+            f"{where}: cannot be read ({type(exc).__name__}: {str(exc)[:200]}); it holds your "
+            "user section: re-run later"
+        ) from None
 
 
 def _card(run: _Run, manifest: bytes) -> bytes:
@@ -612,10 +625,10 @@ def _card(run: _Run, manifest: bytes) -> bytes:
     readme_path = out.root / DATASET_FILES_PREFIX / readme_rel if readme_rel else None
     card_path, saved = out.root / "README.md", out.state_dir / _USER_SECTION
     previous = None
-    if "README.md" in out.owned and card_path.is_file():
-        previous = card_path.read_text(encoding="utf-8", errors="replace")
-    elif saved.is_file():  # the card was removed by this run (or a killed one) before the rewrite
+    if saved.is_file():  # saved by _prepare (or by a killed run, its card removed since)
         previous = saved.read_text(encoding="utf-8")
+    elif "README.md" in out.owned and card_path.is_file():
+        previous = card_path.read_text(encoding="utf-8", errors="replace")
     inputs = CardInputs(
         manifest=manifest,
         readme=(
@@ -628,7 +641,7 @@ def _card(run: _Run, manifest: bytes) -> bytes:
     try:
         text = render_card(run.plan, run.report.inventory.description, run.repo_hint, inputs)
     except UserSectionError as exc:
-        raise DestinationError(f"{out.root}/{exc}") from None
+        raise DestinationError(f"{card_path}: {str(exc).removeprefix('README.md: ')}") from None
     return text.encode()
 
 
