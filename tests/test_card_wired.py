@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -52,10 +53,14 @@ def test_card_has_facts_and_keeps_user_section(bids_copy: Path, tmp_path: Path) 
         "## Participants",
         f"sha256 `{hashlib.sha256(manifest).hexdigest()}`",
         "BIDS version",
+        "| typical shape | voxel size (mm) | TR (s) |",
         USER_START,
         USER_END,
     ):
         assert text in card, text
+    # Header facts from the scan's header check (no extra read): every T1w row has a shape.
+    t1w = next(line for line in card.splitlines() if line.startswith("| anat/T1w |"))
+    assert re.search(r"\| \d+x\d+x\d+ \| [\d.]+x[\d.]+x[\d.]+ \|", t1w), t1w
     # participants: aggregates only, never a participant id
     assert "sub-01" not in card.split("## Participants")[1].split("##")[0]
 

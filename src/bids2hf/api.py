@@ -637,6 +637,7 @@ def _card(run: _Run, manifest: bytes) -> bytes:
         readme_path=f"{DATASET_FILES_PREFIX}{readme_rel or 'README'}",
         participants=run.report.inventory.participants,
         previous=previous,
+        headers={f.relpath: f.header for f in run.report.inventory.files if f.header},
     )
     try:
         text = render_card(run.plan, run.report.inventory.description, run.repo_hint, inputs)

@@ -7,13 +7,15 @@ gives the same card (no timestamps).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from huggingface_hub import DatasetCardData
 
 import bids2hf.bids.schema as bids_schema
 from bids2hf._version import __version__
+from bids2hf.model.image_header import HeaderFacts
 from bids2hf.model.inventory import Table
 from bids2hf.model.rows import Role
 from bids2hf.plan.plan import ConversionPlan
@@ -25,6 +27,7 @@ from bids2hf.report.card_facts import (
     shorten_readme,
 )
 from bids2hf.report.card_render import CardFacts, GeneratedSections, render
+from bids2hf.report.image_facts import KindFacts, summarize_kind
 from bids2hf.units import human_bytes
 
 __all__ = ["CardInputs", "render_card"]
@@ -45,6 +48,7 @@ class CardInputs:
     readme_path: str = "bids/README"  # where the full README is in the output
     participants: Table | None = None
     previous: str | None = None  # the card this one replaces (its user section is kept)
+    headers: Mapping[str, HeaderFacts | None] = field(default_factory=dict)  # relpath → facts
 
 
 def render_card(
@@ -80,6 +84,7 @@ def render_card(
         bids2hf_version=__version__,
         schema_version=bids_schema.schema_version(),
         manifest_sha256=hashlib.sha256(inputs.manifest).hexdigest() if inputs.manifest else None,
+        kinds=_kind_facts(plan, inputs.headers),
     )
     sections = GeneratedSections(
         intro=intro,
@@ -89,6 +94,29 @@ def render_card(
         contents="\n".join(_contents_lines(plan)),
     )
     return render(_card_data(plan, description), facts, sections, inputs.previous)
+
+
+def _kind_facts(
+    plan: ConversionPlan, headers: Mapping[str, HeaderFacts | None]
+) -> list[KindFacts]:
+    """Per kind, what the headers the scan read say (none known: the plain kinds table)."""
+    files: dict[str, list[tuple[str, int]]] = {}
+    for shard in plan.shards:
+        for row in shard.rows:
+            for column, refs in row.files.items():
+                files.setdefault(column, []).extend((r.relpath, r.size) for r in refs)
+    if not any(headers.get(p) for listed in files.values() for p, _ in listed):
+        return []
+    return [
+        summarize_kind(
+            k.kind,
+            k.column,
+            [headers.get(p) for p, _ in files.get(k.column, [])],
+            [size for _, size in files.get(k.column, [])],
+            k.rows,
+        )
+        for k in plan.kinds
+    ]
 
 
 def _card_data(plan: ConversionPlan, description: dict[str, Any]) -> DatasetCardData:

@@ -149,7 +149,8 @@ def _kinds(facts: CardFacts, sections: GeneratedSections) -> list[str]:
         )
     lines += [
         "",
-        "Shape, voxel size and TR: the most common value (TR from the sidecars, else the header).",
+        "Shape, voxel size and TR (4-D images): the most common value in the NIfTI headers "
+        "(a sidecar's RepetitionTime, which BIDS makes authoritative, is in the `_meta` column).",
         "",
     ]
     return lines
