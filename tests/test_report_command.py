@@ -4,6 +4,7 @@ headless Chromium."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -51,6 +52,7 @@ def test_report_from_output_and_bids(converted: tuple[Path, Path], tmp_path: Pat
     assert full.returncode == 0, full.stderr
     page = index.read_text()
     assert "notes_from_the_scanner.txt" in page  # the problem, from the scan
+    assert re.search(r"\b\d+x\d+x\d+\b", page), "shapes from the scan's header facts"
     pictures = sorted((out / "report" / "images").glob("*.png"))
     assert pictures and all(Image.open(p).format == "PNG" for p in pictures)
     # The report is never part of the dataset: a push would not carry it.

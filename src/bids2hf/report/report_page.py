@@ -15,7 +15,6 @@ from bids2hf._version import __version__
 from bids2hf.model.format import DATASET_FILES_PREFIX, MANIFEST_PATH
 from bids2hf.model.inventory import Inventory, Placement
 from bids2hf.model.manifest import ManifestEntry, loads
-from bids2hf.model.nifti_bytes import NiftiDecodeError
 from bids2hf.plan.plan import ConversionPlan
 from bids2hf.report.card_facts import (
     ParticipantSummary,
@@ -24,7 +23,7 @@ from bids2hf.report.card_facts import (
     shorten_readme,
 )
 from bids2hf.report.html_report import ReportData
-from bids2hf.report.image_facts import HeaderFacts, KindFacts, header_facts, summarize_kind
+from bids2hf.report.image_facts import KindFacts, summarize_kind
 from bids2hf.units import human_bytes
 
 __all__ = ["REPORT_DIR", "report_data"]
@@ -32,7 +31,6 @@ __all__ = ["REPORT_DIR", "report_data"]
 #: the report's folder in OUT_DIR (bids2hf never publishes it: it is not a file it owns)
 REPORT_DIR = "report"
 _README_NAMES = ("README", "README.md", "README.rst", "README.txt")
-_HEAD_BYTES = 64 << 10  # enough for a NIfTI-2 header, even gzip-compressed
 
 
 def _manifest(out: Path) -> list[ManifestEntry]:
@@ -62,16 +60,9 @@ def _participants(out: Path, inventory: Inventory | None) -> ParticipantSummary 
     return participant_summary(rows)
 
 
-def _header(root: Path, relpath: str) -> HeaderFacts | None:
-    try:
-        with open(root / relpath, "rb") as f:
-            return header_facts(f.read(_HEAD_BYTES))
-    except (OSError, NiftiDecodeError):
-        return None
-
-
-def _kinds_from_plan(plan: ConversionPlan, root: Path | None) -> list[KindFacts]:
-    """Per kind, from the plan's rows; headers read from the local BIDS folder (first bytes)."""
+def _kinds_from_plan(plan: ConversionPlan, inventory: Inventory | None) -> list[KindFacts]:
+    """Per kind, from the plan's rows, with the headers the scan's check read (local or not)."""
+    known = {f.relpath: f.header for f in inventory.files} if inventory is not None else {}
     files: dict[str, list[tuple[str, int]]] = defaultdict(list)
     for shard in plan.shards:
         for row in shard.rows:
@@ -80,7 +71,7 @@ def _kinds_from_plan(plan: ConversionPlan, root: Path | None) -> list[KindFacts]
     kinds = []
     for k in plan.kinds:
         listed = files.get(k.column, [])
-        headers = [_header(root, p) if root is not None else None for p, _ in listed]
+        headers = [known.get(p) for p, _ in listed]
         kinds.append(summarize_kind(k.kind, k.column, headers, [s for _, s in listed], k.rows))
     return kinds
 
@@ -146,8 +137,7 @@ def report_data(
     left = Counter(e.reason or "?" for e in entries if e.placement == Placement.LEFT_OUT.value)
     embedded = [e for e in entries if e.placement == Placement.ROW.value]
     if plan is not None:
-        root = inventory.root if inventory is not None else None
-        kinds = _kinds_from_plan(plan, root if isinstance(root, Path) else None)
+        kinds = _kinds_from_plan(plan, inventory)
         problems: list[Any] = list(plan.problems)
     else:
         kinds = _kinds_from_manifest(entries)
