@@ -35,7 +35,7 @@ from bids2hf.model.state import ResumeState, ShardRecord
 from bids2hf.plan.options import PlanOptions
 from bids2hf.plan.plan import ConversionPlan, make_plan
 from bids2hf.progress import ProgressBar
-from bids2hf.publish.compare import Classified, classify
+from bids2hf.publish.compare import Classified, classify, read_remote
 from bids2hf.publish.pipeline import (
     DryRunItem,
     PublishOptions,
@@ -47,7 +47,8 @@ from bids2hf.publish.pipeline import (
 )
 from bids2hf.publish.targets.base import StagedFile
 from bids2hf.publish.uploader import PublishReport
-from bids2hf.report.card import render_card
+from bids2hf.report.card import CardInputs, render_card
+from bids2hf.report.card_facts import UserSectionError, extract_user_section, user_section
 from bids2hf.report.summaries import convert_summary
 from bids2hf.units import human_bytes
 from bids2hf.write.output import finish_output
@@ -324,6 +325,7 @@ def _convert_locked(run: _Run) -> None:
     _prepare(run, mode, paths)
     _remove_stale(run, work)
     _write(run, work)
+    (run.out.state_dir / _USER_SECTION).unlink(missing_ok=True)  # now in the card
     store = run.out.store
     store.mark_complete()
     # Every thread of the run has ended (the publisher joined its own in finish()).
@@ -429,10 +431,14 @@ def _prepare(run: _Run, mode: str, paths: _Paths) -> None:
     """Record the run and what it will write, then create the working folders."""
     out, store, plan = run.out, run.out.store, run.plan
     previous_owned = set(run.state.owned)
+    kept = _user_section_of_card(run)  # before anything changes: broken markers stop the run
     # The state first: a kill before it is recorded leaves nothing but .bids2hf/ behind, and a
     # folder holding nothing else still counts as empty.
     store.begin(plan.plan_id, run.source.location, __version__, run.remote_url)  # [issue 15]
     out.prepare()
+    if kept is not None:
+        # The card may be removed below; its user section waits here until the new card is written.
+        out.write_bytes(out.state_dir / _USER_SECTION, user_section(kept).encode())
     if mode == "replace":
         replaced = sorted(p for p in previous_owned if os.path.lexists(out.root / p))
         run.report.replaced = replaced
@@ -562,10 +568,83 @@ def _write_all(
         on_done,
         acquire=publisher.acquire if publisher is not None else None,
     )
-    card = render_card(plan, report.inventory.description, run.repo_hint).encode()
     return finish_output(
-        out, run.source, plan.shards, plan.dataset_files, plan.left_out, bar.update, card
+        out,
+        run.source,
+        plan.shards,
+        plan.dataset_files,
+        plan.left_out,
+        bar.update,
+        lambda manifest: _card(run, manifest),
     )
+
+
+_README_NAMES = ("README", "README.md", "README.rst", "README.txt")
+
+
+_USER_SECTION = "user-section.md"  # in .bids2hf/, never published
+
+
+def _user_section_of_card(run: _Run) -> str | None:
+    """The user section of the card this run replaces (None if none): the destination's when
+    publishing (the user may have edited it there), else the folder's, if bids2hf wrote it.
+
+    Raises:
+        DestinationError: its markers are broken (fixing them first keeps the user's text), or
+            the destination's card cannot be read.
+    """
+    card = run.out.root / "README.md"
+    remote = run.remote
+    try:
+        if remote is not None and "README.md" in remote.remote and "README.md" in remote.owned:
+            where = f"{remote.url}/README.md"
+            text = read_remote(remote.target, "README.md").decode("utf-8", errors="replace")
+        elif "README.md" in run.out.owned and card.is_file():
+            where, text = str(card), card.read_text(encoding="utf-8", errors="replace")
+        else:
+            return None
+        return extract_user_section(text)
+    except UserSectionError as exc:
+        raise DestinationError(f"{where}: {str(exc).removeprefix('README.md: ')}") from None
+    except Exception as exc:
+        raise DestinationError(
+            f"{where}: cannot be read ({type(exc).__name__}: {str(exc)[:200]}); it holds your "
+            "user section: re-run later"
+        ) from None
+
+
+def _card(run: _Run, manifest: bytes) -> bytes:
+    """The card, once the dataset-level files are in the folder: the README is read from there,
+    and the user section from the card this run replaces (only one bids2hf wrote).
+
+    Raises:
+        DestinationError: the previous card's user-section markers are broken.
+    """
+    out = run.out
+    names = {f.relpath for f in run.plan.dataset_files}
+    readme_rel = next((n for n in _README_NAMES if n in names), None)
+    readme_path = out.root / DATASET_FILES_PREFIX / readme_rel if readme_rel else None
+    card_path, saved = out.root / "README.md", out.state_dir / _USER_SECTION
+    previous = None
+    if saved.is_file():  # saved by _prepare (or by a killed run, its card removed since)
+        previous = saved.read_text(encoding="utf-8")
+    elif "README.md" in out.owned and card_path.is_file():
+        previous = card_path.read_text(encoding="utf-8", errors="replace")
+    inputs = CardInputs(
+        manifest=manifest,
+        readme=(
+            readme_path.read_text(encoding="utf-8", errors="replace") if readme_path else None
+        ),
+        readme_path=f"{DATASET_FILES_PREFIX}{readme_rel or 'README'}",
+        participants=run.report.inventory.participants,
+        previous=previous,
+        headers={f.relpath: f.header for f in run.report.inventory.files if f.header},
+    )
+    try:
+        text = render_card(run.plan, run.report.inventory.description, run.repo_hint, inputs)
+    except UserSectionError as exc:
+        raise DestinationError(f"{card_path}: {str(exc).removeprefix('README.md: ')}") from None
+    return text.encode()
 
 
 def _repo_hint(url: str) -> str:

@@ -99,6 +99,7 @@ def _read_metadata(inv: Inventory, options: ScanOptions) -> None:
         checked = list(zip(niftis, pool.map(check, niftis), strict=True))
     for f, result in checked:
         f.nifti_version = result.version
+        f.header = result.facts
         if result.error:
             problems.append(
                 Problem(

@@ -34,6 +34,7 @@ of these while reading the data; the cheap check cannot see them without decompr
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import logging
@@ -54,6 +55,7 @@ from nibabel.cifti2.cifti2 import LimitedNifti2Header
 from nibabel.filebasedimages import FileBasedImage
 
 from bids2hf.bids.options import CheckLevel
+from bids2hf.model.image_header import HeaderFacts, NiftiDecodeError, facts_from_header
 
 if TYPE_CHECKING:
     from bids2hf.model.source import NiftiInput
@@ -91,6 +93,7 @@ class NiftiCheck:
     text_fields: dict[str, str] = field(
         default_factory=dict
     )  # header strings, for the privacy lint
+    facts: HeaderFacts | None = None  # shape, voxel size, TR: for the card (no extra read)
 
 
 class _Refused(Exception):
@@ -272,6 +275,9 @@ def _check(path: NiftiInput, level: CheckLevel, result: NiftiCheck) -> None:
             raw.seek(0)
             stream = _Stream(raw, gz, size)
             header, cifti_xml = _check_header(stream, gz, level, result)
+            # A header nibabel cannot interpret: the card shows "-"; the check below says why.
+            with contextlib.suppress(NiftiDecodeError):
+                result.facts = facts_from_header(header)
     except PermissionError:
         raise _Refused("cannot be read (permission denied)") from None
     except (OSError, zlib.error, EOFError) as exc:

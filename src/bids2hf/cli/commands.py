@@ -18,6 +18,7 @@ from bids2hf.cli.options import (
     publish_options,
     source_option,
 )
+from bids2hf.errors import DestinationError
 from bids2hf.units import human_bytes
 
 __all__ = ["convert", "demo", "export", "inspect", "main", "mount", "push", "verify"]
@@ -312,6 +313,41 @@ def mount(source: str, mountpoint: str, no_verify: bool, quiet: bool) -> None:
 
     # libfuse owns SIGINT/SIGTERM while mounted: it unmounts and `run` returns normally.
     run(source, mountpoint, verify=not no_verify)
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path())
+@click.option(
+    "--bids",
+    "bids_dir",
+    type=click.Path(),
+    help="The BIDS folder OUT_DIR was converted from: the report then lists every problem and "
+    "reads the image headers.",
+)
+@source_option
+@common
+def report(out_dir: str, bids_dir: str | None, quiet: bool, source_anon: bool) -> None:
+    """Write a static HTML report of the converted dataset OUT_DIR to OUT_DIR/report/index.html
+    (no script; pictures under OUT_DIR/report/images/; never published).
+    \f
+    Raises:
+        DestinationError: OUT_DIR is not a converted dataset, or OUT_DIR/report/index.html is
+            a file bids2hf did not write (exit 2, nothing overwritten).
+    """
+    from bids2hf.api import scan_and_plan
+    from bids2hf.report.html_report import write_report
+    from bids2hf.report.report_page import REPORT_DIR, report_data
+
+    out = Path(out_dir)
+    inventory = plan = None
+    if bids_dir is not None:
+        inventory, plan = scan_and_plan(open_bids_dir(bids_dir, source_anon))
+    try:
+        data = report_data(out, inventory, plan)
+        page = write_report(out / REPORT_DIR, data)
+    except (FileNotFoundError, FileExistsError) as exc:
+        raise DestinationError(str(exc)) from None
+    click.echo(page.resolve().as_uri())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bids2hf.model.image_header import HeaderFacts
+
 if TYPE_CHECKING:
     from bids2hf.model.source import Source
 
@@ -66,6 +68,7 @@ class SourceFile:
     nifti_version: int | None = None  # 1 or 2 once the header was read
     is_symlink: bool = False
     version: str = ""  # [issue 15] remote sources: the listing's version (ETag); "" locally
+    header: HeaderFacts | None = None  # NIfTI files: what the scan's header check read
 
     @property
     def is_nifti(self) -> bool:

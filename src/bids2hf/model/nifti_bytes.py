@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from bids2hf.model.image_header import NiftiDecodeError
+
 __all__ = [
     "NiftiDecodeError",
     "Volume",
@@ -32,10 +34,6 @@ _NIFTI2_HEADER = 540
 _IN_CHUNK = 1 << 20  # compressed bytes handed to zlib at a time
 _OUT_CHUNK = 4 << 20  # decompressed bytes produced (and dropped, when skipping) at a time
 _MAX_VOLUME_BYTES = 2 << 30  # larger single volumes are not decoded
-
-
-class NiftiDecodeError(ValueError):
-    """The bytes are not a NIfTI volume that can be read (the message says why)."""
 
 
 def first_bytes(data: bytes | bytearray | memoryview, n: int = _NIFTI2_HEADER) -> bytes:

@@ -164,6 +164,16 @@ def recorded_paths(target: Target, remote: dict[str, RemoteFile]) -> set[str]:
     return owned
 
 
+def read_remote(target: Target, path: str) -> bytes:
+    """The bytes of the file ``path`` of the destination.
+
+    Raises:
+        FileNotFoundError: no such file there.
+        TypeError: a target kind that cannot be read.
+    """
+    return _read_remote(target, path)
+
+
 def _read_remote(target: Target, path: str) -> bytes:
     if isinstance(target, HubTarget):
         from huggingface_hub import get_session, hf_hub_url

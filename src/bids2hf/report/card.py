@@ -6,47 +6,31 @@ gives the same card (no timestamps).
 
 from __future__ import annotations
 
-import re
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from huggingface_hub import DatasetCardData
 
 import bids2hf.bids.schema as bids_schema
 from bids2hf._version import __version__
+from bids2hf.model.image_header import HeaderFacts
+from bids2hf.model.inventory import Table
 from bids2hf.model.rows import Role
 from bids2hf.plan.plan import ConversionPlan
+from bids2hf.report.card_facts import (
+    description_facts,
+    hub_license,
+    license_name,
+    participant_summary,
+    shorten_readme,
+)
+from bids2hf.report.card_render import CardFacts, GeneratedSections, render
+from bids2hf.report.image_facts import KindFacts, summarize_kind
 from bids2hf.units import human_bytes
 
-__all__ = ["hub_license", "render_card"]
-
-# BIDS `License` values as people write them → Hub license identifiers.
-_LICENSES = {
-    "cc0": "cc0-1.0",
-    "cc0-1.0": "cc0-1.0",
-    "pddl": "pddl",
-    "pddl-1.0": "pddl",
-    "odbl": "odbl",
-    "odbl-1.0": "odbl",
-    "odc-by": "odc-by",
-    "cc-by-4.0": "cc-by-4.0",
-    "cc-by-3.0": "cc-by-3.0",
-    "cc-by-sa-4.0": "cc-by-sa-4.0",
-    "cc-by-nc-4.0": "cc-by-nc-4.0",
-    "cc-by-nc-sa-4.0": "cc-by-nc-sa-4.0",
-    "cc-by-nd-4.0": "cc-by-nd-4.0",
-    "mit": "mit",
-    "apache-2.0": "apache-2.0",
-}
-
-
-def hub_license(bids_license: Any) -> str:
-    """Map a dataset_description.json License to a Hub license id ("other" if unknown)."""
-    if not isinstance(bids_license, str) or not bids_license.strip():
-        return "other"
-    key = re.sub(r"[\s_]+", "-", bids_license.strip().lower())
-    key = key.replace("public-domain", "cc0")
-    return _LICENSES.get(key, "other")
-
+__all__ = ["CardInputs", "render_card"]
 
 def _size_category(rows: int) -> str:
     for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K")):
@@ -55,30 +39,84 @@ def _size_category(rows: int) -> str:
     return "100K<n<1M"
 
 
+@dataclass
+class CardInputs:
+    """What the card needs beyond the plan and dataset_description.json, known at finish time."""
+
+    manifest: bytes = b""  # the manifest's bytes (its sha256 goes into the provenance)
+    readme: str | None = None  # the dataset-level README's text
+    readme_path: str = "bids/README"  # where the full README is in the output
+    participants: Table | None = None
+    previous: str | None = None  # the card this one replaces (its user section is kept)
+    headers: Mapping[str, HeaderFacts | None] = field(default_factory=dict)  # relpath → facts
+
+
 def render_card(
-    plan: ConversionPlan, description: dict[str, Any], repo_hint: str = "ORG/NAME"
+    plan: ConversionPlan,
+    description: dict[str, Any],
+    repo_hint: str = "ORG/NAME",
+    inputs: CardInputs | None = None,
 ) -> str:
-    """The README.md text for a converted dataset."""
-    name = description.get("Name") or "BIDS dataset"
+    """The README.md text for a converted dataset.
+
+    Raises:
+        UserSectionError: ``inputs.previous`` has broken user-section markers.
+    """
+    inputs = inputs or CardInputs()
     layout = "one per subject and session" if plan.options.layout == "session" else "one per image file"
-    lines = [
-        "---",
-        _card_data(plan, description).to_yaml().strip(),
-        "---",
-        "",
-        f"# {name}",
-        "",
+    intro = (
         f"A [BIDS](https://bids.neuroimaging.io) dataset converted by bids2hf {__version__} "
         f"(BIDS schema {bids_schema.schema_version()}): "
         f"{plan.rows} rows ({layout}), "
         f"{plan.embedded_files} embedded files, {human_bytes(plan.embedded_bytes)} in {len(plan.shards)} Parquet shard(s). "
-        "Every NIfTI file is stored byte for byte, with its sha256 beside it.",
-        "",
-        *_loading_lines(plan, repo_hint),
-        *_contents_lines(plan),
-        *_credits_lines(description),
+        "Every NIfTI file is stored byte for byte, with its sha256 beside it."
+    )
+    participants = inputs.participants
+    facts = CardFacts(
+        description=description_facts(description),
+        repo_id=repo_hint,
+        split=plan.options.split,
+        readme=shorten_readme(inputs.readme) if inputs.readme else None,
+        readme_path=inputs.readme_path,
+        participants=(
+            participant_summary(participants.rows.values()) if participants is not None else None
+        ),
+        bids2hf_version=__version__,
+        schema_version=bids_schema.schema_version(),
+        manifest_sha256=hashlib.sha256(inputs.manifest).hexdigest() if inputs.manifest else None,
+        kinds=_kind_facts(plan, inputs.headers),
+    )
+    sections = GeneratedSections(
+        intro=intro,
+        loading="\n".join(_loading_lines(plan, repo_hint)),
+        columns="\n".join(_columns_lines(plan)),
+        notes="\n".join(_notes_lines(plan)),
+        contents="\n".join(_contents_lines(plan)),
+    )
+    return render(_card_data(plan, description), facts, sections, inputs.previous)
+
+
+def _kind_facts(
+    plan: ConversionPlan, headers: Mapping[str, HeaderFacts | None]
+) -> list[KindFacts]:
+    """Per kind, what the headers the scan read say (none known: the plain kinds table)."""
+    files: dict[str, list[tuple[str, int]]] = {}
+    for shard in plan.shards:
+        for row in shard.rows:
+            for column, refs in row.files.items():
+                files.setdefault(column, []).extend((r.relpath, r.size) for r in refs)
+    if not any(headers.get(p) for listed in files.values() for p, _ in listed):
+        return []
+    return [
+        summarize_kind(
+            k.kind,
+            k.column,
+            [headers.get(p) for p, _ in files.get(k.column, [])],
+            [size for _, size in files.get(k.column, [])],
+            k.rows,
+        )
+        for k in plan.kinds
     ]
-    return "\n".join(lines) + "\n"
 
 
 def _card_data(plan: ConversionPlan, description: dict[str, Any]) -> DatasetCardData:
@@ -86,12 +124,11 @@ def _card_data(plan: ConversionPlan, description: dict[str, Any]) -> DatasetCard
     split = plan.options.split
     bids_license = description.get("License")
     # No License in dataset_description.json: say nothing rather than guess.
-    license_id: str | None = hub_license(bids_license) if bids_license else None
+    license_id: str | None = hub_license(bids_license)[0] if bids_license else None
     datatypes = sorted({k.kind.rpartition(":")[2].split("/")[0] for k in plan.kinds})
     extra: dict[str, Any] = {}
     if license_id == "other":
-        slug = re.sub(r"[^a-z0-9-]+", "-", str(bids_license).lower()).strip("-")
-        extra["license_name"] = slug[:64].strip("-") or "custom"
+        extra["license_name"] = license_name(bids_license)
     data = DatasetCardData(
         license=license_id,
         pretty_name=str(description.get("Name") or "BIDS dataset"),
@@ -116,10 +153,8 @@ def _card_data(plan: ConversionPlan, description: dict[str, Any]) -> DatasetCard
 
 
 def _loading_lines(plan: ConversionPlan, repo_hint: str) -> list[str]:
-    """"## Loading": with `datasets`, with nibabel for NIfTI-2, and back to BIDS."""
+    """The "## Loading" code blocks: with `datasets`, with nibabel for NIfTI-2, and back to BIDS."""
     lines = [
-        "## Loading",
-        "",
         "```python",
         "from datasets import load_dataset",
         "",
@@ -151,44 +186,33 @@ def _loading_lines(plan: ConversionPlan, repo_hint: str) -> list[str]:
 
 
 def _contents_lines(plan: ConversionPlan) -> list[str]:
-    """"## Contents" (images by kind) and "## Columns" (every feature)."""
+    """The images-by-kind table (the card's "## Contents")."""
     lines = [
-        "## Contents",
-        "",
         "| images | column | files | size | rows with it |",
         "|---|---|---:|---:|---:|",
     ]
     for k in plan.kinds:
         lines.append(f"| {k.kind} | `{k.column}` | {k.files} | {human_bytes(k.bytes)} | {k.rows} |")
-    lines += ["", "## Columns", "", "| column | type |", "|---|---|"]
+    return lines
+
+
+def _columns_lines(plan: ConversionPlan) -> list[str]:
+    """The "## Columns" table: every feature."""
+    lines = ["| column | type |", "|---|---|"]
     for name, feature in plan.features.items():
         lines.append(f"| `{name}` | {_describe(feature)} |")
-    lines += [
-        "",
+    return lines
+
+
+def _notes_lines(plan: ConversionPlan) -> list[str]:
+    """Where the dataset-level files and the manifest are; how many files were left out."""
+    lines = [
         "Dataset-level files (dataset_description.json, README, participants.tsv, ...) are stored "
         "verbatim under `bids/`. `bids2hf/manifest.jsonl` lists every source file with its size, "
         "sha256 and where it is.",
     ]
     if plan.left_out:
         lines += ["", f"{len(plan.left_out)} file(s) were left out (reasons in the manifest)."]
-    return lines
-
-
-def _credits_lines(description: dict[str, Any]) -> list[str]:
-    """License, authors, how to acknowledge and DOI, as dataset_description.json gives them."""
-    lines: list[str] = []
-    bids_license = description.get("License")
-    if bids_license:
-        lines += ["", f"**License (from dataset_description.json):** {bids_license}"]
-    for key, title in (
-        ("Authors", "Authors"),
-        ("HowToAcknowledge", "How to acknowledge"),
-        ("DatasetDOI", "DOI"),
-    ):
-        value = description.get(key)
-        if value:
-            text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
-            lines += ["", f"**{title}:** {text}"]
     return lines
 
 

@@ -1,4 +1,4 @@
-"""The dataset card's text, built with huggingface_hub's ``DatasetCard`` from the card's facts.
+"""The dataset card's text, in the format of huggingface_hub's ``DatasetCard``, from the card's facts.
 
 :func:`render` takes the YAML metadata (``DatasetCardData``: configs, dataset_info, ... as
 card.py makes it), the sections card.py already writes (intro, loading snippet, columns table,
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from huggingface_hub import DatasetCard, DatasetCardData
+from huggingface_hub import DatasetCardData
 
 from bids2hf.report.card_facts import (
     DescriptionFacts,
@@ -149,7 +149,8 @@ def _kinds(facts: CardFacts, sections: GeneratedSections) -> list[str]:
         )
     lines += [
         "",
-        "Shape, voxel size and TR: the most common value (TR from the sidecars, else the header).",
+        "Shape, voxel size and TR (4-D images): the most common value in the NIfTI headers "
+        "(a sidecar's RepetitionTime, which BIDS makes authoritative, is in the `_meta` column).",
         "",
     ]
     return lines
@@ -282,5 +283,6 @@ def render(
             "",
         ]
     )
-    card = DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
-    return str(card)
+    # What huggingface_hub's DatasetCard(...) gives back (tests/test_card_facts.py loads it with
+    # DatasetCard.load), without importing huggingface_hub.hf_api on the convert path (~50 ms).
+    return f"---\n{data.to_yaml()}\n---\n\n{body}"

@@ -6,30 +6,15 @@ Read from the first bytes of each file (the writer holds them in memory), for th
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-from bids2hf.model.nifti_bytes import NiftiDecodeError, first_bytes, parse_header
+from bids2hf.model.image_header import HeaderFacts, facts_from_header
+from bids2hf.model.nifti_bytes import first_bytes, parse_header
 
 __all__ = ["HeaderFacts", "KindFacts", "facts_from_header", "header_facts", "summarize_kind"]
-
-
-@dataclass(frozen=True)
-class HeaderFacts:
-    """What one NIfTI header says about its image."""
-
-    shape: tuple[int, ...]
-    zooms: tuple[float, ...]  # spatial voxel size, mm (rounded to 0.01)
-    tr: float | None  # seconds, from pixdim[4] of 4-D images (None if unset)
-    dtype: str
-    version: int  # 1 or 2
-
-
-_TIME_SCALE = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6, "unknown": 1.0}
 
 
 def header_facts(data: bytes | bytearray | memoryview) -> HeaderFacts:
@@ -41,28 +26,6 @@ def header_facts(data: bytes | bytearray | memoryview) -> HeaderFacts:
         NiftiDecodeError: not a NIfTI-1/NIfTI-2 header, or a damaged one (a ValueError).
     """
     return facts_from_header(parse_header(first_bytes(data)))
-
-
-def facts_from_header(header: Any) -> HeaderFacts:
-    """The facts of a nibabel ``Nifti1Header``/``Nifti2Header`` already parsed (the scan's
-    integrity check holds one for every NIfTI file: no extra read is needed).
-
-    Raises:
-        NiftiDecodeError: a header nibabel cannot interpret (unknown type code, bad dims...).
-    """
-    try:
-        shape = tuple(int(d) for d in header.get_data_shape())
-        zooms = [float(z) for z in header.get_zooms()]
-        dtype = str(header.get_data_dtype())
-        time_unit = header.get_xyzt_units()[1]
-        version = 2 if int(header["sizeof_hdr"]) == 540 else 1
-    except Exception as exc:  # nibabel's reasons
-        raise NiftiDecodeError(f"invalid NIfTI header ({exc})") from None
-    tr = None
-    if len(shape) >= 4 and len(zooms) >= 4 and zooms[3] > 0 and math.isfinite(zooms[3]):
-        tr = round(zooms[3] * _TIME_SCALE.get(time_unit, 1.0), 4)
-    spatial = tuple(round(z, 2) for z in zooms[:3])
-    return HeaderFacts(shape, spatial, tr, dtype, version)
 
 
 @dataclass

@@ -23,9 +23,10 @@ def finish_output(
     dataset_files: Sequence[SourceFile],
     left_out: Sequence[SourceFile],
     progress: Callable[[int, int], None],
-    card: bytes,
+    card: Callable[[bytes], bytes],
 ) -> list[ManifestEntry]:
-    """Copy dataset-level files, then write the manifest and, last, the card (``card``'s bytes).
+    """Copy dataset-level files, then write the manifest and, last, the card: ``card`` gets the
+    manifest's bytes (the card names their sha256) once the dataset-level files are in place.
 
     Raises :class:`~bids2hf.write.SourceChangedError` if a dataset-level file changed since
     planning (nothing of it is copied; re-running converts the new version).
@@ -71,8 +72,9 @@ def finish_output(
                     offset=ef.offset,
                 )
             )
-    out.write_bytes(out.root / MANIFEST_PATH, dumps(entries))
-    out.write_bytes(out.root / "README.md", card)
+    manifest = dumps(entries)
+    out.write_bytes(out.root / MANIFEST_PATH, manifest)
+    out.write_bytes(out.root / "README.md", card(manifest))
     return entries
 
 
