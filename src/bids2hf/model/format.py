@@ -14,11 +14,17 @@ import pyarrow.parquet as pq
 
 __all__ = [
     "CHECKSUMS_PATH", "DATASET_FILES_PREFIX", "FOOTER_KEY", "JOURNAL_NAME", "LEGACY_NAME",
-    "LOCK_NAME", "MANIFEST_PATH", "OWNED_PREFIXES", "STATE_DIR", "VCS_DIRS", "EmbeddedFile",
+    "LOCK_NAME", "MANIFEST_PATH", "OWNED_PREFIXES", "STATE_DIR", "USER_END", "USER_START",
+    "VCS_DIRS", "EmbeddedFile",
     "read_footer_index", "sha256_file",
 ]
 
 MANIFEST_PATH = "bids2hf/manifest.jsonl"
+
+#: The card's section that belongs to its readers: kept across re-runs, and edits inside it do
+#: not make the card someone else's.
+USER_START = "<!-- bids2hf:user-section:start -->"
+USER_END = "<!-- bids2hf:user-section:end -->"
 DATASET_FILES_PREFIX = "bids/"
 
 JOURNAL_NAME = "state.jsonl"

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import logging
 import posixpath
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from bids2hf.errors import DestinationError, VerificationError
-from bids2hf.model.format import FOOTER_KEY, MANIFEST_PATH, OWNED_PREFIXES
+from bids2hf.model.format import FOOTER_KEY, MANIFEST_PATH, OWNED_PREFIXES, USER_END, USER_START
 from bids2hf.model.manifest import loads
 from bids2hf.model.rows import ShardPlan
 from bids2hf.model.state import ShardRecord
@@ -23,12 +23,18 @@ from bids2hf.publish.targets.hub import HubTarget, hub_call_settings
 
 __all__ = [
     "Classified",
+    "card_frame",
     "card_identities",
     "carries_bids2hf_index",
     "classify",
     "foreign_card",
-    "kept_paths", "recorded_paths", "refuse_remote_conflicts", "remote_conflicts",
-    "same_content", "stale_paths", "verify_remote",
+    "kept_paths",
+    "recorded_paths",
+    "refuse_remote_conflicts",
+    "remote_conflicts",
+    "same_content",
+    "stale_paths",
+    "verify_remote",
 ]
 
 log = logging.getLogger(__name__)
@@ -105,16 +111,41 @@ def stale_paths(
 
 def card_identities(path: Path) -> set[str]:
     """The identities a card file would have on a remote: its git blob oid (how the Hub lists a
-    regular file) and its sha256 (LFS files, fsspec checksums). Raises OSError if unreadable."""
+    regular file), its sha256 (LFS files, fsspec checksums) and, when it has a user section,
+    the digest of everything outside it (:func:`card_frame`). Raises OSError if unreadable."""
     from bids2hf.model.format import sha256_file
 
-    return {f"git:{git_blob_oid(path)}", f"sha256:{sha256_file(path)}"}
+    ids = {f"git:{git_blob_oid(path)}", f"sha256:{sha256_file(path)}"}
+    frame = card_frame(path.read_bytes())
+    return ids | {frame} if frame else ids
 
 
-def foreign_card(remote: RemoteFile | None, recorded: Collection[str]) -> bool:
+def card_frame(card: bytes) -> str | None:
+    """``frame:<sha256>`` of a card with its user section emptied: the same for every edit made
+    inside the user section (which readers are invited to make), different for any other edit.
+    None when the card has no single well-formed user section. Never raises."""
+    import hashlib
+
+    text = card.decode("utf-8", errors="replace")
+    if text.count(USER_START) != 1 or text.count(USER_END) != 1:
+        return None
+    start, end = text.index(USER_START) + len(USER_START), text.index(USER_END)
+    if end < start:
+        return None
+    return "frame:" + hashlib.sha256((text[:start] + text[end:]).encode()).hexdigest()
+
+
+def foreign_card(
+    remote: RemoteFile | None,
+    recorded: Collection[str],
+    fetch: Callable[[], bytes] | None = None,
+) -> bool:
     """Whether the remote card is none of the cards bids2hf recorded publishing there (edited
-    on the Hub since, so someone else's). Without a record, or without an identity in the
-    listing, nothing says so: False. Never raises."""
+    on the Hub since, so someone else's). An edit inside the card's user section keeps it
+    bids2hf's: when the listed identity is unknown and ``fetch`` is given, the remote card is
+    read and its :func:`card_frame` compared. Without a record, or without an identity in the
+    listing, nothing says so: False. Never raises (a card that cannot be read counts as edited).
+    """
     if remote is None or not recorded:
         return False
     ids = set()
@@ -122,7 +153,16 @@ def foreign_card(remote: RemoteFile | None, recorded: Collection[str]) -> bool:
         ids.add(f"git:{remote.git_oid}")
     if remote.sha256 is not None:
         ids.add(f"sha256:{remote.sha256}")
-    return bool(ids) and not ids & set(recorded)
+    if not ids or ids & set(recorded):
+        return False
+    if fetch is None or not any(r.startswith("frame:") for r in recorded):
+        return True
+    try:
+        frame = card_frame(fetch())
+    except Exception as exc:  # unreadable: as if edited (the run then asks for --overwrite)
+        log.debug("reading the remote card failed: %s", exc)
+        return True
+    return frame is None or frame not in recorded
 
 
 def recorded_paths(target: Target, remote: dict[str, RemoteFile]) -> set[str]:

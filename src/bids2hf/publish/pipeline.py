@@ -28,6 +28,7 @@ from bids2hf.publish.compare import (
     carries_bids2hf_index,
     foreign_card,
     kept_paths,
+    read_remote,
     recorded_paths,
     refuse_remote_conflicts,
     remote_conflicts,
@@ -165,7 +166,7 @@ class RemoteRun:
         owned = recorded_paths(target, remote)
         if state.destination == url:
             owned |= state.remote_owned
-        if foreign_card(remote.get("README.md"), card):
+        if foreign_card(remote.get("README.md"), card, lambda: read_remote(target, "README.md")):
             owned.discard("README.md")
         return cls(url, target, remote, owned, options, card)
 
@@ -347,7 +348,9 @@ def _refuse_push_conflicts(
     """The remote paths bids2hf wrote; refuses (:class:`~bids2hf.errors.DestinationError`) if
     another file of different content is in the way of ``files``, unless ``overwrite``."""
     owned = recorded_paths(target, remote)
-    if foreign_card(remote.get("README.md"), recorded_card):
+    if foreign_card(
+        remote.get("README.md"), recorded_card, lambda: read_remote(target, "README.md")
+    ):
         owned.discard("README.md")  # edited there since bids2hf published it
     conflicts = [
         p

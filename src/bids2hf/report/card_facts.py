@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from bids2hf.model.format import USER_END, USER_START
+
 __all__ = [
     "USER_END",
     "USER_START",
@@ -196,8 +198,6 @@ def description_facts(description: Mapping[str, Any]) -> DescriptionFacts:
 
 # -- README -----------------------------------------------------------------------------------
 
-USER_START = "<!-- bids2hf:user-section:start -->"
-USER_END = "<!-- bids2hf:user-section:end -->"
 _MARKER = re.compile(r"bids2hf:user-section", re.IGNORECASE)
 
 
