@@ -110,6 +110,19 @@ def fs_of(path: Path) -> str:
         return "?"
 
 
+def fresh_scratch(tmp: Path, repo: Path, marker: str, script: str) -> None:
+    """Make ``tmp`` an empty scratch folder marked as ``script``'s; exit if it is inside the
+    repository, or holds files this script did not make (a user's folder is never deleted)."""
+    if repo in tmp.parents or tmp == repo:
+        sys.exit(f"--tmp {tmp} must be outside the repository")
+    if tmp.exists() and any(tmp.iterdir()) and not (tmp / marker).exists():
+        sys.exit(f"--tmp {tmp} exists, is not empty and was not made by this script")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    (tmp / marker).write_text(f"made by benchmarks/{script}; deleted at the end\n")
+
+
 def src_fingerprint() -> str:
     """Commit + short hash of the bids2hf sources as they are now (others edit src/)."""
     import hashlib

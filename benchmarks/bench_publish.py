@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import Any
 
 import bids2hf.units as units
-from bench_convert import src_fingerprint
+from bench_convert import fresh_scratch, src_fingerprint
 
 HERE = Path(__file__).resolve()
 REPO = HERE.parent.parent
@@ -443,14 +443,7 @@ class Bench:
 
     # -- setup ------------------------------------------------------------------------------
     def prepare_tmp(self) -> None:
-        if REPO in self.tmp.parents or self.tmp == REPO:
-            sys.exit(f"--tmp {self.tmp} must be outside the repository")
-        if self.tmp.exists() and any(self.tmp.iterdir()) and not (self.tmp / MARKER).exists():
-            sys.exit(f"--tmp {self.tmp} exists, is not empty and was not made by this script")
-        if self.tmp.exists():
-            shutil.rmtree(self.tmp)
-        self.tmp.mkdir(parents=True)
-        (self.tmp / MARKER).write_text("made by benchmarks/bench_publish.py; deleted at the end\n")
+        fresh_scratch(self.tmp, REPO, MARKER, "bench_publish.py")
 
     def env(self, run_dir: Path, endpoint: str | None = None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "BIDS2HF_"))}
