@@ -39,7 +39,7 @@ from bids2hf.model.source import CHUNK
 from bids2hf.testing.spec import GeneratedDataset, SyntheticSpec
 from bids2hf.testing.synthetic import generate_bids
 from conftest import BIDS_EXAMPLES
-from helpers import sha256, tree
+from helpers import hub_env, sha256, tree
 from hub_emulator import HubEmulator
 
 pytest.importorskip("s3fs")
@@ -497,16 +497,9 @@ def test_s3_to_hub_in_one_pass(
     server: Recorder, emu: HubEmulator, synthetic: GeneratedDataset, tmp_path: Path
 ) -> None:
     url = _upload(server, synthetic.root, _bucket(server, "to-hub"), "ds")
-    env = _subprocess_env(server, tmp_path) | {
-        "HF_ENDPOINT": emu.url,
-        "HF_HUB_DISABLE_XET": "1",
-        "HF_TOKEN": "test-token",
-        "HF_HOME": str(tmp_path / "hf-home"),
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "HF_HUB_OFFLINE": "0",
-        "HF_DATASETS_OFFLINE": "0",
-        "BIDS2HF_CACHE": str(tmp_path / "cache"),
-    }
+    # The S3 environment, plus the emulator's settings from the shared helper.
+    hub = {k: v for k, v in hub_env(emu, tmp_path).items() if k.startswith(("HF_", "BIDS2HF_"))}
+    env = _subprocess_env(server, tmp_path) | hub
     local = _local(
         synthetic.root,
         tmp_path / "local",
@@ -518,7 +511,7 @@ def test_s3_to_hub_in_one_pass(
     published = {p: sha256(blob) for p, blob in emu.files("org/from-s3").items()}
     assert {p: h for p, h in published.items() if p in local} == local
     assert set(local) <= set(published)
-    staging = next((tmp_path / "cache" / "staging").iterdir())
+    staging = next((Path(env["BIDS2HF_CACHE"]) / "staging").iterdir())
     assert not list(staging.rglob("*.parquet")), "the staging folder keeps no shard"
 
 
