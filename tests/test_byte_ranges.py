@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import fsspec
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -19,7 +20,12 @@ from bids2hf.model.format import FOOTER_KEY, read_footer_index
 from bids2hf.model.ranges import FileRange, RangeError
 from bids2hf.readback.ranges import coalesce, fetch_ranges, read_range
 from bids2hf.testing.spec import GeneratedDataset
-from bids2hf.write.ranges import locate_ranges, record_offsets, replace_footer_value
+from bids2hf.write.ranges import (
+    locate_ranges,
+    locate_written,
+    record_offsets,
+    replace_footer_value,
+)
 
 
 def convert(src: Path, out: Path, *args: str) -> Path:
@@ -92,9 +98,22 @@ def test_record_offsets_rewrites_only_the_footer(output: Path, tmp_path: Path) -
         shard = tmp_path / original.name
         shutil.copy(original, shard)
         before = pq.read_table(original)
+        index = read_footer_index(pq.read_metadata(original))
+        # The writer's offsets (found by comparing with the bytes it wrote) are the ones the
+        # independent, hash-checked search finds.
+        located = locate_ranges(original, index)
+        assert {e.key: e.offset for e in index if e.offset is not None} == {
+            k: r.offset for k, r in located.items()
+        }
+        # A footer index without offsets: record_offsets finds them and rewrites the footer.
+        bare = [dataclasses.replace(e, offset=None) for e in index]
+        plain = json.dumps([e.record() for e in bare], separators=(",", ":")).encode()
+        replace_footer_value(shard, FOOTER_KEY, plain)
+        original = tmp_path / f"bare-{original.name}"
+        shutil.copy(shard, original)
         meta = pq.read_metadata(original)
-        index = read_footer_index(meta)
-        ranges = record_offsets(shard, index, FOOTER_KEY)
+        ranges = record_offsets(shard, bare, FOOTER_KEY, {})
+        assert ranges == located
         after = pq.ParquetFile(shard)
         assert after.read().equals(before)
         assert after.schema_arrow.equals(pq.ParquetFile(original).schema_arrow, check_metadata=True)
@@ -108,13 +127,48 @@ def test_record_offsets_rewrites_only_the_footer(output: Path, tmp_path: Path) -
         assert new[:footer_start] == old[:footer_start] and data_end < footer_start
         stored = json.loads(after.metadata.metadata[FOOTER_KEY])
         assert [{k: v for k, v in e.items() if k != "offset"} for e in stored] == [
-            {k: v for k, v in e.record().items() if k != "offset"} for e in index
+            e.record() for e in bare
         ]
         for e in stored:
             key = (e["column"], e["row"], e["index"])
             assert e.get("offset") == (ranges[key].offset if key in ranges else None)
         # The offsets still point at the right bytes once the footer is rewritten.
         assert locate_ranges(shard, index) == ranges
+
+
+def test_record_offsets_keeps_a_footer_whose_offsets_are_settled(output: Path, tmp_path: Path) -> None:
+    original = shards(output)[0]
+    shard = tmp_path / original.name
+    shutil.copy(original, shard)
+    index = read_footer_index(pq.read_metadata(shard))
+    found = {e.key: FileRange(e.offset, e.size) for e in index if e.offset is not None}
+    assert record_offsets(shard, index, FOOTER_KEY, found) == found
+    assert shard.read_bytes() == original.read_bytes()
+
+
+def test_locate_written_accepts_only_the_written_bytes(tmp_path: Path) -> None:
+    """A value is accepted where the shard holds exactly the expected bytes, nowhere else."""
+    schema = pa.schema([("f", pa.struct([("bytes", pa.binary()), ("path", pa.string())]))])
+    first, second = b"\x01" * 5000 + b"A", b"\x01" * 5000 + b"B"  # same length, same start
+    table = pa.table({"f": [{"bytes": first, "path": "a"}, {"bytes": second, "path": "b"}]})
+    shard = tmp_path / "s.parquet"
+    with pq.ParquetWriter(shard, schema, compression="none", use_dictionary=False) as writer:
+        writer.write_table(table.cast(schema))
+        end = shard.stat().st_size
+    data = shard.read_bytes()
+    keys = [("f", 0, -1), ("f", 1, -1)]
+    found = locate_written(shard, 0, end, [(keys[0], "a", memoryview(first)),
+                                           (keys[1], "b", memoryview(second))])
+    for key, want in zip(keys, (first, second), strict=True):
+        r = found[key]
+        assert data[r.offset : r.offset + r.length] == want
+    # Expected bytes the writer was not given: refused, not matched to a value of that length.
+    with pytest.raises(RangeError, match="not stored verbatim"):
+        locate_written(shard, 0, end, [(keys[0], "a", memoryview(b"\x01" * 5000 + b"C"))])
+    # Order matters: after the second value there is no first one.
+    with pytest.raises(RangeError):
+        locate_written(shard, 0, end, [(keys[1], "b", memoryview(second)),
+                                       (keys[0], "a", memoryview(first))])
 
 
 def test_replace_footer_value_refuses_a_footer_it_cannot_rebuild(tmp_path: Path) -> None:

@@ -51,6 +51,11 @@ class EmbeddedFile:
     #: uncompressed PLAIN chunk): the file is ``[offset, offset + size)``. None otherwise.
     offset: int | None = None
 
+    @property
+    def key(self) -> tuple[str, int, int]:
+        """Where the file sits in its shard: ``(column, row, index)``."""
+        return (self.column, self.row, self.index)
+
     def record(self) -> dict[str, Any]:
         """The footer index entry: the fields in order, ``offset`` only when there is one.
 

@@ -10,10 +10,11 @@ import mmap
 import os
 import struct
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -28,7 +29,14 @@ from bids2hf.model.ranges import (
     row_group_of,
 )
 
-__all__ = ["index_with_offsets", "locate_ranges", "record_offsets", "replace_footer_value"]
+__all__ = [
+    "Verbatim",
+    "index_with_offsets",
+    "locate_ranges",
+    "locate_written",
+    "record_offsets",
+    "replace_footer_value",
+]
 
 #: How many candidate positions of a value's length prefix are hashed before giving up. The
 #: first candidate after the previous value is the right one unless the page header or the
@@ -37,11 +45,23 @@ _MAX_CANDIDATES = 64
 
 _MAGIC = b"PAR1"
 
+#: Bytes compared at a time when checking a candidate against the expected bytes: bounds the
+#: temporary comparison array and the mapped pages resident at once.
+_COMPARE_CHUNK = 8 << 20
+
+#: A file expected verbatim in a just-written row group: its key, its path (for messages) and
+#: the bytes that were handed to the Parquet writer, in the order they are stored.
+Verbatim = tuple[Key, str, memoryview]
+
 
 def _find_value(
-    data: mmap.mmap | bytes, cursor: int, end: int, size: int, sha256: str
+    data: mmap.mmap, cursor: int, end: int, size: int, sha256: str, known: int | None = None
 ) -> int | None:
-    """Offset of the first value in ``data[cursor:end]`` with ``size`` bytes hashing to ``sha256``."""
+    """Offset of the first value in ``data[cursor:end]`` holding the file of ``size`` bytes.
+
+    A candidate is the file if its bytes hash to ``sha256``, or, when the file's bytes are
+    already ``known`` to sit at an offset of ``data``, if they equal the bytes there.
+    """
     prefix = struct.pack("<I", size)
     view = memoryview(data)
     try:
@@ -50,7 +70,10 @@ def _find_value(
             pos = data.find(prefix, pos, end)
             if pos < 0 or pos + 4 + size > end:
                 return None
-            if hashlib.sha256(view[pos + 4 : pos + 4 + size]).hexdigest() == sha256:
+            if known is None:
+                if hashlib.sha256(view[pos + 4 : pos + 4 + size]).hexdigest() == sha256:
+                    return pos + 4
+            elif pos + 4 == known or _holds(data, pos + 4, view[known : known + size]):
                 return pos + 4
             pos += 1
         return None
@@ -69,20 +92,44 @@ def _release(data: mmap.mmap, upto: int) -> None:
         data.madvise(mmap.MADV_DONTNEED, 0, end)
 
 
+def _locate_in_chunk(
+    data: mmap.mmap,
+    chunk: tuple[int, int],
+    members: Sequence[EmbeddedLike],
+    known: Mapping[Key, int],
+    path: Path,
+) -> dict[Key, FileRange]:
+    """The ranges of one column chunk's files, walking its values in row and list order."""
+    out: dict[Key, FileRange] = {}
+    cursor, end = chunk
+    for f in sorted(members, key=lambda f: (f.row, f.index)):
+        key = (f.column, f.row, f.index)
+        found = _find_value(data, cursor, end, f.size, f.sha256, known.get(key))
+        if found is None:
+            raise RangeError(
+                f"{path}: {f.path!r} (row {f.row}, column {f.column}) is not stored "
+                f"verbatim in its column chunk; the shard and its index disagree"
+            )
+        out[key] = FileRange(found, f.size)
+        cursor = found + f.size
+        _release(data, cursor)
+    return out
+
+
 def locate_ranges(
     shard: str | os.PathLike[str],
     files: Sequence[EmbeddedLike],
     *,
     metadata: pq.FileMetaData | None = None,
+    known: Mapping[Key, int] | None = None,
 ) -> dict[Key, FileRange]:
     """Byte range of every file of ``files`` (the shard's embedded index) stored verbatim.
 
-    Meant to run right after the writer closed the shard (it is in the page cache): reads the
-    footer (or takes ``metadata``), maps the file, and for each PLAIN uncompressed column chunk
-    walks its values in order. Cost: one sha256 over each located file's bytes.
-
-    Files of compressed column chunks are simply absent from the result (readers fall back to
-    the column chunk). Returns ``{(column, row, index): FileRange}``.
+    Reads the footer (or takes ``metadata``), maps the file, and for each PLAIN uncompressed
+    column chunk walks its values in order; each candidate is checked by one sha256 of its
+    bytes, or, given ``known`` offsets (from :func:`locate_written`), compared with the bytes
+    there. Files of compressed chunks are absent from the result (readers go through the
+    column chunk). Returns ``{(column, row, index): FileRange}``.
 
     Raises:
         RangeError: a file of an uncompressed PLAIN chunk is not where the index says (no range
@@ -97,7 +144,9 @@ def locate_ranges(
     groups: dict[tuple[int, str], list[EmbeddedLike]] = defaultdict(list)
     for f in files:
         if not 0 <= f.row < total_rows:
-            raise RangeError(f"{path}: index puts {f.path!r} in row {f.row}, the shard has {total_rows}")
+            raise RangeError(
+                f"{path}: index puts {f.path!r} in row {f.row}, the shard has {total_rows}"
+            )
         groups[(row_group_of(starts, f.row), f.column)].append(f)
     out: dict[Key, FileRange] = {}
     if not groups:
@@ -116,16 +165,74 @@ def locate_ranges(
                 cursor, end = chunk
                 if end > len(data):
                     raise RangeError(f"{path}: column chunk {leaf} ends past the end of the file")
-                for f in sorted(members, key=lambda f: (f.row, f.index)):
-                    found = _find_value(data, cursor, end, f.size, f.sha256)
-                    if found is None:
-                        raise RangeError(
-                            f"{path}: {f.path!r} (row {f.row}, column {column}) is not stored "
-                            f"verbatim in its column chunk; the shard and its index disagree"
-                        )
-                    out[(column, f.row, f.index)] = FileRange(found, f.size)
-                    cursor = found + f.size
-                    _release(data, cursor)
+                out.update(_locate_in_chunk(data, (cursor, end), members, known or {}, path))
+    return out
+
+
+def _holds(data: mmap.mmap, at: int, want: memoryview) -> bool:
+    """Whether ``data[at : at + len(want)]`` equals ``want``, compared a chunk at a time."""
+    have = np.frombuffer(data, dtype=np.uint8, count=len(want), offset=at)
+    ref = np.frombuffer(want, dtype=np.uint8)
+    try:
+        for i in range(0, len(want), _COMPARE_CHUNK):
+            if not np.array_equal(have[i : i + _COMPARE_CHUNK], ref[i : i + _COMPARE_CHUNK]):
+                return False
+            _release(data, at + i)
+        return True
+    finally:
+        del have, ref  # the map cannot close while an array still points into it
+
+
+def _find_equal(data: mmap.mmap, cursor: int, want: memoryview) -> int | None:
+    """Offset of the first value in ``data[cursor:]`` whose bytes are ``want``."""
+    prefix = struct.pack("<I", len(want))
+    pos = cursor
+    while True:
+        pos = data.find(prefix, pos)
+        if pos < 0 or pos + 4 + len(want) > len(data):
+            return None
+        if _holds(data, pos + 4, want):
+            return pos + 4
+        pos += 1
+
+
+def locate_written(
+    shard: str | os.PathLike[str], start: int, end: int, expected: Sequence[Verbatim]
+) -> dict[Key, FileRange]:
+    """Where each file of a row group just written at ``shard[start:end]`` landed.
+
+    The writer's step right after each row group: ``expected`` lists the files of the row
+    group's uncompressed PLAIN chunks in storage order (column by column, then row and list
+    order), each with the bytes the writer was given. A PLAIN value is a 4-byte length and the
+    bytes, so each file is searched from the end of the previous one, and a candidate is
+    accepted only if the shard's bytes there *equal* the expected bytes: the recorded range
+    then holds exactly the file, whatever the page headers between values look like. Comparing
+    against memory costs a fraction of hashing the shard again (the expected bytes were hashed
+    as they were read).
+
+    Raises:
+        RangeError: a file is not stored verbatim in ``shard[start:end]`` (the Parquet writer did
+            not lay the values out as planned): the shard must not be published.
+    """
+    out: dict[Key, FileRange] = {}
+    if not expected:
+        return out
+    base = start - start % mmap.ALLOCATIONGRANULARITY
+    with (
+        open(shard, "rb") as fh,
+        mmap.mmap(fh.fileno(), end - base, access=mmap.ACCESS_READ, offset=base) as data,
+    ):
+        cursor = start - base
+        for key, path, want in expected:
+            found = _find_equal(data, cursor, want)
+            if found is None:
+                raise RangeError(
+                    f"{shard}: {path!r} (row {key[1]}, column {key[0]}) is not stored verbatim "
+                    f"in its row group; the shard and its index disagree"
+                )
+            out[key] = FileRange(base + found, len(want))
+            cursor = found + len(want)
+            _release(data, cursor)
     return out
 
 
@@ -156,7 +263,9 @@ def _rebuilt_footer(meta: pq.FileMetaData, updates: dict[bytes, bytes]) -> bytes
     if serialized is None:
         raise ValueError("no ARROW:schema in the footer")
     schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(serialized)))
-    extra = {k: v for k, v in kv.items() if k != b"ARROW:schema" and k not in (schema.metadata or {})}
+    extra = {
+        k: v for k, v in kv.items() if k != b"ARROW:schema" and k not in (schema.metadata or {})
+    }
     extra.update(updates)
     sink = io.BytesIO()
     with pq.ParquetWriter(sink, schema) as writer:
@@ -219,21 +328,30 @@ def index_with_offsets(
 
 
 def record_offsets(
-    shard: str | os.PathLike[str], files: Sequence[EmbeddedLike], footer_key: bytes
+    shard: str | os.PathLike[str],
+    files: Sequence[EmbeddedLike],
+    footer_key: bytes,
+    found: Mapping[Key, FileRange],
 ) -> dict[Key, FileRange]:
-    """Locate every verbatim file of a just-written shard and store the offsets in its footer.
+    """Settle the offsets :func:`locate_written` found in a just-closed shard; fix its footer.
 
-    The writer's step between closing the Parquet writer and renaming the shard into place:
-    :func:`locate_ranges` (each range checked against the file's sha256), then the footer index
-    under ``footer_key`` is rewritten as :func:`index_with_offsets`. Returns the ranges, for the
-    manifest.
+    The writer's step between closing the Parquet writer (whose footer index under
+    ``footer_key`` already holds the ``found`` offsets) and renaming the shard into place.
+    :func:`locate_written` searches from the start of each row group, so a file whose bytes also
+    occur before its own column chunk (an empty file: any four zero bytes) may be found there;
+    those bytes are the same, but the canonical offset is the first match in the file's own
+    chunk, after the previous value, as :func:`locate_ranges` finds it. That pass costs next to
+    nothing (candidates are compared with the known bytes, not hashed), and only when an offset
+    moves is the footer rewritten. Returns the settled ranges, for the manifest.
 
     Raises:
-        RangeError: a file is not where the index says (see :func:`locate_ranges`).
+        RangeError: a file is not in its column chunk (see :func:`locate_ranges`).
         ValueError: the footer cannot be rewritten (see :func:`replace_footer_value`).
     """
     meta = pq.read_metadata(shard)
-    ranges = locate_ranges(shard, files, metadata=meta)
-    index = index_with_offsets(files, ranges)
-    replace_footer_value(shard, footer_key, json.dumps(index, separators=(",", ":")).encode())
+    known = {key: r.offset for key, r in found.items()}
+    ranges = locate_ranges(shard, files, metadata=meta, known=known)
+    if ranges != dict(found):
+        index = index_with_offsets(files, ranges)
+        replace_footer_value(shard, footer_key, json.dumps(index, separators=(",", ":")).encode())
     return ranges

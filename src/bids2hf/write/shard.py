@@ -9,12 +9,10 @@ renamed into place only when complete.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import json
 import os
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,17 +25,21 @@ import pyarrow.parquet as pq
 # moved to bids2hf.errors and is re-exported here for existing imports.
 from bids2hf.errors import SourceChangedError as SourceChangedError
 from bids2hf.model.format import FOOTER_KEY, EmbeddedFile
+from bids2hf.model.ranges import FileRange, Key
 from bids2hf.model.rows import ColumnSpec, FileRef, Role, RowPlan, ShardPlan
 from bids2hf.model.source import Source
 from bids2hf.write.arrays import bool_array, int32_array, string_array, typed_array
-from bids2hf.write.ranges import record_offsets
+from bids2hf.write.ranges import Verbatim, locate_written, record_offsets
+from bids2hf.write.reader import FileReader, Progress
 
 __all__ = [
-    "Progress", "ShardResult", "SourceChangedError", "fsync_file", "parquet_options",
+    "Progress",
+    "ShardResult",
+    "SourceChangedError",
+    "fsync_file",
+    "parquet_options",
     "write_shard",
 ]
-
-Progress = Callable[[int, int], None]  # (bytes, files) just written
 
 
 @dataclass
@@ -114,79 +116,6 @@ def parquet_options(schema: pa.Schema, columns: Sequence[ColumnSpec]) -> dict[st
     }
 
 
-class _Reader:
-    """Reads source files into one reusable buffer per row group, hashing as it goes.
-
-    Hashing runs on a second thread (``hashlib`` releases the GIL), chunk by chunk right behind
-    the reads, so sha256 costs no time on the read/write path; :meth:`flush` waits for it.
-    """
-
-    def __init__(self, source: Source, progress: Progress | None) -> None:
-        self.source = source
-        self.progress = progress
-        self._arena = np.empty(0, dtype=np.uint8)
-        self.hashes: dict[str, str] = {}
-        self._hasher = ThreadPoolExecutor(1, thread_name_prefix="bids2hf-sha256")
-        self._pending: list[Future[None]] = []
-
-    def close(self) -> None:
-        self._hasher.shutdown(wait=True)
-
-    def flush(self) -> None:
-        """Wait until every chunk read so far is hashed (before the buffer is reused)."""
-        for fut in self._pending:
-            fut.result()
-        self._pending.clear()
-
-    def _finish(self, relpath: str, sha: Any) -> None:
-        self.hashes[relpath] = sha.hexdigest()
-
-    def arena(self, size: int) -> np.ndarray:
-        """One buffer for all the files of a row group, reused from one row group to the next.
-
-        Reuse spares the kernel from faulting in fresh pages for every row group; the buffer only
-        grows when a row group is larger than any before it.
-        """
-        if self._arena.nbytes < size:
-            self._arena = np.empty(0, dtype=np.uint8)  # release the old one before allocating
-            self._arena = np.empty(size, dtype=np.uint8)
-        return self._arena
-
-    def read_files(self, items: Sequence[tuple[FileRef, memoryview]]) -> None:
-        """Read each file into its buffer, hashing each chunk as it arrives.
-
-        Raises :class:`SourceChangedError` (the file is not the planned one) or
-        :class:`~bids2hf.errors.InputError` (it cannot be read).
-        """
-        shas = [hashlib.sha256() for _ in items]
-
-        def on_chunk(i: int, chunk: memoryview) -> None:
-            # One hashing thread: updates run in submission order (the source calls this in
-            # order for each file).
-            self._pending.append(self._hasher.submit(shas[i].update, chunk))
-            if self.progress:
-                self.progress(len(chunk), 0)
-
-        def on_file(i: int) -> None:
-            self._pending.append(self._hasher.submit(self._finish, items[i][0].relpath, shas[i]))
-            if self.progress:
-                self.progress(0, 1)
-
-        self.source.read_files(items, on_chunk, on_file)
-
-    def read_into(self, ref: FileRef, out: memoryview) -> None:
-        self.read_files([(ref, out)])
-
-    def sha256(self, ref: FileRef) -> str:
-        if ref.relpath not in self.hashes:
-            self.flush()
-        if ref.relpath not in self.hashes:
-            scratch = np.empty(ref.size, dtype=np.uint8)
-            self.read_into(ref, memoryview(scratch.data))
-            self.flush()
-        return self.hashes[ref.relpath]
-
-
 def _cells(rows: Sequence[RowPlan], column: str) -> list[list[FileRef]]:
     return [row.files.get(column, []) for row in rows]
 
@@ -247,7 +176,7 @@ def _file_array(column: _FileColumn, typ: pa.DataType) -> pa.Array:
 
 
 def _sha_array(
-    spec: ColumnSpec, typ: pa.DataType, rows: Sequence[RowPlan], reader: _Reader
+    spec: ColumnSpec, typ: pa.DataType, rows: Sequence[RowPlan], reader: FileReader
 ) -> pa.Array:
     cells = _cells(rows, spec.name)
     if spec.single:
@@ -256,6 +185,129 @@ def _sha_array(
     np.cumsum([len(c) for c in cells], out=offsets[1:])
     values = string_array([reader.sha256(r) for c in cells for r in c])
     return pa.ListArray.from_arrays(int32_array(offsets), values, type=typ)
+
+
+def _embedded(
+    rows: Sequence[RowPlan], first_row: int, columns: Sequence[ColumnSpec], hashes: dict[str, str]
+) -> list[EmbeddedFile]:
+    """The footer index entries of a row group's files, in row then column order."""
+    out = []
+    for i, row in enumerate(rows, start=first_row):
+        for spec in columns:
+            if spec.role is not Role.FILE:
+                continue
+            for j, ref in enumerate(row.files.get(spec.name, [])):
+                index = -1 if spec.single else j
+                out.append(
+                    EmbeddedFile(ref.relpath, ref.size, hashes[ref.relpath], i, spec.name, index)
+                )
+    return out
+
+
+def _verbatim(file_columns: dict[str, _FileColumn], first_row: int) -> list[Verbatim]:
+    """The files a row group stores verbatim (NIfTI columns), in the order they are stored."""
+    out: list[Verbatim] = []
+    for column in file_columns.values():
+        if not column.spec.nifti:
+            continue  # zstd-compressed: readers go through the column chunk
+        name, view, offsets = column.spec.name, memoryview(column.arena.data), column.offsets
+        keys: list[Key] = []
+        for row, cell in enumerate(column.cells, start=first_row):
+            # One slot per row for a single-valued column (empty when the row has no file).
+            keys.extend(
+                [(name, row, -1)]
+                if column.spec.single
+                else [(name, row, j) for j in range(len(cell))]
+            )
+        for slot, (key, ref) in enumerate(zip(keys, column.slots, strict=True)):
+            if ref is not None:
+                out.append((key, ref.relpath, view[int(offsets[slot]) : int(offsets[slot + 1])]))
+    return out
+
+
+def _file_columns(
+    columns: Sequence[ColumnSpec], rows: Sequence[RowPlan], reader: FileReader
+) -> dict[str, _FileColumn]:
+    """Each FILE column of a row group with its slice of the reader's one buffer."""
+    sizes = {
+        spec.name: sum(r.size for row in rows for r in row.files.get(spec.name, []))
+        for spec in columns
+        if spec.role is Role.FILE
+    }
+    arena = reader.arena(sum(sizes.values()))
+    out, at = {}, 0
+    for spec in columns:
+        if spec.role is Role.FILE:
+            out[spec.name] = _file_column(spec, rows, arena[at : at + sizes[spec.name]])
+            at += sizes[spec.name]
+    return out
+
+
+def _write_row_group(
+    writer: pq.ParquetWriter,
+    rows: Sequence[RowPlan],
+    first_row: int,
+    columns: Sequence[ColumnSpec],
+    schema: pa.Schema,
+    reader: FileReader,
+    path: Path,
+) -> list[EmbeddedFile]:
+    """Read one row group's files, write the row group, and find where its verbatim files are.
+
+    Raises:
+        SourceChangedError: a source file is not the planned one.
+        RangeError: a file is not stored verbatim where it should be.
+    """
+    file_columns = _file_columns(columns, rows, reader)
+    # [issue 15] every file of the row group in one call, in column order: a remote source
+    # keeps several of them in flight.
+    reader.read_files([r for c in file_columns.values() for r in c.reads()])
+    arrays = []
+    for spec in columns:
+        typ = schema.field(spec.name).type
+        if spec.role is Role.FILE:
+            arrays.append(_file_array(file_columns[spec.name], typ))
+        elif spec.role is Role.SHA256:
+            arrays.append(_sha_array(spec, typ, rows, reader))
+        else:
+            arrays.append(typed_array([r.values.get(spec.name) for r in rows], typ))
+    reader.flush()  # all hashes known
+    embedded = _embedded(rows, first_row, columns, reader.hashes)
+    start = path.stat().st_size
+    writer.write_table(
+        pa.Table.from_arrays(arrays, schema=schema), row_group_size=max(1, len(rows))
+    )
+    del arrays
+    # The row group is on its way to disk once write_table returns (pyarrow writes it through
+    # to the file): find each verbatim file in it while the buffer still holds the bytes, so
+    # the check is a comparison, not a second sha256 of the shard. A RangeError means the shard
+    # disagrees with its index: write_shard deletes it, nothing wrong is published.
+    found = locate_written(path, start, path.stat().st_size, _verbatim(file_columns, first_row))
+    # Hand the encoder's freed page buffers back to the system: the allocator would keep them,
+    # and peak RSS would exceed row group + page buffers by ~45 MB.
+    pa.default_memory_pool().release_unused()
+    # Start writing back what is already on its way to disk, so that the fsync at the end does
+    # not stall the pipeline for a whole shard's worth of dirty pages.
+    _start_writeback(path)
+    return [
+        dataclasses.replace(e, offset=r.offset) if (r := found.get(e.key)) else e for e in embedded
+    ]
+
+
+def _settled(path: Path, embedded: list[EmbeddedFile]) -> list[EmbeddedFile]:
+    """The index with each offset settled by :func:`record_offsets` (which fixes the footer).
+
+    Raises:
+        RangeError: a file is not in its column chunk.
+    """
+    found = {e.key: FileRange(e.offset, e.size) for e in embedded if e.offset is not None}
+    ranges = record_offsets(path, embedded, FOOTER_KEY, found)
+    if ranges == found:
+        return embedded
+    return [
+        dataclasses.replace(e, offset=r.offset if (r := ranges.get(e.key)) else None)
+        for e in embedded
+    ]
 
 
 def write_shard(
@@ -270,91 +322,38 @@ def write_shard(
     """Write ``shard`` to ``tmp_path``, then rename it to ``final_path``.
 
     ``source`` is where the files are read: a :class:`~bids2hf.bids.source.LocalSource` or an
-    fsspec one (``write/`` never opens a source itself: it takes the object) [issue 15].
+    fsspec one (``write/`` never opens a source itself: it takes the object) [issue 15]. The
+    footer's index gives each file's row, column and sha256, and for files stored verbatim its
+    byte offset, so readers can fetch one file by its byte range.
 
-    Raises :class:`SourceChangedError` if a source file differs from the plan; the temporary
-    file is removed on any failure, so no partial shard is ever visible.
+    Raises:
+        SourceChangedError: a source file differs from the plan.
+        RangeError: a written file is not where its index says.
+        RuntimeError: this worker's run ended (an orphaned worker never renames a shard).
+
+    The temporary file is removed on any failure, so no partial shard is ever visible.
     """
-    reader = _Reader(source, progress)
-    options = parquet_options(schema, columns)
+    reader = FileReader(source, progress)
     embedded: list[EmbeddedFile] = []
     try:
         # A native sink: a Python file object would copy every page into a bytes object.
-        with pq.ParquetWriter(str(tmp_path), schema, **options) as writer:
-            start = 0
-            groups = _row_group_rows(shard)
-            for index, count in enumerate(shard.row_groups):
-                rows = shard.rows[start : start + count]
+        with pq.ParquetWriter(str(tmp_path), schema, **parquet_options(schema, columns)) as writer:
+            groups, first_row = _row_group_rows(shard), 0
+            for index, rows in enumerate(groups):
                 if index + 1 < len(groups):
                     # The kernel reads the next row group's files while this one is encoded
                     # and written: reading and writing overlap without holding more memory.
                     _advise(source, groups[index + 1])
-                sizes = {
-                    spec.name: sum(r.size for row in rows for r in row.files.get(spec.name, []))
-                    for spec in columns
-                    if spec.role is Role.FILE
-                }
-                arena = reader.arena(sum(sizes.values()))
-                at = 0
-                file_columns: dict[str, _FileColumn] = {}
-                for spec in columns:
-                    if spec.role is Role.FILE:
-                        part = arena[at : at + sizes[spec.name]]
-                        file_columns[spec.name] = _file_column(spec, rows, part)
-                        at += sizes[spec.name]
-                # [issue 15] every file of the row group in one call, in column order: a remote
-                # source keeps several of them in flight.
-                reader.read_files([r for c in file_columns.values() for r in c.reads()])
-                arrays = []
-                for spec in columns:
-                    typ = schema.field(spec.name).type
-                    if spec.role is Role.FILE:
-                        arrays.append(_file_array(file_columns[spec.name], typ))
-                    elif spec.role is Role.SHA256:
-                        arrays.append(_sha_array(spec, typ, rows, reader))
-                    else:
-                        arrays.append(typed_array([r.values.get(spec.name) for r in rows], typ))
-                reader.flush()  # all hashes known, and the buffer free for the next row group
-                for i, row in enumerate(rows, start=start):
-                    for spec in columns:
-                        if spec.role is not Role.FILE:
-                            continue
-                        for j, ref in enumerate(row.files.get(spec.name, [])):
-                            embedded.append(
-                                EmbeddedFile(
-                                    ref.relpath,
-                                    ref.size,
-                                    reader.hashes[ref.relpath],
-                                    i,
-                                    spec.name,
-                                    -1 if spec.single else j,
-                                )
-                            )
-                table = pa.Table.from_arrays(arrays, schema=schema)
-                writer.write_table(table, row_group_size=max(1, count))
-                del table, arrays
-                # Hand the encoder's freed page buffers back to the system: the allocator would
-                # keep them, and peak RSS would exceed row group + page buffers by ~45 MB.
-                pa.default_memory_pool().release_unused()
-                start += count
-                # Start writing back what is already on its way to disk, so that the fsync at
-                # the end does not stall the pipeline for a whole shard's worth of dirty pages.
-                _start_writeback(tmp_path)
+                embedded += _write_row_group(
+                    writer, rows, first_row, columns, schema, reader, tmp_path
+                )
+                first_row += len(rows)
             writer.add_key_value_metadata(
                 {FOOTER_KEY: json.dumps([e.record() for e in embedded], separators=(",", ":"))}
             )
-        # Where each verbatim file sits, checked against its sha256 and stored in the footer, so
-        # readers can fetch one file by its byte range. A RangeError means the shard disagrees
-        # with its index: the except below deletes it, nothing wrong is published.
-        ranges = record_offsets(tmp_path, embedded, FOOTER_KEY)
-        embedded = [
-            dataclasses.replace(e, offset=r.offset)
-            if (r := ranges.get((e.column, e.row, e.index)))
-            else e
-            for e in embedded
-        ]
+        embedded = _settled(tmp_path, embedded)
         fsync_file(tmp_path)
-        size = tmp_path.stat().st_size  # after record_offsets: the footer grew
+        size = tmp_path.stat().st_size  # after record_offsets: the footer may have changed
         # An orphaned worker (its parent killed) must not publish: a new run may hold the lock.
         if PARENT_PID is not None and os.getppid() != PARENT_PID:
             raise RuntimeError(f"{final_path}: not written, the run that started this worker ended")
