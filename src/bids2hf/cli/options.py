@@ -19,8 +19,8 @@ from bids2hf.units import parse_size
 if TYPE_CHECKING:
     from bids2hf.model.source import Source
 
-__all__ = ["SIZE", "SizeType", "common", "input_options", "open_bids_dir", "publish_options",
-           "source_option"]  # fmt: skip
+__all__ = ["SIZE", "SizeType", "common", "engine_options", "input_options", "open_bids_dir",
+           "publish_options", "source_option"]  # fmt: skip
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -198,6 +198,30 @@ def publish_options(func: F) -> F:
             default=300.0,
             show_default=True,
             help="Seconds a request may wait for each read or write (0: no limit).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def engine_options(func: F) -> F:
+    """[issue 14] --engine and --scheduler: who writes the shards."""
+    options = [
+        click.option(
+            "--engine",
+            type=click.Choice(["local", "dask"]),
+            default="local",
+            show_default=True,
+            help="Who writes the shards: processes on this machine (--workers), or tasks on a "
+            "Dask cluster (--scheduler; pip install 'bids2hf[dask]').",
+        ),
+        click.option(
+            "--scheduler",
+            metavar="ADDRESS",
+            help="With --engine dask: the scheduler's address (tcp://HOST:8786), its scheduler "
+            "file (*.json), or local:N to start N worker processes here [default: "
+            "local:<workers>].",
         ),
     ]
     for option in reversed(options):

@@ -191,7 +191,10 @@ class Publisher:
                 if holds_slot:
                     self._release(item, delete=True)
                 continue
-            self.target.stage(item)
+            if item.uploaded:  # [issue 14] staged by a Dask worker: the target only records it
+                self.target.adopt(item)
+            else:
+                self.target.stage(item)
             if self._aborted:  # the run failed while this file was being uploaded
                 break
             self._count(item)

@@ -69,13 +69,26 @@ class FsspecTarget:
         return out
 
     def stage(self, item: StagedFile) -> None:
-        key = self._key(item.path)
+        self.forget([item.path])
+        self.upload(item)
+        self.adopt(item)
+
+    # [issue 14] stage() in three steps, so that a Dask worker uploads while the driver keeps
+    # the checksum record (forget before the workers start, adopt as each shard arrives)
+    def forget(self, paths: Sequence[str]) -> None:
+        """Drop the checksums of keys about to hold other bytes, and write the record out.
+
+        The old checksum goes first, so that a kill between the upload and the next commit never
+        leaves a record claiming the old sha256 for the new bytes (same size would pass for
+        unchanged).
+        """
         sums = self.checksums()
-        if sums.pop(item.path, None) is not None:
-            # The key is about to hold other bytes: its old checksum goes first (written out),
-            # so that a kill between the upload and the next commit never leaves a record
-            # claiming the old sha256 for the new bytes (same size would pass for unchanged).
+        if [sums.pop(p) for p in paths if p in sums]:
             self._write_checksums()
+
+    def upload(self, item: StagedFile) -> None:
+        """Put the file at its final key, complete or not at all (nothing is recorded)."""
+        key = self._key(item.path)
         self.fs.makedirs(posixpath.dirname(key), exist_ok=True)
         if self.atomic_put:
             self.fs.put_file(str(item.local), key)
@@ -83,8 +96,12 @@ class FsspecTarget:
             tmp = f"{posixpath.dirname(key)}/.{posixpath.basename(key)}.{uuid.uuid4().hex}.tmp"
             self.fs.put_file(str(item.local), tmp)
             self.fs.mv(tmp, key)
-        self.checksums()[item.path] = item.checksum()
         item.uploaded = True
+
+    def adopt(self, item: StagedFile) -> None:
+        """Record the checksum of a file uploaded (by :meth:`upload`, here or on a Dask worker);
+        written to ``bids2hf/checksums.json`` by the next commit."""
+        self.checksums()[item.path] = item.checksum()
 
     def commit(self, items: Sequence[StagedFile], deletions: Sequence[str], message: str) -> bool:
         if not items and not deletions:
