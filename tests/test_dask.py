@@ -34,7 +34,7 @@ from bids2hf.progress import ProgressBar
 from bids2hf.scale.dask_engine import _DriverProgress
 from bids2hf.scale.dask_tasks import FolderSink, HubSink, Secret, ShardTask, run_task, versions
 from bids2hf.testing.synthetic import GeneratedDataset, SyntheticSpec, generate_bids
-from helpers import sha256, tree
+from helpers import hub_env, sha256, tree
 from hub_emulator import HubEmulator
 
 distributed = pytest.importorskip("distributed")
@@ -311,6 +311,31 @@ def test_cli_scheduler_errors(
             assert not os.path.exists(out)
 
 
+def test_cli_engine_dask_defaults_to_a_local_cluster(
+    synthetic: GeneratedDataset,
+    baseline: Path,
+    tmp_path: Path,
+    cli: Callable[..., Result],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`--engine dask` without `--scheduler`: a LocalCluster of `--workers` processes."""
+    import bids2hf.scale.dask_engine as dask_engine
+
+    asked: list[str] = []
+    real = dask_engine.dask_client
+
+    def recording(scheduler: str) -> Any:
+        asked.append(scheduler)
+        return real(scheduler)
+
+    monkeypatch.setattr(dask_engine, "dask_client", recording)
+    out = tmp_path / "out"
+    result = cli("convert", synthetic.root, out, *SHARDS, *DASK, "-j", "1")
+    assert result.exit_code == 0, result.output
+    assert asked == ["local:1"]
+    assert _output(out) == _output(baseline)
+
+
 def _kill_tree_members(pids: list[int]) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
@@ -426,20 +451,24 @@ def test_s3_identical_to_single_process(
     assert not list(staging.glob("data/*"))
 
 
+def test_s3_source_read_by_the_workers(
+    s3_env: dict[str, str], synthetic: GeneratedDataset, baseline: Path, tmp_path: Path
+) -> None:
+    """A BIDS source given as a URL: each task reads its files from S3 itself (the driver only
+    lists it and copies the dataset-level files); the output is that of a single-process run
+    from the local folder."""
+    s3 = _bucket(s3_env)
+    for path in sorted(p for p in synthetic.root.rglob("*") if p.is_file()):
+        key = f"bids/{path.relative_to(synthetic.root).as_posix()}"
+        s3.put_object(Bucket="neuro", Key=key, Body=path.read_bytes())
+    out = tmp_path / "out"
+    _run(s3_env, "convert", "s3://neuro/bids", str(out), *SHARDS, *DASK, "--scheduler", "local:2")
+    assert _output(out) == _output(baseline)
+
+
 # -- the Hub (emulator) ------------------------------------------------------------------------
 def _hub_env(emu: HubEmulator, tmp_path: Path, token: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "HF_ENDPOINT": emu.url,
-        "HF_HUB_DISABLE_XET": "1",
-        "HF_TOKEN": token,
-        "HF_HOME": str(tmp_path / "hf-home"),
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "HF_HUB_OFFLINE": "0",
-        "HF_DATASETS_OFFLINE": "0",
-        "BIDS2HF_CACHE": str(tmp_path / "bids2hf-cache"),
-        "BIDS2HF_RETRY_BASE_DELAY": "0.05",
-    }
+    return {**hub_env(emu, tmp_path), "HF_TOKEN": token}
 
 
 @pytest.fixture

@@ -47,6 +47,13 @@ def _setup_logging(quiet: bool, debug: bool) -> None:
         logging.getLogger("bidsschematools").setLevel(logging.WARNING)
 
 
+def _stack(func: F, options: list[Callable[[F], F]]) -> F:
+    """``func`` decorated by ``options``, listed in the order ``--help`` shows them."""
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 def common(func: F) -> F:
     """--quiet/--debug and the error policy: one line and exit 2, tracebacks only with --debug."""
 
@@ -148,9 +155,7 @@ def input_options(func: F) -> F:
         ),
         click.option("--split", default="train", show_default=True, help="Split name of the rows."),
     ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    return _stack(func, options)
 
 
 # -- [issue 15] ------------------------------------------------------------------------------
@@ -200,9 +205,7 @@ def publish_options(func: F) -> F:
             help="Seconds a request may wait for each read or write (0: no limit).",
         ),
     ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    return _stack(func, options)
 
 
 def engine_options(func: F) -> F:
@@ -224,9 +227,7 @@ def engine_options(func: F) -> F:
             "local:<workers>].",
         ),
     ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    return _stack(func, options)
 
 
 def _options(kw: dict[str, Any]) -> tuple[ScanOptions, PlanOptions]:
