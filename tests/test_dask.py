@@ -466,6 +466,34 @@ def test_s3_source_read_by_the_workers(
     assert _output(out) == _output(baseline)
 
 
+def test_fsspec_record_of_shards_the_workers_upload(tmp_path: Path) -> None:
+    """Before workers upload, the driver drops (and writes out) the old checksums of the keys
+    they will overwrite, as FsspecTarget.stage does for its own uploads; a shard that turns out
+    unchanged gets its record back at the last commit."""
+    import hashlib
+
+    from bids2hf.publish.targets.base import StagedFile
+    from bids2hf.publish.targets.fsspec import FsspecTarget
+    from bids2hf.publish.uploader import Publisher, PublishReport
+
+    url = f"memory://dask-{tmp_path.name}/ds"
+    local = tmp_path / "train-0.parquet"
+    local.write_bytes(b"a" * 100)
+    sha = hashlib.sha256(local.read_bytes()).hexdigest()
+    target = FsspecTarget(url)
+    target.ensure()
+    item = StagedFile("data/train-0.parquet", local, 100, sha)
+    target.stage(item)
+    target.commit([item], [], "first")
+    remote = target.files()
+    target.forget([item.path])  # RemoteRun.before_worker_uploads
+    assert FsspecTarget(url).files()[item.path].sha256 is None, "the old record was kept"
+    publisher = Publisher(target, remote, max_staged=2, report=PublishReport(url))
+    publisher.submit(StagedFile(item.path, local, 100, sha, uploaded=True), holds_slot=False)
+    publisher.finish([], [], "last")
+    assert FsspecTarget(url).files()[item.path].sha256 == sha, "the record was lost"
+
+
 # -- the Hub (emulator) ------------------------------------------------------------------------
 def _hub_env(emu: HubEmulator, tmp_path: Path, token: str) -> dict[str, str]:
     return {**hub_env(emu, tmp_path), "HF_TOKEN": token}

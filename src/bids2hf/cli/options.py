@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -47,7 +47,7 @@ def _setup_logging(quiet: bool, debug: bool) -> None:
         logging.getLogger("bidsschematools").setLevel(logging.WARNING)
 
 
-def _stack(func: F, options: list[Callable[[F], F]]) -> F:
+def _stack(func: F, options: Sequence[Callable[[Any], Any]]) -> F:
     """``func`` decorated by ``options``, listed in the order ``--help`` shows them."""
     for option in reversed(options):
         func = option(func)

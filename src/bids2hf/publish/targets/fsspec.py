@@ -34,6 +34,7 @@ class FsspecTarget:
         protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
         self.atomic_put = protocol in ("s3", "s3a", "gs", "gcs", "az", "abfs", "memory")
         self._checksums: dict[str, str] | None = None
+        self._saved: dict[str, str] = {}  # the record as bids2hf/checksums.json holds it
 
     def _key(self, path: str) -> str:
         return posixpath.join(self.root, path)
@@ -51,6 +52,7 @@ class FsspecTarget:
                     self._checksums = dict(json.loads(f.read()))
             except (FileNotFoundError, ValueError):
                 self._checksums = {}
+            self._saved = dict(self._checksums)
         return self._checksums
 
     def files(self) -> dict[str, RemoteFile]:
@@ -104,7 +106,7 @@ class FsspecTarget:
         self.checksums()[item.path] = item.checksum()
 
     def commit(self, items: Sequence[StagedFile], deletions: Sequence[str], message: str) -> bool:
-        if not items and not deletions:
+        if not items and not deletions and self.checksums() == self._saved:
             return False  # nothing changed: the checksum record stays as it is
         for item in items:
             if not item.uploaded:
@@ -121,3 +123,4 @@ class FsspecTarget:
         key = self._key(CHECKSUMS_PATH)
         self.fs.makedirs(posixpath.dirname(key), exist_ok=True)
         self.fs.pipe_file(key, data)
+        self._saved = dict(self.checksums())
