@@ -452,7 +452,11 @@ def test_s3_identical_to_single_process(
 
 
 def test_s3_source_read_by_the_workers(
-    s3_env: dict[str, str], synthetic: GeneratedDataset, baseline: Path, tmp_path: Path
+    client: Any,
+    s3_env: dict[str, str],
+    synthetic: GeneratedDataset,
+    baseline: Path,
+    tmp_path: Path,
 ) -> None:
     """A BIDS source given as a URL: each task reads its files from S3 itself (the driver only
     lists it and copies the dataset-level files); the output is that of a single-process run
@@ -461,9 +465,20 @@ def test_s3_source_read_by_the_workers(
     for path in sorted(p for p in synthetic.root.rglob("*") if p.is_file()):
         key = f"bids/{path.relative_to(synthetic.root).as_posix()}"
         s3.put_object(Bucket="neuro", Key=key, Body=path.read_bytes())
+    from bids2hf.bids.source import open_source
+
+    # The options travel with the pickled source: the workers reach moto as the driver does.
+    options = {
+        "endpoint_url": s3_env["FSSPEC_S3_ENDPOINT_URL"],
+        "key": "testing",
+        "secret": "testing",
+    }
+    source = open_source("s3://neuro/bids", anon=False, storage_options=options)
     out = tmp_path / "out"
-    _run(s3_env, "convert", "s3://neuro/bids", str(out), *SHARDS, *DASK, "--scheduler", "local:2")
+    with distributed.get_task_stream(client) as stream:
+        bids2hf.convert(source, out, client=client, **_options())
     assert _output(out) == _output(baseline)
+    assert any(str(t["key"]).startswith("bids2hf-") for t in stream.data)
 
 
 def test_fsspec_record_of_shards_the_workers_upload(tmp_path: Path) -> None:
