@@ -2,7 +2,7 @@
 sizes, documented errors.
 
 Layers, lowest first: ``_version, errors, units, progress`` < ``model`` < ``bids`` < ``plan`` <
-``write`` < ``publish``, ``readback`` < ``report``, ``testing`` < ``api`` < ``cli``. A module
+``write`` < ``publish``, ``readback`` < ``report``, ``testing``, ``scale`` < ``api`` < ``cli``. A module
 imports bids2hf modules of its own layer or below, never above (at any depth: lazy imports too).
 """
 
@@ -33,6 +33,7 @@ LAYERS = {
     "bids2hf.readback": 5,
     "bids2hf.report": 6,
     "bids2hf.testing": 6,
+    "bids2hf.scale": 6,  # [issue 14] the Dask engine: drives write/ and publish/targets/
     "bids2hf.api": 7,
     "bids2hf.cli": 8,
     "bids2hf.__main__": 9,
@@ -185,7 +186,8 @@ def test_the_way_back_reads_the_format_only() -> None:
 def test_heavy_libraries_stay_where_they_belong() -> None:
     """datasets only in reports (the previews; plan/features.py describes the columns without
     it); pandas nowhere; write/ and model/ (what every spawned shard writer imports) never
-    import datasets, nibabel, huggingface_hub or the schema at the top of a module."""
+    import datasets, nibabel, huggingface_hub or the schema at the top of a module; scale/
+    (what Dask workers unpickle) never imports nibabel, at any depth [issue 14]."""
     wrong = []
     for name, path in MODULES.items():
         for imported, line, top in _imports(path):
@@ -199,6 +201,8 @@ def test_heavy_libraries_stay_where_they_belong() -> None:
                 and root in ("datasets", "nibabel", "huggingface_hub", "bidsschematools")
                 and (_within(name, "bids2hf.write") or _within(name, "bids2hf.model"))
             ):
+                wrong.append(f"{name}:{line} imports {root}")
+            if root == "nibabel" and _within(name, "bids2hf.scale"):
                 wrong.append(f"{name}:{line} imports {root}")
     assert not wrong, "\n".join(wrong)
 
@@ -218,6 +222,9 @@ def _loaded_after(statement: str) -> list[str]:
             ("datasets", "pandas", "nibabel", "huggingface_hub", "bidsschematools"),
         ),
         ("import bids2hf", HEAVY),
+        # [issue 14] what a Dask worker loads to unpickle a task
+        ("import bids2hf.scale.dask_tasks", ("datasets", "pandas", "nibabel")),
+        ("import bids2hf.scale.dask_engine", ("datasets", "pandas", "nibabel", "distributed")),
     ],
 )
 def test_light_imports(statement: str, forbidden: tuple[str, ...]) -> None:

@@ -15,6 +15,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from bids2hf._version import __version__
 from bids2hf.bids.options import ScanOptions
@@ -46,11 +47,12 @@ from bids2hf.publish.pipeline import (
     upload_folder,
 )
 from bids2hf.publish.targets.base import StagedFile
-from bids2hf.publish.uploader import PublishReport
+from bids2hf.publish.uploader import Publisher, PublishReport
 from bids2hf.report.card import CardInputs, render_card
 from bids2hf.report.card_facts import UserSectionError, extract_user_section, user_section
 from bids2hf.report.summaries import convert_summary
 from bids2hf.units import human_bytes
+from bids2hf.write.engine import LocalEngine, ShardEngine, ShardJob, StagedShardResult
 from bids2hf.write.output import finish_output
 from bids2hf.write.output_folder import OutputFolder, disk_full
 from bids2hf.write.shard import ShardResult
@@ -210,6 +212,7 @@ def convert(
     progress: bool = True,
     repo_hint: str | None = None,
     publish: PublishOptions | None = None,
+    client: Any = None,
 ) -> ConvertReport:
     """Convert a BIDS folder into a Hugging Face dataset, locally or straight to a remote.
 
@@ -232,14 +235,21 @@ def convert(
         progress: show a progress bar.
         repo_hint: repository name used in the card's code samples.
         publish: options of remote publication (staging folder and bound, dry run, ...).
+        client: [issue 14] a ``distributed.Client``: each shard is then a task on its Dask
+            cluster, written by a worker straight to the destination (``workers`` is not used);
+            the workers must see a local BIDS folder (and a local destination) at the same
+            paths. See "Scaling out" in the README.
 
     Returns:
         A :class:`ConvertReport`. Raises :class:`~bids2hf.errors.Bids2HfError` subclasses for
         problems the user can fix: :class:`InputError` for the source (also when it changes
         during the run), :class:`DestinationError` for the destination (not empty, another
-        run using it, files bids2hf did not write in the way, disk full).
+        run using it, files bids2hf did not write in the way, disk full), and
+        :class:`~bids2hf.errors.ClusterError` when the Dask cluster cannot run the shards.
     """
     started = time.monotonic()
+    # [issue 14] Made first: Dask workers warm up (import the writer) while the driver scans.
+    engine = _engine(client, workers)
     inventory, plan = scan_and_plan(bids_dir, scan_options, plan_options)
     check_problems(plan.problems, strict_privacy=strict_privacy)
     if strict and plan.left_out:
@@ -269,6 +279,7 @@ def convert(
                 overwrite,
                 progress,
                 repo_hint or "ORG/NAME",
+                engine,
             )
         )
     report.seconds = time.monotonic() - started
@@ -287,11 +298,17 @@ class _Run:
     overwrite: bool
     progress: bool
     repo_hint: str
+    engine: ShardEngine  # [issue 14] who writes the shards
     remote: RemoteRun | None = None
 
     @property
     def plan(self) -> ConversionPlan:
         return self.report.plan
+
+    @property
+    def from_workers(self) -> bool:
+        """[issue 14] Workers put the shards on the remote themselves: none on this disk."""
+        return self.remote is not None and self.engine.uploads
 
     @property
     def state(self) -> ResumeState:
@@ -421,6 +438,8 @@ def _check_space(run: _Run, work: Classified) -> None:
     todo = work.todo
     if run.remote is None:
         needed = sum(s.nbytes for s in todo)
+    elif run.from_workers:  # [issue 14] shards never reach this machine's disk
+        needed = 0
     else:  # at most this many shards exist locally at once
         needed = max((s.nbytes for s in todo), default=0) * (_staged_bound(run) + run.workers)
     needed += sum(f.size for f in run.plan.dataset_files)
@@ -535,6 +554,8 @@ def _write_all(
             if item.sha256 is not None:
                 store.set_shard_sha256(item.path, item.sha256)
 
+        if run.from_workers:  # [issue 14]
+            run.remote.before_worker_uploads([s.path for s in todo])
         publisher = run.remote.publisher(_staged_bound(run), on_hashed)
         for shard in resubmit:
             rec = run.state.shards[shard.path]
@@ -552,21 +573,14 @@ def _write_all(
         )
         report.written.append(shard.path)
         if publisher is not None:
-            publisher.submit(
-                StagedFile(shard.path, out.root / shard.path, result.size, result.sha256),
-                holds_slot=True,
-            )
+            _submit(publisher, out, shard, result)
 
-    write_shards(
-        plan.columns,
-        plan.arrow_schema,
-        run.source,  # [issue 15]
-        out,
+    # [issue 14] the engine writes the shards (LocalEngine: write_shards, as before)
+    run.engine.run(
+        ShardJob(plan.columns, plan.arrow_schema, run.source, out, bar.update, _target(run)),
         todo,
-        run.workers,
-        bar.update,
         on_done,
-        acquire=publisher.acquire if publisher is not None else None,
+        acquire=publisher.acquire if publisher is not None and not run.from_workers else None,
     )
     return finish_output(
         out,
@@ -577,6 +591,29 @@ def _write_all(
         bar.update,
         lambda manifest: _card(run, manifest),
     )
+
+
+def _submit(publisher: Publisher, out: OutputFolder, shard: ShardPlan, result: ShardResult) -> None:
+    """Hand a finished shard to the publisher: one in the staging folder holds a slot until it
+    is uploaded; one a Dask worker put on the remote [issue 14] only waits for its commit."""
+    item = StagedFile(shard.path, out.root / shard.path, result.size, result.sha256)
+    if isinstance(result, StagedShardResult):
+        item.handle, item.uploaded = result.handle, True
+    publisher.submit(item, holds_slot=not item.uploaded)
+
+
+def _engine(client: Any, workers: int | None) -> ShardEngine:
+    """[issue 14] Tasks on the Dask cluster of ``client``, or processes on this machine."""
+    if client is None:
+        # This module's write_shards, looked up now: what tests and benchmarks patch is used.
+        return LocalEngine(workers or os.cpu_count() or 1, write_shards)
+    from bids2hf.scale.dask_engine import DaskEngine
+
+    return DaskEngine(client)
+
+
+def _target(run: _Run) -> object | None:
+    return run.remote.target if run.remote is not None else None
 
 
 _README_NAMES = ("README", "README.md", "README.rst", "README.txt")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import unicodedata
 
 __all__ = [
-    "RERUN_HINT", "Bids2HfError", "DestinationError", "InputError", "SourceChangedError",
-    "VerificationError", "one_line",
+    "RERUN_HINT", "Bids2HfError", "ClusterError", "DestinationError", "InputError",
+    "SourceChangedError", "VerificationError", "one_line",
 ]
 
 #: Characters that would break a message across lines (or garble a terminal) if printed as is.
@@ -52,6 +52,11 @@ class SourceChangedError(InputError):
 
 class DestinationError(Bids2HfError):
     """The output location refuses the run (not empty, not resumable, no space, ...)."""
+
+
+class ClusterError(Bids2HfError):
+    """[issue 14] The Dask cluster cannot run the job as asked: no scheduler at that address,
+    workers that do not see the files or run other versions, or a shard whose workers kept dying."""
 
 
 class VerificationError(Bids2HfError):

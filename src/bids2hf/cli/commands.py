@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,15 +17,17 @@ from bids2hf.bids.options import ScanOptions
 from bids2hf.cli.options import (
     _options,
     common,
+    engine_options,
     input_options,
     open_bids_dir,
     publish_options,
     source_option,
 )
-from bids2hf.errors import DestinationError
+from bids2hf.errors import DestinationError, InputError
 from bids2hf.units import human_bytes
 
-__all__ = ["convert", "demo", "export", "inspect", "main", "mount", "push", "verify"]
+__all__ = ["convert", "demo", "engine_client", "export", "inspect", "main", "mount", "push",
+           "verify"]  # fmt: skip
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -87,6 +93,7 @@ def inspect(bids_dir: str, all_problems: bool, quiet: bool, source_anon: bool, *
     type=click.IntRange(min=1),
     help="Shards on local disk at most while uploading (default: 2 x workers).",
 )
+@engine_options  # [issue 14]
 @common
 def convert(
     bids_dir: str,
@@ -103,6 +110,8 @@ def convert(
     staging: str | None,
     max_staged: int | None,
     source_anon: bool,
+    engine: str,
+    scheduler: str | None,
     **kw: Any,
 ) -> None:
     """Convert BIDS_DIR into a Hugging Face dataset at DESTINATION.
@@ -123,18 +132,25 @@ def convert(
         dry_run=dry_run,
         timeout=timeout or None,
     )
-    report = run(
-        open_bids_dir(bids_dir, source_anon),
-        destination,
-        scan_options=scan_options,
-        plan_options=plan_options,
-        workers=workers,
-        overwrite=overwrite,
-        strict=strict,
-        strict_privacy=strict_privacy,
-        progress=not quiet,
-        publish=publish,
-    )
+    with engine_client(engine, scheduler, workers) as client:  # [issue 14]
+        report = run(
+            open_bids_dir(bids_dir, source_anon),
+            destination,
+            scan_options=scan_options,
+            plan_options=plan_options,
+            workers=workers,
+            overwrite=overwrite,
+            strict=strict,
+            strict_privacy=strict_privacy,
+            progress=not quiet,
+            publish=publish,
+            client=client,
+        )
+    _echo_convert(report)
+
+
+def _echo_convert(report: Any) -> None:
+    """The summary of a conversion (or what its dry run would upload)."""
     if report.publish is not None and report.publish.dry_run:
         click.echo(report.publish.text())
         return
@@ -146,6 +162,34 @@ def convert(
         )
     if report.publish is not None:
         click.echo(report.publish.text())
+
+
+@contextlib.contextmanager
+def engine_client(engine: str, scheduler: str | None, workers: int | None) -> Iterator[Any]:
+    """[issue 14] The Dask client ``convert`` gets (None for the local engine), closed at the end.
+
+    Raises:
+        InputError: --scheduler without --engine dask.
+        ClusterError: Dask is missing, or the scheduler cannot be reached.
+    """
+    if engine != "dask":
+        if scheduler is not None:
+            raise InputError("--scheduler: only with --engine dask; add --engine dask")
+        yield None
+        return
+    from bids2hf.scale.dask_engine import dask_client
+
+    with contextlib.suppress(ImportError):  # (dask_client says what to install)
+        import distributed  # noqa: F401 - imported first: it sets its loggers to INFO
+
+        # The CLI's --quiet/--debug decide, not distributed's defaults (its INFO lines would
+        # drown the summary).
+        if logging.getLogger().level > logging.DEBUG:
+            logging.getLogger("distributed").setLevel(
+                max(logging.WARNING, logging.getLogger().level)
+            )
+    with dask_client(scheduler or f"local:{workers or os.cpu_count() or 1}") as client:
+        yield client
 
 
 @main.command()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -19,8 +19,8 @@ from bids2hf.units import parse_size
 if TYPE_CHECKING:
     from bids2hf.model.source import Source
 
-__all__ = ["SIZE", "SizeType", "common", "input_options", "open_bids_dir", "publish_options",
-           "source_option"]  # fmt: skip
+__all__ = ["SIZE", "SizeType", "common", "engine_options", "input_options", "open_bids_dir",
+           "publish_options", "source_option"]  # fmt: skip
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -45,6 +45,13 @@ def _setup_logging(quiet: bool, debug: bool) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
     if not debug:
         logging.getLogger("bidsschematools").setLevel(logging.WARNING)
+
+
+def _stack(func: F, options: Sequence[Callable[[Any], Any]]) -> F:
+    """``func`` decorated by ``options``, listed in the order ``--help`` shows them."""
+    for option in reversed(options):
+        func = option(func)
+    return func
 
 
 def common(func: F) -> F:
@@ -148,9 +155,7 @@ def input_options(func: F) -> F:
         ),
         click.option("--split", default="train", show_default=True, help="Split name of the rows."),
     ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    return _stack(func, options)
 
 
 # -- [issue 15] ------------------------------------------------------------------------------
@@ -200,9 +205,29 @@ def publish_options(func: F) -> F:
             help="Seconds a request may wait for each read or write (0: no limit).",
         ),
     ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    return _stack(func, options)
+
+
+def engine_options(func: F) -> F:
+    """[issue 14] --engine and --scheduler: who writes the shards."""
+    options = [
+        click.option(
+            "--engine",
+            type=click.Choice(["local", "dask"]),
+            default="local",
+            show_default=True,
+            help="Who writes the shards: processes on this machine (--workers), or tasks on a "
+            "Dask cluster (--scheduler; pip install 'bids2hf[dask]').",
+        ),
+        click.option(
+            "--scheduler",
+            metavar="ADDRESS",
+            help="With --engine dask: the scheduler's address (tcp://HOST:8786), its scheduler "
+            "file (*.json), or local:N to start N worker processes here [default: "
+            "local:<workers>].",
+        ),
+    ]
+    return _stack(func, options)
 
 
 def _options(kw: dict[str, Any]) -> tuple[ScanOptions, PlanOptions]:

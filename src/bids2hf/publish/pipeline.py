@@ -206,6 +206,13 @@ class RemoteRun:
         )
         return self._publisher
 
+    def before_worker_uploads(self, paths: Sequence[str]) -> None:
+        """[issue 14] Shards that Dask workers will upload themselves: an fsspec target drops
+        (and writes out) their old checksums now, before the publisher's thread starts, as its
+        ``stage`` does before each of its own uploads."""
+        if isinstance(self.target, FsspecTarget):
+            self.target.forget(paths)
+
     def abort(self) -> None:
         """Stop the uploader after a failure elsewhere (waits for its threads)."""
         if self._publisher is not None:

@@ -186,12 +186,15 @@ class Publisher:
     def _run(self) -> None:
         while (got := self._hashed.get()) is not None and self.error is None and not self._aborted:
             item, holds_slot = got
+            if item.uploaded:  # [issue 14] staged by a Dask worker: the target only records it
+                self.target.adopt(item)  # (an unchanged one too: its record was dropped first)
             if same_content(self.remote.get(item.path), item.size, item.sha256):
                 self.report.unchanged.append(item.path)
                 if holds_slot:
                     self._release(item, delete=True)
                 continue
-            self.target.stage(item)
+            if not item.uploaded:
+                self.target.stage(item)
             if self._aborted:  # the run failed while this file was being uploaded
                 break
             self._count(item)

@@ -34,6 +34,7 @@ class FsspecTarget:
         protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
         self.atomic_put = protocol in ("s3", "s3a", "gs", "gcs", "az", "abfs", "memory")
         self._checksums: dict[str, str] | None = None
+        self._saved: dict[str, str] = {}  # the record as bids2hf/checksums.json holds it
 
     def _key(self, path: str) -> str:
         return posixpath.join(self.root, path)
@@ -51,6 +52,7 @@ class FsspecTarget:
                     self._checksums = dict(json.loads(f.read()))
             except (FileNotFoundError, ValueError):
                 self._checksums = {}
+            self._saved = dict(self._checksums)
         return self._checksums
 
     def files(self) -> dict[str, RemoteFile]:
@@ -69,13 +71,26 @@ class FsspecTarget:
         return out
 
     def stage(self, item: StagedFile) -> None:
-        key = self._key(item.path)
+        self.forget([item.path])
+        self.upload(item)
+        self.adopt(item)
+
+    # [issue 14] stage() in three steps, so that a Dask worker uploads while the driver keeps
+    # the checksum record (forget before the workers start, adopt as each shard arrives)
+    def forget(self, paths: Sequence[str]) -> None:
+        """Drop the checksums of keys about to hold other bytes, and write the record out.
+
+        The old checksum goes first, so that a kill between the upload and the next commit never
+        leaves a record claiming the old sha256 for the new bytes (same size would pass for
+        unchanged).
+        """
         sums = self.checksums()
-        if sums.pop(item.path, None) is not None:
-            # The key is about to hold other bytes: its old checksum goes first (written out),
-            # so that a kill between the upload and the next commit never leaves a record
-            # claiming the old sha256 for the new bytes (same size would pass for unchanged).
+        if [sums.pop(p) for p in paths if p in sums]:
             self._write_checksums()
+
+    def upload(self, item: StagedFile) -> None:
+        """Put the file at its final key, complete or not at all (nothing is recorded)."""
+        key = self._key(item.path)
         self.fs.makedirs(posixpath.dirname(key), exist_ok=True)
         if self.atomic_put:
             self.fs.put_file(str(item.local), key)
@@ -83,11 +98,15 @@ class FsspecTarget:
             tmp = f"{posixpath.dirname(key)}/.{posixpath.basename(key)}.{uuid.uuid4().hex}.tmp"
             self.fs.put_file(str(item.local), tmp)
             self.fs.mv(tmp, key)
-        self.checksums()[item.path] = item.checksum()
         item.uploaded = True
 
+    def adopt(self, item: StagedFile) -> None:
+        """Record the checksum of a file uploaded (by :meth:`upload`, here or on a Dask worker);
+        written to ``bids2hf/checksums.json`` by the next commit."""
+        self.checksums()[item.path] = item.checksum()
+
     def commit(self, items: Sequence[StagedFile], deletions: Sequence[str], message: str) -> bool:
-        if not items and not deletions:
+        if not items and not deletions and self.checksums() == self._saved:
             return False  # nothing changed: the checksum record stays as it is
         for item in items:
             if not item.uploaded:
@@ -104,3 +123,4 @@ class FsspecTarget:
         key = self._key(CHECKSUMS_PATH)
         self.fs.makedirs(posixpath.dirname(key), exist_ok=True)
         self.fs.pipe_file(key, data)
+        self._saved = dict(self.checksums())

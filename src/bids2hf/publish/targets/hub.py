@@ -234,6 +234,17 @@ class HubTarget:
         item.handle = op
         item.uploaded = _uploaded(op)
 
+    def adopt(self, item: StagedFile) -> None:
+        """[issue 14] Take on a file a Dask worker staged (:meth:`stage` ran there): its
+        ``handle``, the client's ``CommitOperationAdd`` after the preupload, is all the commit
+        needs.
+
+        Raises:
+            ValueError: the item carries no handle.
+        """
+        if item.handle is None:
+            raise ValueError(f"{item.path}: staged elsewhere but without its commit operation")
+
     def commit(self, items: Sequence[StagedFile], deletions: Sequence[str], message: str) -> bool:
         """One atomic commit, retried like every Hub call, and idempotent.
 
