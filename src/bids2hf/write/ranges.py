@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import json
@@ -10,7 +11,7 @@ import mmap
 import os
 import struct
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -79,6 +80,22 @@ def _find_value(
         return None
     finally:
         view.release()
+
+
+@contextlib.contextmanager
+def _mapped(fh: BinaryIO, length: int, offset: int) -> Iterator[mmap.mmap]:
+    """A read-only map of ``fh`` (``length`` 0: to the end), closed on exit when it can be.
+
+    The comparisons look at the map through numpy arrays. If one of them is still referenced
+    when the map is done with (a sampling profiler, such as Dask's, can hold a frame's locals
+    for a moment), ``close`` raises BufferError; the map is then unmapped when it is freed.
+    """
+    data = mmap.mmap(fh.fileno(), length, access=mmap.ACCESS_READ, offset=offset)
+    try:
+        yield data
+    finally:
+        with contextlib.suppress(BufferError):
+            data.close()
 
 
 def _release(data: mmap.mmap, upto: int) -> None:
@@ -154,7 +171,7 @@ def locate_ranges(
     with open(path, "rb") as fh:
         if os.fstat(fh.fileno()).st_size == 0:
             raise RangeError(f"{path}: empty file")
-        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        with _mapped(fh, 0, 0) as data:
             for (group, column), members in sorted(groups.items()):
                 leaf = bytes_leaf(column, leaves)
                 if leaf is None:
@@ -218,10 +235,7 @@ def locate_written(
     if not expected:
         return out
     base = start - start % mmap.ALLOCATIONGRANULARITY
-    with (
-        open(shard, "rb") as fh,
-        mmap.mmap(fh.fileno(), end - base, access=mmap.ACCESS_READ, offset=base) as data,
-    ):
+    with open(shard, "rb") as fh, _mapped(fh, end - base, base) as data:
         cursor = start - base
         for key, path, want in expected:
             found = _find_equal(data, cursor, want)
