@@ -63,11 +63,8 @@ def filled_examples(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def converted(synthetic: GeneratedDataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The synthetic dataset converted through the API with every derivative over several
     shards (read-only: copy it before changing it)."""
-    out = helpers.convert(
-        synthetic.root,
-        tmp_path_factory.mktemp("converted") / "hf",
-        plan_options=PlanOptions(max_shard_bytes=200_000),
-    )
+    out = tmp_path_factory.mktemp("converted") / "hf"
+    helpers.convert(synthetic.root, out, plan_options=PlanOptions(max_shard_bytes=200_000))
     assert len(list((out / "data").glob("*.parquet"))) > 1
     return out
 
@@ -77,7 +74,8 @@ def converted_raw(synthetic: GeneratedDataset, tmp_path_factory: pytest.TempPath
     """The synthetic dataset converted with default options: derivatives are left out
     (read-only)."""
     out = tmp_path_factory.mktemp("converted_raw") / "hf"
-    return helpers.convert(synthetic.root, out, scan_options=ScanOptions())
+    helpers.convert(synthetic.root, out, scan_options=ScanOptions())
+    return out
 
 
 @pytest.fixture(scope="session")

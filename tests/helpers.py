@@ -18,6 +18,7 @@ from typing import Any
 
 from click.testing import Result
 
+from bids2hf.api import ConvertReport
 from bids2hf.api import convert as api_convert
 from bids2hf.bids.options import ScanOptions
 from bids2hf.model.format import MANIFEST_PATH
@@ -97,14 +98,13 @@ def manifest_records(out: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (out / MANIFEST_PATH).read_text().splitlines()]
 
 
-def convert(bids: Path, out: Path, **kw: Any) -> Path:
-    """Convert through the API in this process: every derivative, one worker, no progress
-    bar unless ``kw`` says otherwise; ``out``."""
+def convert(bids: Path, out: Path, **kw: Any) -> ConvertReport:
+    """Convert ``bids`` into ``out`` through the API in this process: every derivative, one
+    worker, no progress bar, unless ``kw`` (the API's keywords) says otherwise."""
     kw.setdefault("scan_options", ScanOptions(derivatives=("all",)))
     kw.setdefault("progress", False)
     kw.setdefault("workers", 1)
-    api_convert(bids, out, **kw)
-    return out
+    return api_convert(bids, out, **kw)
 
 
 # -- the real command ----------------------------------------------------------------------------

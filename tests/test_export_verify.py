@@ -135,7 +135,8 @@ def test_export_of_a_datalad_checkout(cli: Cli, bids_copy: Path, tmp_path: Path)
     (bids_copy / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
     (bids_copy / ".datalad").mkdir()
     (bids_copy / ".datalad" / "config").write_text("[datalad]\n")
-    hf = convert(bids_copy, tmp_path / "hf")
+    hf = tmp_path / "hf"
+    convert(bids_copy, hf)
     left_out = {e.path for e in manifest(hf) if e.placement == "left_out"}
     assert left_out == {".git/", ".datalad/"}
     out = tmp_path / "exported"
@@ -348,9 +349,8 @@ def test_export_with_a_stray_shard_trusts_the_manifest(
     changed = "sub-01/ses-1/anat/sub-01_ses-1_T1w.json"
     sidecar = json.loads((bids_copy / changed).read_text())
     (bids_copy / changed).write_text(json.dumps({**sidecar, "EchoTime": 0.005}))
-    other = convert(
-        bids_copy, tmp_path / "other", plan_options=PlanOptions(max_shard_bytes=200_000)
-    )
+    other = tmp_path / "other"
+    convert(bids_copy, other, plan_options=PlanOptions(max_shard_bytes=200_000))
     holder = next(e.location for e in manifest(other) if e.path == changed)
     hf = tmp_path / "hf"
     shutil.copytree(converted, hf)
@@ -413,7 +413,8 @@ def test_export_with_a_manifest_does_not_bring_back_stale_files(
     of an older conversion (kept, since bids2hf deletes only what it wrote) are not exported;
     one warning says how many files were ignored."""
     shutil.rmtree(bids_copy / "sub-02")
-    hf = convert(bids_copy, tmp_path / "hf", plan_options=PlanOptions(max_shard_bytes=200_000))
+    hf = tmp_path / "hf"
+    convert(bids_copy, hf, plan_options=PlanOptions(max_shard_bytes=200_000))
     old = {e.location for e in manifest(converted) if e.path.startswith("sub-02/")}
     old_shards = sorted(str(loc) for loc in old if str(loc).startswith("data/"))
     assert old_shards
@@ -716,9 +717,8 @@ def test_verify_reads_only_metadata(
     generated = generate_bids(
         tmp_path / "bids", SyntheticSpec(n_subjects=3, target_bytes=20_000_000, threads=1)
     )
-    hf = convert(
-        generated.root, tmp_path / "hf", plan_options=PlanOptions(max_shard_bytes=5_000_000)
-    )
+    hf = tmp_path / "hf"
+    convert(generated.root, hf, plan_options=PlanOptions(max_shard_bytes=5_000_000))
     shards = {p.relative_to(hf).as_posix(): p for p in (hf / "data").glob("*.parquet")}
     assert len(shards) > 1
     shard_bytes = sum(p.stat().st_size for p in shards.values())
