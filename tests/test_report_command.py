@@ -19,7 +19,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture
-def converted(bids_copy: Path, tmp_path: Path) -> tuple[Path, Path]:
+def converted_copy(bids_copy: Path, tmp_path: Path) -> tuple[Path, Path]:
     # A file the scan reports (a problem the report must list), and a readable README.
     anat = next(bids_copy.glob("sub-*/**/anat"))
     (anat / "notes_from_the_scanner.txt").write_text("a stray file")
@@ -32,8 +32,8 @@ def converted(bids_copy: Path, tmp_path: Path) -> tuple[Path, Path]:
     return bids_copy, out
 
 
-def test_report_from_output_and_bids(converted: tuple[Path, Path], tmp_path: Path) -> None:
-    bids, out = converted
+def test_report_from_output_and_bids(converted_copy: tuple[Path, Path], tmp_path: Path) -> None:
+    bids, out = converted_copy
     alone = run_bids2hf("report", str(out), check=False)
     assert alone.returncode == 0, alone.stderr
     index = out / "report" / "index.html"
@@ -75,8 +75,8 @@ def test_report_from_output_and_bids(converted: tuple[Path, Path], tmp_path: Pat
     assert np.all(pixels == (0x23, 0x39, 0x5D), axis=1).sum() > 10_000  # the page's header
 
 
-def test_report_refuses_what_is_not_ours(converted: tuple[Path, Path], tmp_path: Path) -> None:
-    _, out = converted
+def test_report_refuses_what_is_not_ours(converted_copy: tuple[Path, Path], tmp_path: Path) -> None:
+    _, out = converted_copy
     (out / "report").mkdir()
     (out / "report" / "index.html").write_text("mine")
     proc = run_bids2hf("report", str(out), check=False)
