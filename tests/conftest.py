@@ -5,14 +5,16 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
 
 import helpers
+from bids2hf.bids.options import ScanOptions
 from bids2hf.cli.commands import main
+from bids2hf.plan.options import PlanOptions
 from bids2hf.testing.spec import GeneratedDataset, SyntheticSpec
 from bids2hf.testing.synthetic import generate_bids
 from golden import BIDS_EXAMPLES, FILL_PLACEHOLDERS, SHARED, example_names, fill_examples
@@ -24,7 +26,9 @@ S3_BUCKET = "neuro"  # the bucket the `s3_env` fixture creates
 
 
 @pytest.fixture(autouse=True)
-def _isolated_hf_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated_hf_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # `datasets` writes caches under HF_HOME; keep tests off the user's cache.
     cache = tmp_path_factory.getbasetemp() / "hf-cache"
     monkeypatch.setenv("HF_DATASETS_CACHE", str(cache / "datasets"))
@@ -55,6 +59,36 @@ def filled_examples(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return fill_examples(tmp_path_factory.mktemp("bids-examples-filled"))
 
 
+@pytest.fixture(scope="session")
+def converted(synthetic: GeneratedDataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthetic dataset converted through the API with every derivative over several
+    shards (read-only: copy it before changing it)."""
+    out = tmp_path_factory.mktemp("converted") / "hf"
+    helpers.convert(synthetic.root, out, plan_options=PlanOptions(max_shard_bytes=200_000))
+    assert len(list((out / "data").glob("*.parquet"))) > 1
+    return out
+
+
+@pytest.fixture(scope="session")
+def converted_raw(synthetic: GeneratedDataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthetic dataset converted with default options: derivatives are left out
+    (read-only)."""
+    out = tmp_path_factory.mktemp("converted_raw") / "hf"
+    helpers.convert(synthetic.root, out, scan_options=ScanOptions())
+    return out
+
+
+@pytest.fixture(scope="session")
+def converted_ranges(synthetic: GeneratedDataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthetic dataset converted by the real command into shards of several rows and
+    row groups (lists of runs share pages; the writer records offsets), for the byte-range
+    readers (read-only)."""
+    out = tmp_path_factory.mktemp("converted_ranges") / "out"
+    return helpers.convert_cli(
+        synthetic.root, out, "--max-shard-size", "400kB", "--row-group-size", "60kB"
+    )
+
+
 @pytest.fixture
 def bids_copy(synthetic: GeneratedDataset, tmp_path: Path) -> Path:
     """A private, writable copy of the synthetic dataset."""
@@ -64,7 +98,8 @@ def bids_copy(synthetic: GeneratedDataset, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def cli() -> Callable[..., Result]:
+def cli() -> helpers.Cli:
+    """Runs ``bids2hf ARGS`` in this process (exceptions propagate); the click result."""
     runner = CliRunner()
 
     def run(*args: str) -> Result:

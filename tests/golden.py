@@ -35,6 +35,7 @@ from bids2hf.plan.options import PlanOptions
 from bids2hf.report.summaries import inspect_text
 from bids2hf.testing.spec import SyntheticSpec
 from bids2hf.testing.synthetic import generate_bids
+from helpers import tree, without_state
 
 GOLDEN = Path(__file__).parent / "golden" / "outputs.json"
 #: bids-examples and its tools live beside the repository (or where BIDS2HF_SHARED says)
@@ -48,7 +49,14 @@ ARC_TOML = Path(bids2hf.__file__).parent / "examples" / "arc.toml"
 EXPECTED_REFUSALS = {"ieeg_epilepsy": "derivatives/brainvisa/dataset_description.json"}
 #: The libraries whose versions the bytes depend on (pyarrow writes its version into every
 #: footer; the card names the BIDS schema version).
-ENVIRONMENT_MODULES = ("pyarrow", "datasets", "huggingface_hub", "bidsschematools", "nibabel", "numpy")
+ENVIRONMENT_MODULES = (
+    "pyarrow",
+    "datasets",
+    "huggingface_hub",
+    "bidsschematools",
+    "nibabel",
+    "numpy",
+)
 
 
 @dataclass
@@ -163,21 +171,15 @@ def example_cases(filled: Callable[[], Path]) -> list[Case]:
             Case(
                 f"examples-raw/{name}",
                 lambda _s, name=name: BIDS_EXAMPLES / name,
-                scan={"derivatives": ("all",), "on_invalid": "keep", "check": "none", "exclude": exclude},
+                scan={
+                    "derivatives": ("all",),
+                    "on_invalid": "keep",
+                    "check": "none",
+                    "exclude": exclude,
+                },
             )
         )
     return cases
-
-
-def tree_digests(root: Path) -> dict[str, str]:
-    """relpath → sha256 of every file under ``root`` but the private state folder."""
-    out: dict[str, str] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not (dirpath == str(root) and d == ".bids2hf"))
-        for name in filenames:
-            full = Path(dirpath) / name
-            out[full.relative_to(root).as_posix()] = hashlib.sha256(full.read_bytes()).hexdigest()
-    return dict(sorted(out.items()))
 
 
 def compact(digests: dict[str, str]) -> dict[str, str]:
@@ -189,7 +191,13 @@ def compact(digests: dict[str, str]) -> dict[str, str]:
     for rel, sha in sorted(digests.items()):
         if rel in keep:
             continue
-        group = "data/*" if rel.startswith("data/") else "bids/*" if rel.startswith("bids/") else "other"
+        group = (
+            "data/*"
+            if rel.startswith("data/")
+            else "bids/*"
+            if rel.startswith("bids/")
+            else "other"
+        )
         groups[group].append(f"{rel} {sha}\n")
     out = {k: digests.get(k, "absent") for k in keep}
     for group, lines in groups.items():
@@ -221,7 +229,7 @@ def run_case(case: Case, scratch: Path) -> dict[str, str]:
             workers=case.workers,
             progress=False,
         )
-    digests = tree_digests(out)
+    digests = without_state(tree(out))
     digests["@inspect"] = hashlib.sha256(text.encode()).hexdigest()
     return digests
 

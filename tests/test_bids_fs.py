@@ -25,18 +25,16 @@ import pytest
 from fsspec.implementations.local import LocalFileSystem
 
 from bids2hf.errors import InputError
-from bids2hf.model.format import FOOTER_KEY, read_footer_index
+from bids2hf.model.format import FOOTER_KEY, MANIFEST_PATH, read_footer_index
 from bids2hf.model.ranges import RangeError
 from bids2hf.readback.bids_fs import BidsHfFileSystem
 from bids2hf.testing.spec import GeneratedDataset
 from bids2hf.write.ranges import replace_footer_value
+from helpers import manifest_records
 from hub_emulator import HubEmulator
-from test_byte_ranges import convert
 
-MANIFEST = "bids2hf/manifest.jsonl"
 T1W = "sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz"
 SIDECAR = "sub-01/ses-1/anat/sub-01_ses-1_T1w.json"
-
 
 
 def test_protocol_registered_by_entry_point() -> None:
@@ -52,22 +50,21 @@ def strip_offsets(out: Path) -> None:
             e.pop("offset", None)
         replace_footer_value(shard, FOOTER_KEY, json.dumps(index, separators=(",", ":")).encode())
     lines = []
-    for line in (out / MANIFEST).read_text().splitlines():
+    for line in (out / MANIFEST_PATH).read_text().splitlines():
         e = json.loads(line)
         e.pop("offset", None)
         lines.append(json.dumps(e, sort_keys=True))
-    (out / MANIFEST).write_text("\n".join(lines) + "\n")
+    (out / MANIFEST_PATH).write_text("\n".join(lines) + "\n")
 
 
 @pytest.fixture(scope="module")
-def outputs(synthetic: GeneratedDataset, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    base = tmp_path_factory.mktemp("bids_fs")
-    offsets = convert(synthetic.root, base / "offsets", "--max-shard-size", "400kB", "--row-group-size", "60kB")
-    assert '"offset":' in (offsets / MANIFEST).read_text()  # the writer records them
-    plain = base / "plain"
-    shutil.copytree(offsets, plain)
+def outputs(converted_ranges: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The same output with offsets recorded (as written today) and without (as before)."""
+    assert '"offset":' in (converted_ranges / MANIFEST_PATH).read_text()  # the writer records them
+    plain = tmp_path_factory.mktemp("bids_fs") / "plain"
+    shutil.copytree(converted_ranges, plain)
     strip_offsets(plain)
-    return {"plain": plain, "offsets": offsets}
+    return {"plain": plain, "offsets": converted_ranges}
 
 
 def source_files(root: Path) -> dict[str, bytes]:
@@ -115,7 +112,11 @@ def test_the_tree_is_the_source_tree(
     assert sorted(fs.find("")) == sorted(expected)
     assert {p: fs.info(p)["size"] for p in expected} == {p: len(b) for p, b in expected.items()}
     assert {p: fs.cat_file(p) for p in expected} == expected
-    assert fs.ls("sub-01", detail=False) == ["sub-01/ses-1", "sub-01/ses-2", "sub-01/sub-01_sessions.tsv"]
+    assert fs.ls("sub-01", detail=False) == [
+        "sub-01/ses-1",
+        "sub-01/ses-2",
+        "sub-01/sub-01_sessions.tsv",
+    ]
     assert fs.info("sub-01/ses-1")["type"] == "directory" and fs.isdir("")
     assert fs.ls(T1W, detail=False) == [T1W]
     with pytest.raises(FileNotFoundError):
@@ -128,7 +129,7 @@ def test_one_file_costs_its_bytes_plus_the_index(
     outputs: dict[str, Path], synthetic: GeneratedDataset
 ) -> None:
     out = outputs["offsets"]
-    manifest = (out / MANIFEST).stat().st_size
+    manifest = (out / MANIFEST_PATH).stat().st_size
     size = (synthetic.root / T1W).stat().st_size
     target = CountingFS()
     fs = BidsHfFileSystem(str(out), fs=target)
@@ -140,8 +141,11 @@ def test_one_file_costs_its_bytes_plus_the_index(
     before = target.read_bytes
     assert fs.cat_file(SIDECAR) == (synthetic.root / SIDECAR).read_bytes()
     meta = pq.read_metadata(out / next(e for e in fs._index().values() if e.path == SIDECAR).obj)
-    chunk = sum(meta.row_group(0).column(i).total_compressed_size for i in range(meta.num_columns)
-                if meta.schema.column(i).path.startswith("files.list"))
+    chunk = sum(
+        meta.row_group(0).column(i).total_compressed_size
+        for i in range(meta.num_columns)
+        if meta.schema.column(i).path.startswith("files.list")
+    )
     assert target.read_bytes - before == max(64 << 10, meta.serialized_size + 8) + chunk
     # Its neighbours came with the chunk: no further read.
     before = target.read_bytes
@@ -157,7 +161,11 @@ def test_an_old_output_without_offsets_reads_column_chunks(
     fs = BidsHfFileSystem(str(out), fs=target)
     assert fs.cat_file(T1W) == (synthetic.root / T1W).read_bytes()
     shard = sum(p.stat().st_size for p in (out / "data").glob("*.parquet"))
-    extra = target.read_bytes - (out / MANIFEST).stat().st_size - (synthetic.root / T1W).stat().st_size
+    extra = (
+        target.read_bytes
+        - (out / MANIFEST_PATH).stat().st_size
+        - (synthetic.root / T1W).stat().st_size
+    )
     assert 0 < extra < shard / 2  # footer + one column chunk, not the shard
 
 
@@ -167,19 +175,22 @@ def test_a_wrong_offset_is_refused_never_returned(
 ) -> None:
     out = tmp_path / "out"
     shutil.copytree(outputs["offsets"], out)
-    entries = [json.loads(line) for line in (out / MANIFEST).read_text().splitlines()]
+    entries = manifest_records(out)
     t1w = next(e for e in entries if e["path"] == T1W)
-    other = next(e for e in entries if e.get("location") == t1w["location"] and "offset" in e
-                 and e["path"] != T1W)
+    other = next(
+        e
+        for e in entries
+        if e.get("location") == t1w["location"] and "offset" in e and e["path"] != T1W
+    )
     wrong = other["offset"]
     # Point the T1w at another image of its shard: a plausible place, with the wrong bytes.
     if where == "manifest":
         t1w["offset"] = wrong
-        (out / MANIFEST).write_text("".join(json.dumps(e) + "\n" for e in entries))
+        (out / MANIFEST_PATH).write_text("".join(json.dumps(e) + "\n" for e in entries))
     else:
         for e in entries:
             e.pop("offset", None)
-        (out / MANIFEST).write_text("".join(json.dumps(e) + "\n" for e in entries))
+        (out / MANIFEST_PATH).write_text("".join(json.dumps(e) + "\n" for e in entries))
         shard = out / t1w["location"]
         index = json.loads(pq.read_metadata(shard).metadata[FOOTER_KEY])
         for e in index:
@@ -204,7 +215,9 @@ def test_a_wrong_offset_is_refused_never_returned(
 
 def test_random_access(outputs: dict[str, Path], synthetic: GeneratedDataset) -> None:
     out = outputs["offsets"]
-    source = (synthetic.root / "sub-01/ses-1/func/sub-01_ses-1_task-naming40_bold.nii.gz").read_bytes()
+    source = (
+        synthetic.root / "sub-01/ses-1/func/sub-01_ses-1_task-naming40_bold.nii.gz"
+    ).read_bytes()
     path = "sub-01/ses-1/func/sub-01_ses-1_task-naming40_bold.nii.gz"
     target = CountingFS()
     # No memory cache: reads after the first go to the shard, not to a kept copy.
@@ -229,7 +242,9 @@ def test_random_access(outputs: dict[str, Path], synthetic: GeneratedDataset) ->
     assert target.read_bytes - before == 40
 
 
-def test_large_files_are_spooled_and_checked(outputs: dict[str, Path], synthetic: GeneratedDataset) -> None:
+def test_large_files_are_spooled_and_checked(
+    outputs: dict[str, Path], synthetic: GeneratedDataset
+) -> None:
     fs = BidsHfFileSystem(str(outputs["offsets"]), cache_file_bytes=1000, cache_bytes=2000)
     expected = source_files(synthetic.root)
     for path in (T1W, "sub-04/ses-1/dwi/sub-04_ses-1_dir-AP_dwi.nii.gz"):
@@ -256,7 +271,7 @@ def test_an_output_without_manifest_is_read_from_footers(
 ) -> None:
     out = tmp_path / "out"
     shutil.copytree(outputs["offsets"], out)
-    (out / MANIFEST).unlink()
+    (out / MANIFEST_PATH).unlink()
     target = CountingFS()
     fs = BidsHfFileSystem(str(out), fs=target)
     expected = source_files(synthetic.root)
@@ -267,8 +282,12 @@ def test_an_output_without_manifest_is_read_from_footers(
 
 def test_read_only_and_bad_sources(outputs: dict[str, Path], tmp_path: Path) -> None:
     fs = BidsHfFileSystem(str(outputs["offsets"]))
-    for call in (lambda: fs.open(T1W, "wb"), lambda: fs.rm(T1W), lambda: fs.mkdir("x"),
-                 lambda: fs.pipe_file("x", b"")):
+    for call in (
+        lambda: fs.open(T1W, "wb"),
+        lambda: fs.rm(T1W),
+        lambda: fs.mkdir("x"),
+        lambda: fs.pipe_file("x", b""),
+    ):
         with pytest.raises(OSError) as info:
             call()
         assert info.value.errno == errno.EROFS
@@ -276,9 +295,18 @@ def test_read_only_and_bad_sources(outputs: dict[str, Path], tmp_path: Path) -> 
         BidsHfFileSystem(str(tmp_path)).ls("")
     out = tmp_path / "evil"
     shutil.copytree(outputs["offsets"], out)
-    with (out / MANIFEST).open("a") as f:
-        f.write(json.dumps({"path": "../escape", "size": 1, "placement": "dataset_file",
-                            "location": "bids/README"}) + "\n")
+    with (out / MANIFEST_PATH).open("a") as f:
+        f.write(
+            json.dumps(
+                {
+                    "path": "../escape",
+                    "size": 1,
+                    "placement": "dataset_file",
+                    "location": "bids/README",
+                }
+            )
+            + "\n"
+        )
     with pytest.raises(InputError, match="refusing stored path"):
         BidsHfFileSystem(str(out)).ls("")
 
@@ -295,13 +323,23 @@ def s3(tmp_path: Path) -> Iterator[dict[str, Any]]:
         port = int(s.getsockname()[1])
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    options = {"endpoint_url": f"http://127.0.0.1:{port}", "key": "testing", "secret": "testing",
-               "client_kwargs": {"region_name": "us-east-1"}, "skip_instance_cache": True}
+    options = {
+        "endpoint_url": f"http://127.0.0.1:{port}",
+        "key": "testing",
+        "secret": "testing",
+        "client_kwargs": {"region_name": "us-east-1"},
+        "skip_instance_cache": True,
+    }
     try:
         import boto3
 
-        boto3.client("s3", endpoint_url=options["endpoint_url"], aws_access_key_id="testing",
-                     aws_secret_access_key="testing", region_name="us-east-1").create_bucket(Bucket="neuro")
+        boto3.client(
+            "s3",
+            endpoint_url=options["endpoint_url"],
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+        ).create_bucket(Bucket="neuro")
         yield options
     finally:
         server.stop()
@@ -314,8 +352,9 @@ def test_over_s3(s3: dict[str, Any], outputs: dict[str, Path], synthetic: Genera
         cachable = False
         read_bytes = 0
 
-        async def _cat_file(self, path: str, version_id: Any = None, start: Any = None,
-                            end: Any = None) -> bytes:
+        async def _cat_file(
+            self, path: str, version_id: Any = None, start: Any = None, end: Any = None
+        ) -> bytes:
             data = await super()._cat_file(path, version_id=version_id, start=start, end=end)
             CountingS3.read_bytes += len(data)
             return bytes(data)
@@ -329,7 +368,7 @@ def test_over_s3(s3: dict[str, Any], outputs: dict[str, Path], synthetic: Genera
     fs = BidsHfFileSystem("neuro/ds", fs=target)
     CountingS3.read_bytes = 0
     assert fs.cat_file(T1W) == expected[T1W]
-    assert CountingS3.read_bytes == (out / MANIFEST).stat().st_size + len(expected[T1W])
+    assert CountingS3.read_bytes == (out / MANIFEST_PATH).stat().st_size + len(expected[T1W])
     assert sorted(fs.find("")) == sorted(expected)
     # The chained URL, fsspec's archive convention.
     with fsspec.open(f"bids2hf://{SIDECAR}::s3://neuro/ds", s3=s3) as f:
@@ -340,7 +379,9 @@ def test_over_s3(s3: dict[str, Any], outputs: dict[str, Path], synthetic: Genera
 
 
 def test_over_the_hub(
-    emu: HubEmulator, outputs: dict[str, Path], synthetic: GeneratedDataset,
+    emu: HubEmulator,
+    outputs: dict[str, Path],
+    synthetic: GeneratedDataset,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from huggingface_hub import HfFileSystem, constants
@@ -348,15 +389,23 @@ def test_over_the_hub(
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the suite's default is offline
     out = outputs["offsets"]
     emu.create_repo("org/ds")
-    emu.upload_bytes("org/ds", {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*")
-                                if p.is_file() and ".bids2hf" not in p.parts})
+    emu.upload_bytes(
+        "org/ds",
+        {
+            str(p.relative_to(out)): p.read_bytes()
+            for p in out.rglob("*")
+            if p.is_file() and ".bids2hf" not in p.parts
+        },
+    )
     expected = source_files(synthetic.root)
     hf = {"endpoint": emu.url, "token": "test-token", "skip_instance_cache": True}
     fs = BidsHfFileSystem("datasets/org/ds", fs=HfFileSystem(**hf))
     before = emu.stats["bytes_downloaded"]
     assert fs.cat_file(T1W) == expected[T1W]
     # Bytes on the wire: the manifest and the file, nothing else.
-    assert emu.stats["bytes_downloaded"] - before == (out / MANIFEST).stat().st_size + len(expected[T1W])
+    assert emu.stats["bytes_downloaded"] - before == (out / MANIFEST_PATH).stat().st_size + len(
+        expected[T1W]
+    )
     assert sorted(fs.find("")) == sorted(expected)
     # The revision is pinned: a later commit does not change what this instance reads.
     emu.upload_bytes("org/ds", {"bids/README": b"changed\n"})

@@ -7,8 +7,6 @@ import hashlib
 import io
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import fsspec
@@ -28,23 +26,6 @@ from bids2hf.write.ranges import (
 )
 
 
-def convert(src: Path, out: Path, *args: str) -> Path:
-    proc = subprocess.run(
-        [sys.executable, "-m", "bids2hf", "convert", str(src), str(out), "--derivatives", "all",
-         "-q", "-j", "1", *args],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
-
-
-@pytest.fixture(scope="module")
-def output(synthetic: GeneratedDataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Shards of several rows and row groups (lists of runs share pages)."""
-    out = tmp_path_factory.mktemp("ranges") / "out"
-    return convert(synthetic.root, out, "--max-shard-size", "400kB", "--row-group-size", "60kB")
-
-
 def shards(out: Path) -> list[Path]:
     found = sorted((out / "data").glob("*.parquet"))
     assert found
@@ -52,10 +33,10 @@ def shards(out: Path) -> list[Path]:
 
 
 def test_every_nifti_is_located_and_holds_the_source_bytes(
-    output: Path, synthetic: GeneratedDataset
+    converted_ranges: Path, synthetic: GeneratedDataset
 ) -> None:
     located = 0
-    for shard in shards(output):
+    for shard in shards(converted_ranges):
         meta = pq.read_metadata(shard)
         assert meta.num_row_groups > 1
         index = read_footer_index(meta)
@@ -66,7 +47,9 @@ def test_every_nifti_is_located_and_holds_the_source_bytes(
             if e.path.endswith((".nii", ".nii.gz")):
                 # NIfTI columns are stored verbatim: every one of them has a range.
                 r = ranges[key]
-                assert data[r.offset : r.offset + r.length] == (synthetic.root / e.path).read_bytes()
+                assert (
+                    data[r.offset : r.offset + r.length] == (synthetic.root / e.path).read_bytes()
+                )
                 located += 1
             else:
                 # The zstd `files` column: no range, read through the column chunk.
@@ -74,8 +57,8 @@ def test_every_nifti_is_located_and_holds_the_source_bytes(
     assert located == sum(1 for p in synthetic.root.rglob("*.nii*"))
 
 
-def test_an_index_that_disagrees_with_the_shard_is_refused(output: Path) -> None:
-    shard = shards(output)[0]
+def test_an_index_that_disagrees_with_the_shard_is_refused(converted_ranges: Path) -> None:
+    shard = shards(converted_ranges)[0]
     index = read_footer_index(pq.read_metadata(shard))
     nifti = [i for i, e in enumerate(index) if e.path.endswith(".nii.gz")]
     # A wrong sha256: no range of the chunk hashes to it.
@@ -93,8 +76,8 @@ def test_an_index_that_disagrees_with_the_shard_is_refused(output: Path) -> None
         locate_ranges(shard, [dataclasses.replace(a, column="no_such_column")])
 
 
-def test_record_offsets_rewrites_only_the_footer(output: Path, tmp_path: Path) -> None:
-    for original in shards(output):
+def test_record_offsets_rewrites_only_the_footer(converted_ranges: Path, tmp_path: Path) -> None:
+    for original in shards(converted_ranges):
         shard = tmp_path / original.name
         shutil.copy(original, shard)
         before = pq.read_table(original)
@@ -118,7 +101,8 @@ def test_record_offsets_rewrites_only_the_footer(output: Path, tmp_path: Path) -
         assert after.read().equals(before)
         assert after.schema_arrow.equals(pq.ParquetFile(original).schema_arrow, check_metadata=True)
         data_end = min(
-            meta.row_group(g).column(c).data_page_offset for g in range(meta.num_row_groups)
+            meta.row_group(g).column(c).data_page_offset
+            for g in range(meta.num_row_groups)
             for c in range(meta.num_columns)
         )
         # Data pages are untouched: everything before the old footer is identical.
@@ -204,13 +188,16 @@ def test_coalesce_merges_neighbours_within_the_gap() -> None:
     assert coalesce([]) == []
 
 
-def test_fetch_ranges_checks_each_file(output: Path) -> None:
-    shard = shards(output)[0]
+def test_fetch_ranges_checks_each_file(converted_ranges: Path) -> None:
+    shard = shards(converted_ranges)[0]
     index = read_footer_index(pq.read_metadata(shard))
     ranges = locate_ranges(shard, index)
     fs = fsspec.filesystem("file")
-    items = [(r.offset, r.length, e.sha256) for e in index
-             if (r := ranges.get((e.column, e.row, e.index))) is not None]
+    items = [
+        (r.offset, r.length, e.sha256)
+        for e in index
+        if (r := ranges.get((e.column, e.row, e.index))) is not None
+    ]
     got = dict(fetch_ranges(fs, str(shard), items, gap=1 << 20, workers=2))
     data = shard.read_bytes()
     assert {i: data[o : o + n] for i, (o, n, _) in enumerate(items)} == got

@@ -5,21 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 from bids2hf.report.card_facts import USER_END, USER_START
+from helpers import run_bids2hf
 from hub_emulator import HubEmulator
-
-
-def _convert(bids: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bids2hf", "convert", str(bids), str(out), "-j", "1", *extra],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def test_card_has_facts_and_keeps_user_section(bids_copy: Path, tmp_path: Path) -> None:
@@ -37,7 +27,7 @@ def test_card_has_facts_and_keeps_user_section(bids_copy: Path, tmp_path: Path) 
     desc_path.write_text(json.dumps(desc))
     (bids_copy / "README").write_text("A study of things.\n\nSecond paragraph.\n")
     out = tmp_path / "hf"
-    first = _convert(bids_copy, out)
+    first = run_bids2hf("convert", bids_copy, out, "-j", "1", check=False)
     assert first.returncode == 0, first.stderr
     card = (out / "README.md").read_text()
     manifest = (out / "bids2hf" / "manifest.jsonl").read_bytes()
@@ -69,7 +59,7 @@ def test_card_has_facts_and_keeps_user_section(bids_copy: Path, tmp_path: Path) 
     start, end = card.index(USER_START) + len(USER_START), card.index(USER_END)
     (out / "README.md").write_text(card[:start] + "\n" + mine + card[end:])
     (bids_copy / "README").write_text("A new description.\n")
-    second = _convert(bids_copy, out, "--overwrite")
+    second = run_bids2hf("convert", bids_copy, out, "-j", "1", "--overwrite", check=False)
     assert second.returncode == 0, second.stderr
     again = (out / "README.md").read_text()
     assert "A new description." in again and "A study of things." not in again
@@ -78,12 +68,12 @@ def test_card_has_facts_and_keeps_user_section(bids_copy: Path, tmp_path: Path) 
 
 def test_broken_markers_refused_in_one_line(bids_copy: Path, tmp_path: Path) -> None:
     out = tmp_path / "hf"
-    assert _convert(bids_copy, out).returncode == 0
+    assert run_bids2hf("convert", bids_copy, out, "-j", "1", check=False).returncode == 0
     card = (out / "README.md").read_text()
     broken = card.replace(USER_END, "")
     (out / "README.md").write_text(broken)
     (bids_copy / "README").write_text("Changed.\n")
-    result = _convert(bids_copy, out, "--overwrite")
+    result = run_bids2hf("convert", bids_copy, out, "-j", "1", "--overwrite", check=False)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert (out / "README.md").read_text() == broken  # the user's text is not lost
@@ -92,17 +82,8 @@ def test_broken_markers_refused_in_one_line(bids_copy: Path, tmp_path: Path) -> 
 def test_user_section_written_on_the_hub_survives_a_rerun(
     emu: HubEmulator, hub_env: dict[str, str], bids_copy: Path, tmp_path: Path
 ) -> None:
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "bids2hf", *args],
-            env=hub_env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-
     url = "hf://datasets/org/ds"
-    first = run("convert", str(bids_copy), url, "-q", "-j", "1")
+    first = run_bids2hf("convert", bids_copy, url, "-q", "-j", "1", env=hub_env)
     assert first.returncode == 0, first.stderr
     card = emu.files("org/ds")["README.md"].read_text()
     assert "org/ds" in card  # the loading snippet names the real repository
@@ -111,7 +92,7 @@ def test_user_section_written_on_the_hub_survives_a_rerun(
     start, end = card.index(USER_START) + len(USER_START), card.index(USER_END)
     emu.upload_bytes("org/ds", {"README.md": (card[:start] + mine + card[end:]).encode()})
     (bids_copy / "README").write_text("Changed description.\n")
-    second = run("convert", str(bids_copy), url, "-q", "-j", "1")
+    second = run_bids2hf("convert", bids_copy, url, "-q", "-j", "1", env=hub_env)
     assert second.returncode == 0, second.stderr
     again = emu.files("org/ds")["README.md"].read_text()
     assert "Changed description." in again

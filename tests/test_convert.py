@@ -2,33 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 from datasets import load_dataset
 
-from bids2hf.api import convert
 from bids2hf.bids.options import ScanOptions
 from bids2hf.model.format import FOOTER_KEY, read_footer_index
 from bids2hf.plan.options import PlanOptions
 from bids2hf.testing.spec import GeneratedDataset
-from helpers import sha256, tree
-
-
-def _convert(bids: Path, out: Path, **kw: object) -> object:
-    kw.setdefault("scan_options", ScanOptions(derivatives=("all",)))
-    kw.setdefault("progress", False)
-    kw.setdefault("workers", 1)
-    return convert(bids, out, **kw)  # type: ignore[arg-type]
-
-
-@pytest.fixture(scope="module")
-def converted(synthetic: GeneratedDataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("converted") / "hf"
-    _convert(synthetic.root, out, plan_options=PlanOptions(max_shard_bytes=200_000))
-    return out
+from helpers import convert, manifest_records, sha256, tree
 
 
 def _source_niftis(synthetic: GeneratedDataset) -> dict[str, str]:
@@ -141,11 +125,7 @@ def test_sidecar_inheritance_and_tables(converted: Path) -> None:
 
 
 def test_every_file_accounted_for(converted: Path, synthetic: GeneratedDataset) -> None:
-    entries = [
-        json.loads(line)
-        for line in (converted / "bids2hf" / "manifest.jsonl").read_text().splitlines()
-    ]
-    by_path = {e["path"]: e for e in entries}
+    by_path = {e["path"]: e for e in manifest_records(converted)}
     assert set(by_path) == {p.relative_to(synthetic.root).as_posix() for p in synthetic.files}
     for path, e in by_path.items():
         assert e["placement"] in ("row", "dataset_file", "left_out")
@@ -190,8 +170,8 @@ def test_parquet_settings(converted: Path) -> None:
 
 def test_deterministic_output(synthetic: GeneratedDataset, tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
-    _convert(synthetic.root, a, plan_options=PlanOptions(max_shard_bytes=200_000))
-    _convert(synthetic.root, b, plan_options=PlanOptions(max_shard_bytes=200_000), workers=2)
+    convert(synthetic.root, a, plan_options=PlanOptions(max_shard_bytes=200_000))
+    convert(synthetic.root, b, plan_options=PlanOptions(max_shard_bytes=200_000), workers=2)
     ta, tb = tree(a), tree(b)
     ta = {k: v for k, v in ta.items() if not k.startswith(".bids2hf")}
     tb = {k: v for k, v in tb.items() if not k.startswith(".bids2hf")}
@@ -200,7 +180,7 @@ def test_deterministic_output(synthetic: GeneratedDataset, tmp_path: Path) -> No
 
 def test_row_groups_bounded(synthetic: GeneratedDataset, tmp_path: Path) -> None:
     out = tmp_path / "o"
-    _convert(
+    convert(
         synthetic.root,
         out,
         plan_options=PlanOptions(max_shard_bytes=10_000_000, row_group_bytes=1 << 20),
@@ -215,7 +195,7 @@ def test_row_groups_bounded(synthetic: GeneratedDataset, tmp_path: Path) -> None
 
 def test_scan_layout(synthetic: GeneratedDataset, tmp_path: Path) -> None:
     out = tmp_path / "scan"
-    _convert(synthetic.root, out, plan_options=PlanOptions(layout="scan"))
+    convert(synthetic.root, out, plan_options=PlanOptions(layout="scan"))
     ds = load_dataset(str(out), split="train")
     nifti_rows = [
         r
@@ -242,11 +222,8 @@ def test_bidsignored_files_are_stored_verbatim_not_parsed(bids_copy: Path, tmp_p
     notes.parent.mkdir()
     notes.write_text("{ not json")
     out = tmp_path / "out"
-    _convert(bids_copy, out)
-    entries = {
-        json.loads(x)["path"]: json.loads(x)
-        for x in (out / "bids2hf" / "manifest.jsonl").read_text().splitlines()
-    }
+    convert(bids_copy, out)
+    entries = {e["path"]: e for e in manifest_records(out)}
     assert entries["sub-01/extra/notes.json"]["placement"] == "dataset_file"
     assert (out / "bids" / "sub-01" / "extra" / "notes.json").read_text() == "{ not json"
 

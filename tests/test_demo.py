@@ -5,26 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
-from click.testing import Result
-
-Cli = Callable[..., Result]
-
-
-def _snapshot(root: Path) -> dict[str, bytes | None]:
-    return {
-        p.relative_to(root).as_posix(): (p.read_bytes() if p.is_file() else None)
-        for p in sorted(root.rglob("*"))
-    }
-
-
-def _one_error_line(result: Result) -> str:
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1, result.output
-    assert lines[0].startswith("error: "), result.output
-    return lines[0]
+from helpers import Cli, error_line, snapshot
 
 
 def test_demo_keeps_a_users_bids_folder(cli: Cli, tmp_path: Path) -> None:
@@ -32,12 +15,12 @@ def test_demo_keeps_a_users_bids_folder(cli: Cli, tmp_path: Path) -> None:
     root = tmp_path / "work"
     (root / "bids").mkdir(parents=True)
     (root / "bids" / "mine.txt").write_text("the user's own file\n")
-    before = _snapshot(root)
+    before = snapshot(root)
     result = cli("demo", root, "--quiet")
     assert result.exit_code == 2, result.output
-    line = _one_error_line(result)
+    line = error_line(result)
     assert str(root) in line and "not empty" in line
-    assert _snapshot(root) == before
+    assert snapshot(root) == before
 
 
 def test_demo_refuses_any_non_empty_folder(cli: Cli, tmp_path: Path) -> None:
@@ -45,17 +28,17 @@ def test_demo_refuses_any_non_empty_folder(cli: Cli, tmp_path: Path) -> None:
     (root / "hf").mkdir(parents=True)
     (root / "hf" / "notes.md").write_text("mine\n")
     (root / "other.txt").write_text("mine too\n")
-    before = _snapshot(root)
+    before = snapshot(root)
     result = cli("demo", root, "--quiet")
     assert result.exit_code == 2, result.output
-    assert "not empty" in _one_error_line(result)
-    assert _snapshot(root) == before
+    assert "not empty" in error_line(result)
+    assert snapshot(root) == before
 
     a_file = tmp_path / "a-file"
     a_file.write_text("x\n")
     result = cli("demo", a_file, "--quiet")
     assert result.exit_code == 2, result.output
-    assert "not a folder" in _one_error_line(result)
+    assert "not a folder" in error_line(result)
     assert a_file.read_text() == "x\n"
 
 
@@ -69,9 +52,9 @@ def test_demo_twice_keeps_the_first_run(tmp_path: Path) -> None:
     assert first.returncode == 0, first.stdout + first.stderr
     assert (root / "bids" / "dataset_description.json").is_file()
     assert (root / "hf" / "bids2hf" / "manifest.jsonl").is_file()
-    before = _snapshot(root)
+    before = snapshot(root)
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 2, again.stdout + again.stderr
     assert again.stderr.count("\n") == 1 and "Traceback" not in again.stderr
     assert "not empty" in again.stderr
-    assert _snapshot(root) == before
+    assert snapshot(root) == before

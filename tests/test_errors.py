@@ -21,8 +21,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 from collections import namedtuple
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,16 +31,25 @@ import pytest
 from click.testing import Result
 
 import bids2hf.api as convert_module
-from bids2hf.api import convert, scan_and_plan
+from bids2hf.api import scan_and_plan
+from bids2hf.bids.options import ScanOptions
 from bids2hf.errors import DestinationError, InputError
 from bids2hf.model.format import EmbeddedFile, read_footer_index
 from bids2hf.plan.options import PlanOptions
 from bids2hf.testing.spec import GeneratedDataset
 from bids2hf.write.output_folder import OutputFolder
 from bids2hf.write.shard import write_shard
-from helpers import tree
-
-Cli = Callable[..., Result]
+from helpers import (
+    FAST,
+    Cli,
+    convert,
+    error_line,
+    manifest,
+    run_bids2hf,
+    snapshot,
+    tree,
+    without_state,
+)
 
 T1W = "sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz"
 T1W_JSON = "sub-01/ses-1/anat/sub-01_ses-1_T1w.json"
@@ -50,42 +57,11 @@ REST_1 = "sub-01/ses-1/func/sub-01_ses-1_task-rest_run-1_bold.nii.gz"
 REST_2 = "sub-01/ses-1/func/sub-01_ses-1_task-rest_run-2_bold.nii.gz"
 EVENTS = "sub-01/ses-1/func/sub-01_ses-1_task-rest_run-1_events.tsv"
 STRAY = "sub-01/ses-1/anat/sub-01_ses-1_scout.nii.gz"  # `scout` is no BIDS suffix
-FAST = ("-q", "-j", "1")  # one process: monkeypatches reach the writer; no progress bar
 SMALL_SHARDS = ("--max-shard-size", "200kB")  # several shards from the small dataset
+SMALL_PLAN = PlanOptions(max_shard_bytes=200_000)  # the same through the API
 
 
 # -- helpers -------------------------------------------------------------------------------
-def snapshot(root: Path) -> dict[str, str] | None:
-    """Every entry under ``root`` (folders and symlinks too) with its content; None if absent."""
-    if not os.path.lexists(root):
-        return None
-    if not root.is_dir():
-        return {"": hashlib.sha256(root.read_bytes()).hexdigest()}
-    out = {}
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root).as_posix()
-        if p.is_symlink():
-            out[rel] = "-> " + os.readlink(p)
-        elif p.is_dir():
-            out[rel] = "dir"
-        else:
-            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
-
-
-def error_line(result: Result, *names: str | Path) -> str:
-    """The refusal's single ``error:`` line; checks exit 2, no traceback, and that it names ``names``."""
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one line on stderr, got {result.stderr!r}"
-    line = lines[0]
-    assert line.startswith("error: "), line
-    for name in names:
-        assert str(name) in line, f"{name} not named in {line!r}"
-    return line
-
-
 def refused(cli: Cli, bids: Path, out: Path, *options: str, names: tuple[str | Path, ...]) -> str:
     """Run convert, expect a one-line refusal naming ``names``, and the destination untouched."""
     before = snapshot(out)
@@ -119,17 +95,8 @@ def leftover_tmp(out: Path) -> list[str]:
     return sorted(set(found))
 
 
-def manifest(out: Path) -> dict[str, dict[str, Any]]:
-    lines = (out / "bids2hf" / "manifest.jsonl").read_text().splitlines()
-    return {e["path"]: e for e in map(json.loads, lines)}
-
-
 def footer(shard: Path) -> list[EmbeddedFile]:
     return read_footer_index(pq.ParquetFile(shard).metadata)
-
-
-def without_state(files: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in files.items() if not k.startswith(".bids2hf")}
 
 
 def sparse(path: Path, size: int) -> None:
@@ -281,9 +248,9 @@ def test_invalid_name_error(with_stray: Path, tmp_path: Path, cli: Cli) -> None:
 def test_invalid_name_skip(with_stray: Path, tmp_path: Path, cli: Cli) -> None:
     out = tmp_path / "out"
     converts(cli, with_stray, out, "--on-invalid", "skip")
-    entry = manifest(out)[STRAY]
-    assert entry["placement"] == "left_out"
-    assert "invalid" in entry["reason"]
+    entry = next(e for e in manifest(out) if e.path == STRAY)
+    assert entry.placement == "left_out"
+    assert "invalid" in str(entry.reason)
     embedded = {e.path for shard in (out / "data").glob("*.parquet") for e in footer(shard)}
     assert STRAY not in embedded and T1W in embedded
 
@@ -295,7 +262,7 @@ def test_invalid_name_keep(with_stray: Path, tmp_path: Path, cli: Cli) -> None:
     row = next(r for r in rows if (r["subject_id"], r["session_id"]) == ("sub-01", "ses-1"))
     kept = [f for f in row["files"] if f["path"] == STRAY]
     assert len(kept) == 1 and kept[0]["bytes"] == (with_stray / STRAY).read_bytes()
-    assert manifest(out)[STRAY]["placement"] == "row"
+    assert [e.placement for e in manifest(out) if e.path == STRAY] == ["row"]
 
 
 def test_file_name_with_a_newline_keeps_the_error_on_one_line(
@@ -413,7 +380,7 @@ def test_file_over_2_gib(bids_copy: Path, tmp_path: Path, cli: Cli) -> None:
     inspect_refuses(cli, bids_copy, "--check", "none", names=(T1W, "2 GiB"))
     # The advice works: the file is left out and listed in the manifest.
     converts(cli, bids_copy, out, "--check", "none", "--exclude", T1W)
-    assert manifest(out)[T1W]["placement"] == "left_out"
+    assert [e.placement for e in manifest(out) if e.path == T1W] == ["left_out"]
 
 
 def test_row_cell_over_2_gib(bids_copy: Path, tmp_path: Path, cli: Cli) -> None:
@@ -542,18 +509,12 @@ def disk_fills_in_second_shard(monkeypatch: pytest.MonkeyPatch) -> Callable[[], 
     return lambda: monkeypatch.setattr(pq.ParquetWriter, "write_table", real)
 
 
-def _api_convert(bids: Path, out: Path) -> Any:
-    return convert(
-        bids, out, plan_options=PlanOptions(max_shard_bytes=200_000), workers=1, progress=False
-    )
-
-
 def test_disk_full_while_writing(
     bids_copy: Path, tmp_path: Path, disk_fills_in_second_shard: Callable[[], None]
 ) -> None:
     out = tmp_path / "out"
     with pytest.raises(DestinationError) as info:
-        _api_convert(bids_copy, out)
+        convert(bids_copy, out, scan_options=ScanOptions(), plan_options=SMALL_PLAN)
     message = str(info.value)
     assert info.value.exit_code == 2
     assert "\n" not in message
@@ -569,7 +530,7 @@ def test_disk_full_while_writing(
     assert not (out / "README.md").exists(), "the card is written last"
     # Space freed: the same command finishes and keeps the complete shard.
     disk_fills_in_second_shard()
-    report = _api_convert(bids_copy, out)
+    report = convert(bids_copy, out, scan_options=ScanOptions(), plan_options=SMALL_PLAN)
     assert report.reused == [f"data/{shards[0].name}"]
     assert leftover_tmp(out) == []
 
@@ -578,7 +539,7 @@ def test_disk_full_message_gives_a_useful_amount(
     bids_copy: Path, tmp_path: Path, disk_fills_in_second_shard: Callable[[], None]
 ) -> None:
     with pytest.raises(DestinationError) as info:
-        _api_convert(bids_copy, tmp_path / "out")
+        convert(bids_copy, tmp_path / "out", scan_options=ScanOptions(), plan_options=SMALL_PLAN)
     amount = re.search(r"([0-9.]+) ?([kMGT]?B)\b", str(info.value))
     if amount is None or float(amount.group(1)) == 0:
         pytest.fail(f"no useful amount in {str(info.value)!r}", pytrace=False)
@@ -642,31 +603,16 @@ def test_not_enough_space_leaves_existing_output_untouched(
 
 
 # -- tracebacks -----------------------------------------------------------------------------------
-def _bids2hf(*args: str | Path) -> subprocess.Popen[str]:
-    """The real command, as a user runs it (started, not waited for)."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "bids2hf.cli", *map(str, args)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def test_traceback_only_with_debug(bids_copy: Path, tmp_path: Path) -> None:
     """What a user's terminal shows, from the real process (a bad NIfTI header: nibabel's
     logger must not add its own lines)."""
     rel = _bad_magic(bids_copy / T1W).relative_to(bids_copy).as_posix()
     out = tmp_path / "out"
-    runs = [_bids2hf("convert", bids_copy, out, *FAST, *debug) for debug in ((), ("--debug",))]
-    (plain_out, plain_err), (_, debug_err) = (run.communicate(timeout=120) for run in runs)
-    plain, debug = runs
-    assert plain.returncode == 2, plain_err
-    lines = plain_err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and rel in lines[0], plain_err
-    assert "Traceback" not in plain_err + plain_out
+    error_line(run_bids2hf("convert", bids_copy, out, *FAST, check=False), rel)
+    debug = run_bids2hf("convert", bids_copy, out, *FAST, "--debug", check=False)
     assert debug.returncode != 0
-    assert "Traceback" in debug_err and "InputError" in debug_err
-    assert rel in debug_err
+    assert "Traceback" in debug.stderr and "InputError" in debug.stderr
+    assert rel in debug.stderr
     assert not out.exists()
 
 
@@ -740,7 +686,7 @@ def test_source_changed_during_run(
     again = ["--overwrite"] if "--overwrite" in line else []
     assert "re-run" in line
     converts(cli, bids_copy, out, *again)
-    assert manifest(out).get(rel, {}).get("size") == (
+    assert next((e.size for e in manifest(out) if e.path == rel), None) == (
         (bids_copy / rel).stat().st_size if (bids_copy / rel).exists() else None
     )
 

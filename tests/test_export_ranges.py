@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,41 +17,39 @@ import pyarrow.parquet as pq
 import pytest
 
 from bids2hf.errors import VerificationError
+from bids2hf.model.format import MANIFEST_PATH
 from bids2hf.readback.export import export
 from bids2hf.testing.spec import GeneratedDataset
-from helpers import hub_env
+from helpers import error_line, hub_env, manifest_records, run_bids2hf
 from hub_emulator import HubEmulator
-from test_byte_ranges import convert
 
-MANIFEST = "bids2hf/manifest.jsonl"
 T1W = "*_T1w.nii.gz"
 ONE = "sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz"
 #: pyarrow reads a footer with one read of the file's last 64 KiB (more only if it is longer).
 FOOTER_READ = 64 << 10
 
 
-@pytest.fixture(scope="module")
-def output(synthetic: GeneratedDataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = convert(synthetic.root, tmp_path_factory.mktemp("export_ranges") / "out",
-                  "--max-shard-size", "400kB", "--row-group-size", "60kB")
-    return out  # the writer records offsets (checked below)
-
-
 def _published(out: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*")
-            if p.is_file() and ".bids2hf" not in p.parts}
+    return {
+        str(p.relative_to(out)): p.read_bytes()
+        for p in out.rglob("*")
+        if p.is_file() and ".bids2hf" not in p.parts
+    }
 
 
 def _wanted(synthetic: GeneratedDataset, pattern: str) -> dict[str, bytes]:
     from fnmatch import fnmatch
 
-    return {str(p.relative_to(synthetic.root)): p.read_bytes() for p in synthetic.root.rglob("*")
-            if p.is_file() and fnmatch(str(p.relative_to(synthetic.root)), pattern)}
+    return {
+        str(p.relative_to(synthetic.root)): p.read_bytes()
+        for p in synthetic.root.rglob("*")
+        if p.is_file() and fnmatch(str(p.relative_to(synthetic.root)), pattern)
+    }
 
 
 def _index_bytes(out: Path) -> int:
     """What reading the index costs: the manifest, and the footer read of every shard."""
-    total = (out / MANIFEST).stat().st_size
+    total = (out / MANIFEST_PATH).stat().st_size
     for shard in (out / "data").glob("*.parquet"):
         size = shard.stat().st_size
         footer = pq.read_metadata(shard).serialized_size + 8
@@ -66,27 +62,24 @@ def _check_tree(dest: Path, expected: dict[str, bytes]) -> None:
     assert got == expected
 
 
-def test_every_image_has_an_offset(output: Path) -> None:
-    entries = [json.loads(line) for line in (output / MANIFEST).read_text().splitlines()]
+def test_every_image_has_an_offset(converted_ranges: Path) -> None:
+    entries = manifest_records(converted_ranges)
     images = [e for e in entries if e["path"].endswith(".nii.gz") and e["placement"] == "row"]
     assert images and all(isinstance(e.get("offset"), int) for e in images)
 
 
 def test_over_the_hub_one_modality_costs_its_bytes(
-    emu: HubEmulator, output: Path, synthetic: GeneratedDataset, tmp_path: Path
+    emu: HubEmulator, converted_ranges: Path, synthetic: GeneratedDataset, tmp_path: Path
 ) -> None:
     emu.create_repo("org/ds")
-    emu.upload_bytes("org/ds", _published(output))
+    emu.upload_bytes("org/ds", _published(converted_ranges))
     env = hub_env(emu, tmp_path)
-    index = _index_bytes(output)
+    index = _index_bytes(converted_ranges)
     for pattern in (T1W, ONE):
         expected = _wanted(synthetic, pattern)
         dest = tmp_path / f"out-{len(expected)}"
         before = emu.stats["bytes_downloaded"]
-        proc = subprocess.run(
-            [sys.executable, "-m", "bids2hf", "export", "hf://datasets/org/ds", str(dest),
-             "--include", pattern, "-q"], env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr
+        run_bids2hf("export", "hf://datasets/org/ds", dest, "--include", pattern, "-q", env=env)
         downloaded = emu.stats["bytes_downloaded"] - before
         _check_tree(dest, expected)
         wanted = sum(map(len, expected.values()))
@@ -94,7 +87,10 @@ def test_over_the_hub_one_modality_costs_its_bytes(
 
 
 def test_over_s3_one_modality_costs_its_bytes(
-    s3_env: dict[str, str], output: Path, synthetic: GeneratedDataset, tmp_path: Path,
+    s3_env: dict[str, str],
+    converted_ranges: Path,
+    synthetic: GeneratedDataset,
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import fsspec
@@ -106,7 +102,9 @@ def test_over_s3_one_modality_costs_its_bytes(
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
         monkeypatch.setenv(key, s3_env[key])
     # fsspec read FSSPEC_S3_* when it was imported: set its configuration directly.
-    monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": s3_env["FSSPEC_S3_ENDPOINT_URL"]})
+    monkeypatch.setitem(
+        fsspec.config.conf, "s3", {"endpoint_url": s3_env["FSSPEC_S3_ENDPOINT_URL"]}
+    )
     counted = {"bytes": 0}
     cat_file, fetch_range = s3fs.S3FileSystem._cat_file, s3fs.core._fetch_range
 
@@ -125,9 +123,9 @@ def test_over_s3_one_modality_costs_its_bytes(
     monkeypatch.setattr(s3fs.core, "_fetch_range", counting_fetch_range)
     s3fs.S3FileSystem.clear_instance_cache()
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
-    for rel, data in _published(output).items():
+    for rel, data in _published(converted_ranges).items():
         fs.pipe_file(f"{S3_BUCKET}/ds/{rel}", data)
-    index = _index_bytes(output)
+    index = _index_bytes(converted_ranges)
     for pattern in (T1W, ONE):
         expected = _wanted(synthetic, pattern)
         dest = tmp_path / f"out-{len(expected)}"
@@ -153,18 +151,20 @@ def test_coalesce_wastes_at_most_its_share() -> None:
 
 def _shift_offset(out: Path, path: str, by: int) -> None:
     lines = []
-    for line in (out / MANIFEST).read_text().splitlines():
+    for line in (out / MANIFEST_PATH).read_text().splitlines():
         e = json.loads(line)
         if e["path"] == path:
             e["offset"] += by
         lines.append(json.dumps(e, sort_keys=True))
-    (out / MANIFEST).write_text("\n".join(lines) + "\n")
+    (out / MANIFEST_PATH).write_text("\n".join(lines) + "\n")
 
 
 @pytest.mark.parametrize("by", [1, -1, 10**9])
-def test_a_wrong_offset_is_refused_never_written(output: Path, tmp_path: Path, by: int) -> None:
+def test_a_wrong_offset_is_refused_never_written(
+    converted_ranges: Path, tmp_path: Path, by: int
+) -> None:
     damaged = tmp_path / "damaged"
-    shutil.copytree(output, damaged)
+    shutil.copytree(converted_ranges, damaged)
     _shift_offset(damaged, ONE, by)
     dest = tmp_path / "bids"
     with pytest.raises(VerificationError, match=r"sha256|bytes at"):
@@ -172,7 +172,6 @@ def test_a_wrong_offset_is_refused_never_written(output: Path, tmp_path: Path, b
     assert not (dest / ONE).exists()
     assert [p for p in dest.rglob("*") if p.is_file()] == []  # no temporary file left either
     # Through the CLI: one line, exit 1.
-    proc = subprocess.run([sys.executable, "-m", "bids2hf", "export", str(damaged), str(dest),
-                           "--include", ONE, "-q"], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
-    assert ONE in proc.stderr and not (dest / ONE).exists()
+    proc = run_bids2hf("export", damaged, dest, "--include", ONE, "-q", check=False)
+    error_line(proc, ONE, exit_code=1)
+    assert not (dest / ONE).exists()

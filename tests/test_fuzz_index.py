@@ -15,7 +15,6 @@ import copy
 import hashlib
 import itertools
 import json
-import os
 import random
 import shutil
 import subprocess
@@ -36,7 +35,7 @@ from bids2hf.readback.export import export
 from bids2hf.readback.verify import verify
 from bids2hf.testing.spec import SyntheticSpec
 from bids2hf.testing.synthetic import generate_bids
-from helpers import tree
+from helpers import manifest_records, snapshot, tree
 
 SEED = 20261127
 EXPORT_TMP = ".bids2hf-export-*"  # each run's own temporary folder
@@ -114,12 +113,8 @@ def _damage_records(
     return kind, data
 
 
-def _manifest_records(hf: Path) -> Records:
-    return [json.loads(line) for line in (hf / MANIFEST_PATH).read_text().splitlines()]
-
-
 def damage_manifest(hf: Path, rng: random.Random, n_rows: int) -> str:
-    kind, data = _damage_records(_manifest_records(hf), rng, n_rows, _jsonl)
+    kind, data = _damage_records(manifest_records(hf), rng, n_rows, _jsonl)
     (hf / MANIFEST_PATH).write_bytes(data)
     return kind
 
@@ -166,7 +161,7 @@ CLASHES = [
 
 def damage_clash(hf: Path, rng: random.Random, kind: str) -> str:
     """Put a file (or folder) where export needs a folder (or file), in hf/ or in ``out``."""
-    records = _manifest_records(hf)
+    records = manifest_records(hf)
     path = rng.choice(sorted(r["path"] for r in records if "/" in r["path"]))
     folders = [str(p) for p in Path(path).parents if str(p) != "."]
     folder = rng.choice([f for f in folders if not (hf / "bids" / f).is_dir()] or folders)
@@ -221,14 +216,6 @@ def damage_pages(hf: Path, rng: random.Random) -> str:
 
 
 # -- checking one outcome ---------------------------------------------------------------------
-def _snapshot(root: Path, skip: Path) -> dict[str, str]:
-    return {
-        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and skip not in p.parents
-    }
-
-
 def run_export(hf: Path, out: Path) -> tuple[int, str]:
     """Exit code and message of an export through the API; anything else is a crash."""
     try:
@@ -245,20 +232,6 @@ def _listed(hf: Path) -> set[str] | None:
         return {r["path"] for r in map(json.loads, filter(str.strip, lines))}
     except (OSError, ValueError, TypeError, KeyError):
         return None
-
-
-def _state(root: Path) -> dict[str, str]:
-    """Everything under root: folders, symlinks and file contents, to prove nothing changed."""
-    state = {}
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root).as_posix()
-        if p.is_symlink():
-            state[rel] = f"symlink to {os.readlink(p)}"
-        elif p.is_dir():
-            state[rel] = "folder"
-        else:
-            state[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return state
 
 
 def check_outcome(
@@ -291,7 +264,7 @@ def check_outcome(
             if out_before is None:
                 assert not out.exists(), f"{what}: refused, yet {out} was created"
             else:
-                assert _state(out) == out_before, f"{what}: refused, yet {out} changed"
+                assert snapshot(out) == out_before, f"{what}: refused, yet {out} changed"
     assert not (out.is_dir() and list(out.glob(EXPORT_TMP))), what
     written = {
         rel: digest
@@ -323,16 +296,21 @@ def _n_rows(published: Path) -> int:
     return max(pq.ParquetFile(p).metadata.num_rows for p in (published / "data").glob("*.parquet"))
 
 
+def _outside(case: Path, out: Path) -> dict[str, str]:
+    """The files of ``case`` outside the export's target ``out``."""
+    return {k: v for k, v in tree(case).items() if not k.startswith(f"{out.name}/")}
+
+
 def _run(cases: list[tuple[Path, Path, str]], source: Path) -> dict[int, int]:
     """Export (and verify) every case and check its outcome; the count of each exit code."""
     outcomes: dict[int, int] = {}
     for case, hf, what in cases:
         out = case / "out"
-        out_before = _state(out) if out.exists() else None
-        before = _snapshot(case, skip=out)
+        out_before = snapshot(out)
+        before = _outside(case, out)
         code, message = run_export(hf, out)
         check_outcome(case, out, source, code, message, what, out_before)
-        assert _snapshot(case, skip=out) == before, f"{what}: wrote outside the target"
+        assert _outside(case, out) == before, f"{what}: wrote outside the target"
         outcomes[code] = outcomes.get(code, 0) + 1
         try:
             verify(source, str(hf), progress=False)
@@ -426,7 +404,7 @@ def test_targeted_damage_is_refused_before_writing(
     shutil.copytree(published, hf)
     n_rows = _n_rows(published)
     if index == "manifest":
-        records = _manifest_records(hf)
+        records = manifest_records(hf)
         change(records, n_rows)
         (hf / MANIFEST_PATH).write_bytes(_jsonl(records))
     else:
@@ -451,7 +429,7 @@ def test_cli_refuses_damaged_indexes_in_one_line(published: Path, tmp_path: Path
     for name in ("index out of range", "row as text", "huge size"):
         hf = tmp_path / name.replace(" ", "-")
         shutil.copytree(published, hf)
-        records = _manifest_records(hf)
+        records = manifest_records(hf)
         dict(TARGETED)[name](records, _n_rows(published))
         (hf / MANIFEST_PATH).write_bytes(_jsonl(records))
         damaged.append(hf)

@@ -21,11 +21,12 @@ from typing import Any
 
 import pytest
 
+from bids2hf.model.format import MANIFEST_PATH
 from bids2hf.testing.spec import GeneratedDataset
-from test_bids_fs import MANIFEST, T1W
-from test_byte_ranges import convert
+from helpers import error_line, manifest_records, run_bids2hf
 
 MOUNT = [sys.executable, "-m", "bids2hf", "mount"]
+T1W = "sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz"
 
 
 def _fuse_usable() -> str | None:
@@ -38,20 +39,25 @@ def _fuse_usable() -> str | None:
     return None
 
 
-
-
 class Mount:
     """A running ``bids2hf mount`` process and its mount point."""
 
     def __init__(self, source: Path, point: Path, env: dict[str, str] | None = None) -> None:
         point.mkdir(parents=True, exist_ok=True)
         self.point = point
-        self.proc = subprocess.Popen([*MOUNT, str(source), str(point)], env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [*MOUNT, str(source), str(point)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         deadline = time.monotonic() + 60
         while not os.path.ismount(point):
             if self.proc.poll() is not None:
-                raise AssertionError(f"mount exited {self.proc.returncode}: {self.proc.stderr.read() if self.proc.stderr else ''}")
+                raise AssertionError(
+                    f"mount exited {self.proc.returncode}: {self.proc.stderr.read() if self.proc.stderr else ''}"
+                )
             if time.monotonic() > deadline:
                 self.proc.kill()
                 raise AssertionError("not mounted after 60 s")
@@ -68,17 +74,10 @@ class Mount:
 
 
 @pytest.fixture(scope="module")
-def source(synthetic: GeneratedDataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = convert(synthetic.root, tmp_path_factory.mktemp("mount") / "out",
-                  "--max-shard-size", "400kB", "--row-group-size", "60kB")
-    return out
-
-
-@pytest.fixture(scope="module")
-def mounted(source: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def mounted(converted_ranges: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     if _fuse_usable() is not None:
         pytest.skip(str(_fuse_usable()))
-    m = Mount(source, tmp_path_factory.mktemp("mnt") / "bids")
+    m = Mount(converted_ranges, tmp_path_factory.mktemp("mnt") / "bids")
     try:
         yield m.point
     finally:
@@ -88,8 +87,12 @@ def mounted(source: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 def test_diff_shows_no_difference(mounted: Path, synthetic: GeneratedDataset) -> None:
-    proc = subprocess.run(["diff", "-r", str(synthetic.root), str(mounted)], capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        ["diff", "-r", str(synthetic.root), str(mounted)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     with pytest.raises(OSError) as info:
         (mounted / "new.txt").write_text("x")
@@ -103,13 +106,23 @@ def test_pybids_sees_the_same_dataset(mounted: Path, synthetic: GeneratedDataset
         layout = bids.BIDSLayout(str(root))
         # Entities may hold absolute paths (``scans``: the scans.tsv that applies).
         files = sorted(
-            (os.path.relpath(f.path, root),
-             json.dumps(f.get_entities(), sort_keys=True, default=str).replace(str(root), "ROOT"))
+            (
+                os.path.relpath(f.path, root),
+                json.dumps(f.get_entities(), sort_keys=True, default=str).replace(
+                    str(root), "ROOT"
+                ),
+            )
             for f in layout.get()
         )
         bold = layout.get(suffix="bold", extension=".nii.gz")[0]
-        return (files, layout.get_subjects(), layout.get_sessions(), layout.get_tasks(),
-                os.path.relpath(bold.path, root), layout.get_metadata(bold.path))
+        return (
+            files,
+            layout.get_subjects(),
+            layout.get_sessions(),
+            layout.get_tasks(),
+            os.path.relpath(bold.path, root),
+            layout.get_metadata(bold.path),
+        )
 
     original, seen = summary(synthetic.root), summary(mounted)
     assert original[0], "pybids found no file"
@@ -130,13 +143,20 @@ def test_the_bids_validator_gives_the_same_result(
     env = {**os.environ, "DENO_DIR": str(tmp_path / "deno"), "NO_COLOR": "1"}
 
     def validate(root: Path) -> dict[str, Any]:
-        proc = subprocess.run([validator, "--format", "json", str(root)], capture_output=True,
-                              text=True, timeout=300, env=env)
+        proc = subprocess.run(
+            [validator, "--format", "json", str(root)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
         assert proc.returncode in (0, 16), proc.stderr[-2000:]  # 16: the dataset has errors
         result = json.loads(proc.stdout)
         issues = sorted(json.dumps(i, sort_keys=True) for i in result["issues"]["issues"])
-        summary = {k: sorted(map(str, v)) if isinstance(v, list) else v
-                   for k, v in result["summary"].items()}
+        summary = {
+            k: sorted(map(str, v)) if isinstance(v, list) else v
+            for k, v in result["summary"].items()
+        }
         return {"issues": issues, "summary": summary, "code": proc.returncode}
 
     original = validate(synthetic.root)
@@ -145,23 +165,25 @@ def test_the_bids_validator_gives_the_same_result(
 
 
 def test_a_damaged_file_reads_as_an_io_error(
-    source: Path, synthetic: GeneratedDataset, tmp_path: Path
+    converted_ranges: Path, synthetic: GeneratedDataset, tmp_path: Path
 ) -> None:
     if _fuse_usable() is not None:
         pytest.skip(str(_fuse_usable()))
     damaged = tmp_path / "damaged"
-    shutil.copytree(source, damaged)
-    entries = [json.loads(line) for line in (damaged / MANIFEST).read_text().splitlines()]
+    shutil.copytree(converted_ranges, damaged)
+    entries = manifest_records(damaged)
     for e in entries:
         if e["path"] == T1W:
             e["offset"] += 1
-    (damaged / MANIFEST).write_text("".join(json.dumps(e) + "\n" for e in entries))
+    (damaged / MANIFEST_PATH).write_text("".join(json.dumps(e) + "\n" for e in entries))
     m = Mount(damaged, tmp_path / "mnt")
     try:
         with pytest.raises(OSError) as info:
             (m.point / T1W).read_bytes()
         assert info.value.errno == errno.EIO
-        assert (m.point / "participants.tsv").read_bytes() == (synthetic.root / "participants.tsv").read_bytes()
+        assert (m.point / "participants.tsv").read_bytes() == (
+            synthetic.root / "participants.tsv"
+        ).read_bytes()
     finally:
         code, err = m.stop()
     assert code == 0
@@ -169,10 +191,10 @@ def test_a_damaged_file_reads_as_an_io_error(
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_unmounts_cleanly(source: Path, tmp_path: Path, sig: int) -> None:
+def test_a_signal_unmounts_cleanly(converted_ranges: Path, tmp_path: Path, sig: int) -> None:
     if _fuse_usable() is not None:
         pytest.skip(str(_fuse_usable()))
-    m = Mount(source, tmp_path / "mnt")
+    m = Mount(converted_ranges, tmp_path / "mnt")
     # A file held open does not keep the mount alive (the view is read-only, nothing to flush).
     fd = os.open(m.point / T1W, os.O_RDONLY)
     assert os.read(fd, 2) == b"\x1f\x8b"
@@ -186,23 +208,19 @@ def test_a_signal_unmounts_cleanly(source: Path, tmp_path: Path, sig: int) -> No
     assert "Traceback" not in err
 
 
-def test_without_fuse_the_error_is_one_line(source: Path, tmp_path: Path) -> None:
+def test_without_fuse_the_error_is_one_line(converted_ranges: Path, tmp_path: Path) -> None:
     (tmp_path / "mnt").mkdir()
     env = {**os.environ, "BIDS2HF_FUSE_DEVICE": str(tmp_path / "no-such-device")}
-    proc = subprocess.run([*MOUNT, str(source), str(tmp_path / "mnt")], env=env,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "FUSE is unavailable" in lines[0]
+    proc = run_bids2hf("mount", converted_ranges, tmp_path / "mnt", env=env, check=False)
+    assert "FUSE is unavailable" in error_line(proc)
     # Not a folder / not empty: one line too, nothing mounted.
     (tmp_path / "mnt" / "x").write_text("x")
-    proc = subprocess.run([*MOUNT, str(source), str(tmp_path / "mnt")], capture_output=True,
-                          text=True, timeout=120)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "not empty" in proc.stderr
+    proc = run_bids2hf("mount", converted_ranges, tmp_path / "mnt", check=False)
+    assert "not empty" in error_line(proc)
 
 
 def test_a_missing_binding_names_the_extra(
-    source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    converted_ranges: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from bids2hf.readback.mount import FuseUnavailableError, mount
 
@@ -212,4 +230,4 @@ def test_a_missing_binding_names_the_extra(
     monkeypatch.setitem(sys.modules, "mfusepy", None)  # import fails as if not installed
     (tmp_path / "mnt").mkdir()
     with pytest.raises(FuseUnavailableError, match=r"bids2hf\[mount\]"):
-        mount(str(source), tmp_path / "mnt")
+        mount(str(converted_ranges), tmp_path / "mnt")

@@ -18,21 +18,18 @@ import json
 import shutil
 import struct
 import zlib
-from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from click.testing import Result
 from datasets import List, Nifti, load_dataset
 
 import bids2hf
 import bids2hf.bids.nifti as nifti_header
 from bids2hf.bids.nifti import check_nifti
-
-Cli = Callable[..., Result]
+from helpers import Cli, sha256
 
 # package → folder of real NIfTI files inside it
 _SOURCES = {
@@ -415,10 +412,6 @@ def _fmriprep(root: Path) -> dict[str, Path]:
     return files
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def test_cifti_and_nifti2_derivatives_convert_load_and_come_back(
     bids_copy: Path, tmp_path: Path, cli: Cli
 ) -> None:
@@ -445,7 +438,7 @@ def test_cifti_and_nifti2_derivatives_convert_load_and_come_back(
 
     cifti_value = row["fmriprep_func_bold_dtseries"][0]
     assert cifti_value["path"] == rel["cifti"]
-    assert hashlib.sha256(cifti_value["bytes"]).hexdigest() == _sha256(files["cifti"])
+    assert hashlib.sha256(cifti_value["bytes"]).hexdigest() == sha256(files["cifti"])
     cifti = bids2hf.load_nifti(cifti_value)
     assert isinstance(cifti, nib.Cifti2Image)
     original = nib.load(files["cifti"])
@@ -465,8 +458,8 @@ def test_cifti_and_nifti2_derivatives_convert_load_and_come_back(
     back = tmp_path / "back"
     exported = cli("export", out, back, "-q")
     assert exported.exit_code == 0, exported.output
-    assert {p.relative_to(back).as_posix(): _sha256(p) for p in back.rglob("*") if p.is_file()} == {
-        p.relative_to(bids_copy).as_posix(): _sha256(p) for p in bids_copy.rglob("*") if p.is_file()
+    assert {p.relative_to(back).as_posix(): sha256(p) for p in back.rglob("*") if p.is_file()} == {
+        p.relative_to(bids_copy).as_posix(): sha256(p) for p in bids_copy.rglob("*") if p.is_file()
     }
     verified = cli("verify", bids_copy, out)
     assert verified.exit_code == 0, verified.output

@@ -10,46 +10,31 @@ import hashlib
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import fsspec
 import pytest
-from click.testing import Result
 
 from bids2hf.publish.pipeline import default_staging
 from bids2hf.testing.spec import SyntheticSpec
 from bids2hf.testing.synthetic import generate_bids
-from helpers import hub_env, tree
+from helpers import (
+    BIDS2HF,
+    FAST,
+    Cli,
+    error_line,
+    hub_env,
+    run_bids2hf,
+    snapshot,
+    tree,
+    without_state,
+)
 from hub_emulator import HubEmulator
 
-Cli = Callable[..., Result]
-BIDS2HF = [sys.executable, "-m", "bids2hf"]
-FAST = ("-q", "-j", "1")
 SMALL_SHARDS = ("--max-shard-size", "200kB")
 FOREIGN_PARQUET = b"PAR1 not written by bids2hf PAR1"
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    out = {}
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root).as_posix()
-        out[rel] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
-
-
-def without_state(files: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in files.items() if not k.startswith(".bids2hf")}
-
-
-def one_error_line(result: Result) -> str:
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
 
 
 def _shrink(bids: Path) -> None:
@@ -68,7 +53,7 @@ def test_overwrite_refuses_a_clone_of_a_hub_dataset(
     (clone / "README.md").write_text("# my dataset\n")
     (clone / "data" / "other-00000.parquet").write_bytes(FOREIGN_PARQUET)
     before = snapshot(clone)
-    line = one_error_line(cli("convert", bids_copy, clone, *FAST, "--overwrite"))
+    line = error_line(cli("convert", bids_copy, clone, *FAST, "--overwrite"))
     assert str(clone) in line and "not a bids2hf output" in line
     assert snapshot(clone) == before
 
@@ -114,7 +99,7 @@ def test_a_file_in_the_way_is_refused(bids_copy: Path, tmp_path: Path, cli: Cli)
     (bids_copy / "code").mkdir()
     (bids_copy / "code" / "run.py").write_text("print('theirs')\n")
     before = snapshot(out)
-    line = one_error_line(cli("convert", bids_copy, out, *FAST, "--overwrite"))
+    line = error_line(cli("convert", bids_copy, out, *FAST, "--overwrite"))
     assert "bids/code/run.py" in line and "did not write" in line
     assert snapshot(out) == before
 
@@ -129,7 +114,7 @@ def test_staging_folder_of_the_user_is_refused(bids_copy: Path, tmp_path: Path, 
     (staging / "bids" / "keep.txt").write_text("mine")
     before = snapshot(staging)
     url = f"memory://ownership-{uuid.uuid4().hex}/ds"
-    line = one_error_line(cli("convert", bids_copy, url, *FAST, "--staging", staging))
+    line = error_line(cli("convert", bids_copy, url, *FAST, "--staging", staging))
     assert str(staging) in line and "staging" in line
     assert snapshot(staging) == before
 
@@ -143,7 +128,7 @@ def test_fsspec_remote_deletes_only_what_bids2hf_wrote(
     fs.pipe_file(f"{root}/data/other-00000.parquet", FOREIGN_PARQUET)
     fs.pipe_file(f"{root}/README.md", b"# their card\n")
     args = (*FAST, *SMALL_SHARDS, "--staging", str(tmp_path / "staging"))
-    line = one_error_line(cli("convert", bids_copy, url, *args))
+    line = error_line(cli("convert", bids_copy, url, *args))
     assert "README.md" in line and "--overwrite" in line
     assert fs.cat_file(f"{root}/README.md") == b"# their card\n"
     result = cli("convert", bids_copy, url, *args, "--overwrite")
@@ -169,12 +154,10 @@ def test_hub_keeps_files_bids2hf_did_not_write(
     env = hub_env(emu, tmp_path)
     emu.create_repo("org/mixed")
     emu.upload_bytes("org/mixed", {"data/other-00000.parquet": FOREIGN_PARQUET})
-    args = [*BIDS2HF, "convert", str(bids_copy), "hf://datasets/org/mixed", *FAST, *SMALL_SHARDS]
+    args = ("convert", bids_copy, "hf://datasets/org/mixed", *FAST, *SMALL_SHARDS)
 
     def run(*extra: str) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([*args, *extra], env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        return proc
+        return run_bids2hf(*args, *extra, env=env)
 
     run()
     files = emu.files("org/mixed")
@@ -194,17 +177,11 @@ def test_hub_card_of_someone_else_needs_overwrite(
     env = hub_env(emu, tmp_path)
     emu.create_repo("org/theirs")
     emu.upload_bytes("org/theirs", {"README.md": b"# their card\n"})
-    args = [*BIDS2HF, "convert", str(bids_copy), "hf://datasets/org/theirs", *FAST]
-    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2, proc.stderr
-    assert "README.md" in proc.stderr and "--overwrite" in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
+    args = ("convert", bids_copy, "hf://datasets/org/theirs", *FAST)
+    assert "--overwrite" in error_line(run_bids2hf(*args, env=env, check=False), "README.md")
     assert emu.read_file("org/theirs", "README.md") == b"# their card\n"
     assert not [p for p in emu.files("org/theirs") if p.startswith("data/")]
-    proc = subprocess.run(
-        [*args, "--overwrite"], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr
+    run_bids2hf(*args, "--overwrite", env=env)
     assert emu.read_file("org/theirs", "README.md") != b"# their card\n"
 
 
@@ -218,7 +195,7 @@ def slow_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _start(bids: Path, out: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [*BIDS2HF, "convert", str(bids), str(out), "-q", "-j", "1", "--max-shard-size", "1MB"],
+        [*BIDS2HF, "convert", str(bids), str(out), *FAST, "--max-shard-size", "1MB"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -22,10 +22,9 @@ import pytest
 
 from bids2hf.testing.spec import GeneratedDataset, SyntheticSpec
 from bids2hf.testing.synthetic import generate_bids
-from helpers import sha256, tree
+from helpers import BIDS2HF, run_bids2hf, sha256, tree
 from hub_emulator import HubEmulator
 
-BIDS2HF = [sys.executable, "-m", "bids2hf.cli"]
 REPO = "org/ds"
 URL = f"hf://datasets/{REPO}"
 ALL_SMALL_SHARDS = ("--derivatives", "all", "-q", "--max-shard-size", "150kB", "-j", "1")
@@ -34,13 +33,6 @@ ALL_SMALL_SHARDS = ("--derivatives", "all", "-q", "--max-shard-size", "150kB", "
 @pytest.fixture
 def env(hub_env: dict[str, str]) -> dict[str, str]:
     return hub_env
-
-
-def run(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([*BIDS2HF, *args], env=env, capture_output=True, text=True, timeout=300)
-    if check:
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
 
 
 def staging_dir(env: dict[str, str]) -> Path:
@@ -54,14 +46,7 @@ def remote_tree(emu: HubEmulator) -> dict[str, str]:
 def test_convert_to_hub_and_back(
     emu: HubEmulator, env: dict[str, str], synthetic: GeneratedDataset, tmp_path: Path
 ) -> None:
-    run(
-        env,
-        "convert",
-        str(synthetic.root),
-        URL,
-        *ALL_SMALL_SHARDS,
-        "--private",
-    )
+    run_bids2hf("convert", str(synthetic.root), URL, *ALL_SMALL_SHARDS, "--private", env=env)
     assert emu._repos[("dataset", REPO)].private, "--private creates a private repository"
     files = emu.files(REPO)
     shards = [p for p in files if p.startswith("data/")]
@@ -69,10 +54,10 @@ def test_convert_to_hub_and_back(
     # The card and manifest arrive in the last commit, after every data shard.
     assert "card" in emu.commits(REPO)[0]["title"]
     # Back from the Hub, byte for byte.
-    run(env, "export", URL, str(tmp_path / "back"), "-q")
+    run_bids2hf("export", URL, str(tmp_path / "back"), "-q", env=env)
     assert tree(tmp_path / "back") == tree(synthetic.root)
     # `verify` against the remote reads metadata only and finds nothing.
-    proc = run(env, "verify", str(synthetic.root), URL, "-q")
+    proc = run_bids2hf("verify", str(synthetic.root), URL, "-q", env=env)
     assert "identical" in proc.stdout
     # Staging keeps only the resume state.
     assert not list(staging_dir(env).glob("data/*.parquet"))
@@ -81,7 +66,9 @@ def test_convert_to_hub_and_back(
 def test_load_dataset_from_the_hub(
     emu: HubEmulator, env: dict[str, str], synthetic: GeneratedDataset
 ) -> None:
-    run(env, "convert", str(synthetic.root), URL, "-q", "--max-shard-size", "200kB", "-j", "1")
+    run_bids2hf(
+        "convert", str(synthetic.root), URL, "-q", "--max-shard-size", "200kB", "-j", "1", env=env
+    )
     script = textwrap.dedent(
         f"""
         import hashlib, json
@@ -133,8 +120,7 @@ def test_staging_stays_bounded(emu: HubEmulator, env: dict[str, str], tmp_path: 
     watcher = threading.Thread(target=_watch_staging, args=(staging, stop, peak))
     watcher.start()
     try:
-        run(
-            env,
+        run_bids2hf(
             "convert",
             str(bids),
             URL,
@@ -147,6 +133,7 @@ def test_staging_stays_bounded(emu: HubEmulator, env: dict[str, str], tmp_path: 
             "2",
             "--staging",
             str(staging),
+            env=env,
         )
     finally:
         stop.set()
@@ -164,7 +151,7 @@ def test_incremental_update_uploads_only_changed_shards(
     bids = tmp_path / "bids"
     shutil.copytree(synthetic.root, bids)
     args = ("-q", "--max-shard-size", "150kB", "-j", "1")
-    run(env, "convert", str(bids), URL, *args)
+    run_bids2hf("convert", str(bids), URL, *args, env=env)
     before = remote_tree(emu)
     shard_sizes = [
         os.path.getsize(p) for path, p in emu.files(REPO).items() if path.startswith("data/")
@@ -176,7 +163,7 @@ def test_incremental_update_uploads_only_changed_shards(
     data[-20] ^= 0xFF
     target.write_bytes(bytes(data))
     commits_before = len(emu.commits(REPO))
-    run(env, "convert", str(bids), URL, *args, "--check", "none")
+    run_bids2hf("convert", str(bids), URL, *args, "--check", "none", env=env)
     after = remote_tree(emu)
     changed = {p for p in after if before.get(p) != after[p]}
     assert {p for p in changed if p.startswith("data/")}, "the shard holding the file changed"
@@ -192,21 +179,23 @@ def test_incremental_update_uploads_only_changed_shards(
         "participant_id\tage\tsex\tgroup\n"
         + "".join(f"sub-0{i}\t3{i}\tF\tpatient\n" for i in range(1, 7))
     )
-    run(env, "convert", str(bids), URL, *args, "--check", "none")
+    run_bids2hf("convert", str(bids), URL, *args, "--check", "none", env=env)
     files = emu.files(REPO)
     assert any("sub-05" in p for p in files if p.startswith("data/"))
-    proc = run(env, "verify", str(bids), URL, "-q")
+    proc = run_bids2hf("verify", str(bids), URL, "-q", env=env)
     assert "identical" in proc.stdout
 
 
 def test_dry_run_changes_nothing(
     emu: HubEmulator, env: dict[str, str], synthetic: GeneratedDataset
 ) -> None:
-    run(env, "convert", str(synthetic.root), URL, "-q", "--max-shard-size", "200kB", "-j", "1")
+    run_bids2hf(
+        "convert", str(synthetic.root), URL, "-q", "--max-shard-size", "200kB", "-j", "1", env=env
+    )
     before = remote_tree(emu)
     commits = len(emu.commits(REPO))
-    proc = run(
-        env, "convert", str(synthetic.root), URL, "-q", "--max-shard-size", "100kB", "--dry-run"
+    proc = run_bids2hf(
+        "convert", str(synthetic.root), URL, "-q", "--max-shard-size", "100kB", "--dry-run", env=env
     )
     assert "would upload" in proc.stdout and "would delete" in proc.stdout
     assert remote_tree(emu) == before and len(emu.commits(REPO)) == commits
@@ -216,13 +205,15 @@ def test_push_converted_folder(
     emu: HubEmulator, env: dict[str, str], synthetic: GeneratedDataset, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    run(env, "convert", str(synthetic.root), str(out), "-q", "--max-shard-size", "200kB")
-    run(env, "push", str(out), URL, "-q", "--commit-every", "2")
+    run_bids2hf(
+        "convert", str(synthetic.root), str(out), "-q", "--max-shard-size", "200kB", env=env
+    )
+    run_bids2hf("push", str(out), URL, "-q", "--commit-every", "2", env=env)
     local = {k: v for k, v in tree(out).items() if not k.startswith(".bids2hf")}
     remote = {k: v for k, v in remote_tree(emu).items() if k != ".gitattributes"}
     assert remote == local
     emu.reset_stats()
-    run(env, "push", str(out), URL, "-q")
+    run_bids2hf("push", str(out), URL, "-q", env=env)
     assert emu.stats["bytes_uploaded"] == 0 and emu.stats["requests"]["POST commit"] == 0
 
 
@@ -238,20 +229,14 @@ def test_survives_faults(
         emu.inject(r"/api/datasets/org/ds/revision", "GET", status=502),
         emu.inject(r"/tree/", "GET", delay=0.5),
     ]
-    run(
-        env,
-        "convert",
-        str(synthetic.root),
-        URL,
-        *ALL_SMALL_SHARDS,
-        "--commit-every",
-        "2",
+    run_bids2hf(
+        "convert", str(synthetic.root), URL, *ALL_SMALL_SHARDS, "--commit-every", "2", env=env
     )
     # Every injected fault was served (a fault no request met would test nothing).
     unmet = emu.unmet_faults()
     assert not unmet, [(f.pattern.pattern, f.method, f.fired, f.times) for f in unmet]
     assert emu.stats["faults_fired"] == len(faults)
-    run(env, "export", URL, str(tmp_path / "back"), "-q")
+    run_bids2hf("export", URL, str(tmp_path / "back"), "-q", env=env)
     assert tree(tmp_path / "back") == tree(synthetic.root)
     # The lost response did not produce a duplicate commit: no two commits hold the same change.
     titles = [c["title"] for c in emu.commits(REPO)]
@@ -307,14 +292,13 @@ def test_sigkill_and_resume(emu: HubEmulator, env: dict[str, str], tmp_path: Pat
         while emu.lfs_uploads_in_progress and time.monotonic() < deadline:
             time.sleep(0.01)
         assert emu.lfs_uploads_in_progress == 0, f"{where}: the held upload never ended"
-    run(env, *args)
+    run_bids2hf(*args, env=env)
     resumed = remote_tree(emu)
     staging = staging_dir(env)
     assert not list(staging.rglob("*.parquet")) and not list(staging.rglob("*.tmp"))
     # A clean, uninterrupted upload of the same input to another repository.
     clean_env = dict(env, BIDS2HF_CACHE=str(tmp_path / "clean-cache"))
-    run(
-        clean_env,
+    run_bids2hf(
         "convert",
         str(bids),
         "hf://datasets/org/clean",
@@ -323,6 +307,7 @@ def test_sigkill_and_resume(emu: HubEmulator, env: dict[str, str], tmp_path: Pat
         "250kB",
         "-j",
         "1",
+        env=clean_env,
     )
     clean = {path: sha256(blob) for path, blob in emu.files("org/clean").items()}
     # The cards differ only by the repository name in their code samples.
@@ -336,8 +321,16 @@ def test_token_is_never_printed(
     emu: HubEmulator, env: dict[str, str], synthetic: GeneratedDataset
 ) -> None:
     env = dict(env, HF_TOKEN="hf_secretTOKENvalue123")
-    proc = run(
-        env, "convert", str(synthetic.root), URL, "--debug", "--max-shard-size", "200kB", "-j", "1"
+    proc = run_bids2hf(
+        "convert",
+        str(synthetic.root),
+        URL,
+        "--debug",
+        "--max-shard-size",
+        "200kB",
+        "-j",
+        "1",
+        env=env,
     )
     assert "secretTOKEN" not in proc.stdout + proc.stderr
     assert "DEBUG" in proc.stderr, "debug logging was on"

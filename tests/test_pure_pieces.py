@@ -3,6 +3,7 @@ the card's license mapping, the publisher's classification of planned shards."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,9 @@ from bids2hf.bids.source import LocalSource
 from bids2hf.bids.walk import bidsignore_patterns, first_match
 from bids2hf.model.rows import ShardPlan
 from bids2hf.model.state import ShardRecord
-from bids2hf.publish.compare import classify
+from bids2hf.publish.compare import classify, same_content
 from bids2hf.publish.targets.base import RemoteFile
-from bids2hf.report.card_facts import hub_license
+from bids2hf.report.card_facts import hub_license, license_name
 from bids2hf.units import human_bytes, parse_size
 
 
@@ -123,7 +124,9 @@ def _shard(name: str, content_id: str = "c1") -> ShardPlan:
     return ShardPlan(f"data/{name}.parquet", [], [], content_id, 10)
 
 
-def _record(name: str, content_id: str = "c1", size: int = 100, sha: str | None = "aa") -> ShardRecord:
+def _record(
+    name: str, content_id: str = "c1", size: int = 100, sha: str | None = "aa"
+) -> ShardRecord:
     return ShardRecord(f"data/{name}.parquet", content_id, size, sha)
 
 
@@ -177,3 +180,44 @@ def test_classify_with_a_remote() -> None:
     got = classify(shards, records, {}, remote)
     assert _names(got.skip) == ["uploaded"]
     assert _names(got.todo) == ["local", "changed", "other", "unhashed", "stale"]
+
+
+def test_classify_skips_what_the_remote_holds_without_a_local_copy() -> None:
+    """Staging may be cleared after upload: the remote's bytes count, the local file need not exist."""
+    shards = [_shard("uploaded"), _shard("lost")]
+    records = {r.path: r for r in (_record("uploaded"), _record("lost"))}
+    remote = {"data/uploaded.parquet": RemoteFile("data/uploaded.parquet", 100, "aa")}
+    got = classify(shards, records, {}, remote)
+    assert _names(got.skip) == ["uploaded"]
+    assert _names(got.todo) == ["lost"]  # neither on the remote nor on disk: written again
+    assert got.resubmit == [] and got.reuse == []
+
+
+def test_same_content_of_a_regular_hub_file_compares_git_blob_ids(tmp_path: Path) -> None:
+    """Non-LFS files on the Hub carry a git blob sha1, not a sha256: compared with the local file."""
+    local = tmp_path / "shard.parquet"
+    local.write_bytes(b"x" * 100)
+    other = "0" * 40
+    blob = hashlib.sha1(b"blob 100\0" + b"x" * 100).hexdigest()
+    assert same_content(RemoteFile("s", 100, git_oid=blob), 100, "aa", local)
+    assert not same_content(RemoteFile("s", 100, git_oid=other), 100, "aa", local)
+    assert not same_content(RemoteFile("s", 100, git_oid=blob), 100, "aa", None)  # nothing to hash
+    assert not same_content(RemoteFile("s", 100, git_oid=blob), 100, None, local)  # no record
+    assert not same_content(RemoteFile("s", 99, git_oid=blob), 100, "aa", local)  # size differs
+    assert not same_content(None, 100, "aa", local)
+
+
+@pytest.mark.parametrize(
+    ("value", "slug"),
+    [
+        ("My Own License v2", "my-own-license-v2"),
+        ("  Data Use Agreement (DUA) ", "data-use-agreement-dua"),
+        ("ÄÖÜ", "custom"),
+        ("", "custom"),
+        ("x" * 63 + " y", "x" * 63),
+        (None, "none"),
+    ],
+)
+def test_license_name(value: object, slug: str) -> None:
+    # The Hub wants a lower-case slug of at most 64 characters beside ``license: other``.
+    assert license_name(value) == slug

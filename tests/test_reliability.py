@@ -14,7 +14,7 @@ import pytest
 
 from bids2hf.testing.spec import SyntheticSpec
 from bids2hf.testing.synthetic import generate_bids
-from helpers import kill_tree, tree
+from helpers import kill_tree, tree, without_state
 
 CAP = 320 * 1024 * 1024  # bytes of resident memory a child may use
 DATASET = 10 * CAP  # the dataset is ten times larger than the cap
@@ -130,10 +130,6 @@ def test_memory_is_bounded_where_datasets_is_not(big_dataset: Path, tmp_path: Pa
     )
 
 
-def _without_state(root: Path) -> dict[str, str]:
-    return {k: v for k, v in tree(root).items() if not k.startswith(".bids2hf/")}
-
-
 def test_sigkill_at_random_points_then_resume(tmp_path: Path) -> None:
     bids = generate_bids(
         tmp_path / "bids", SyntheticSpec(n_subjects=8, target_bytes=60_000_000)
@@ -181,7 +177,7 @@ def test_sigkill_at_random_points_then_resume(tmp_path: Path) -> None:
         partial_left += any((out / ".bids2hf" / "tmp").glob("*"))
     assert partial_left, "no kill landed while a shard was being written"
     subprocess.run(run_args, check=True)
-    assert _without_state(out) == _without_state(clean)
+    assert without_state(tree(out)) == without_state(tree(clean))
     leftovers = [
         p for p in out.rglob("*") if p.name.endswith(".tmp") or "tmp" in p.relative_to(out).parts
     ]

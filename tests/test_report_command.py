@@ -7,48 +7,47 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import run_bids2hf
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bids2hf", *args], capture_output=True, text=True, timeout=300
-    )
-
-
 @pytest.fixture
-def converted(bids_copy: Path, tmp_path: Path) -> tuple[Path, Path]:
+def converted_copy(bids_copy: Path, tmp_path: Path) -> tuple[Path, Path]:
     # A file the scan reports (a problem the report must list), and a readable README.
     anat = next(bids_copy.glob("sub-*/**/anat"))
     (anat / "notes_from_the_scanner.txt").write_text("a stray file")
     (bids_copy / "README").write_text("Report <script>alert(1)</script> test.\n")
     out = tmp_path / "hf"
-    proc = _run("convert", str(bids_copy), str(out), "-j", "1", "-q", "--on-invalid", "skip")
+    proc = run_bids2hf(
+        "convert", str(bids_copy), str(out), "-j", "1", "-q", "--on-invalid", "skip", check=False
+    )
     assert proc.returncode == 0, proc.stderr
     return bids_copy, out
 
 
-def test_report_from_output_and_bids(converted: tuple[Path, Path], tmp_path: Path) -> None:
-    bids, out = converted
-    alone = _run("report", str(out))
+def test_report_from_output_and_bids(converted_copy: tuple[Path, Path], tmp_path: Path) -> None:
+    bids, out = converted_copy
+    alone = run_bids2hf("report", str(out), check=False)
     assert alone.returncode == 0, alone.stderr
     index = out / "report" / "index.html"
     assert alone.stdout.strip() == index.resolve().as_uri()
     page = index.read_text()
     assert "not checked (pass --bids)" in page
     assert "<script>" not in page and "&lt;script&gt;" in page
-    manifest = [json.loads(x) for x in (out / "bids2hf" / "manifest.jsonl").read_text().splitlines()]
+    manifest = [
+        json.loads(x) for x in (out / "bids2hf" / "manifest.jsonl").read_text().splitlines()
+    ]
     embedded = [e for e in manifest if e["placement"] == "row"]
     assert f"{len(embedded)} (" in page
 
-    full = _run("report", str(out), "--bids", str(bids))
+    full = run_bids2hf("report", str(out), "--bids", str(bids), check=False)
     assert full.returncode == 0, full.stderr
     page = index.read_text()
     assert "notes_from_the_scanner.txt" in page  # the problem, from the scan
@@ -76,16 +75,16 @@ def test_report_from_output_and_bids(converted: tuple[Path, Path], tmp_path: Pat
     assert np.all(pixels == (0x23, 0x39, 0x5D), axis=1).sum() > 10_000  # the page's header
 
 
-def test_report_refuses_what_is_not_ours(converted: tuple[Path, Path], tmp_path: Path) -> None:
-    _, out = converted
+def test_report_refuses_what_is_not_ours(converted_copy: tuple[Path, Path], tmp_path: Path) -> None:
+    _, out = converted_copy
     (out / "report").mkdir()
     (out / "report" / "index.html").write_text("mine")
-    proc = _run("report", str(out))
+    proc = run_bids2hf("report", str(out), check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert (out / "report" / "index.html").read_text() == "mine"
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    proc = _run("report", str(empty))
+    proc = run_bids2hf("report", str(empty), check=False)
     assert proc.returncode == 2 and "run `bids2hf convert` first" in proc.stderr

@@ -18,7 +18,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -39,13 +38,12 @@ from bids2hf.model.source import CHUNK
 from bids2hf.testing.spec import GeneratedDataset, SyntheticSpec
 from bids2hf.testing.synthetic import generate_bids
 from conftest import BIDS_EXAMPLES
-from helpers import hub_env, sha256, tree
+from helpers import BIDS2HF, hub_env, run_bids2hf, sha256, tree, without_state
 from hub_emulator import HubEmulator
 
 pytest.importorskip("s3fs")
 pytest.importorskip("moto.server")
 
-BIDS2HF = [sys.executable, "-m", "bids2hf"]
 OPTIONS = ("--derivatives", "all", "--max-shard-size", "150kB", "--row-group-size", "40kB")
 #: bids-examples datasets uploaded as they are (0-byte placeholders, MEG folders, derivatives,
 #: templates), converted with the options of test_bids_examples' CLI test.
@@ -219,21 +217,9 @@ def aws(
     return use
 
 
-def run(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([*BIDS2HF, *args], env=env, capture_output=True, text=True, timeout=300)
-    if check:
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
-
-
-def output(root: Path) -> dict[str, str]:
-    """The output's files (sha256), without the private resume state."""
-    return {k: v for k, v in tree(root).items() if not k.startswith(".bids2hf/")}
-
-
 def _local(source: Path, out: Path, **kw: Any) -> dict[str, str]:
     convert(source, out, workers=1, progress=False, **kw)
-    return output(out)
+    return without_state(tree(out))
 
 
 _ALL = ScanOptions(derivatives=("all",))
@@ -257,16 +243,16 @@ def test_convert_from_s3_gives_the_same_output_as_from_the_local_folder(
     local = _local(
         synthetic.root, tmp_path / "local", scan_options=_ALL, plan_options=_plan_options()
     )
-    run(env, "convert", url, str(tmp_path / "remote"), *OPTIONS, "-q", "-j", "2")
-    assert output(tmp_path / "remote") == local
+    run_bids2hf("convert", url, str(tmp_path / "remote"), *OPTIONS, "-q", "-j", "2", env=env)
+    assert without_state(tree(tmp_path / "remote")) == local
     assert sum(k.startswith("data/") for k in local) > 3, "several shards"
     state = (tmp_path / "remote" / ".bids2hf" / "state.jsonl").read_text()
     assert json.dumps(url) in state, "the run records its source URL"
     # inspect: the same report, but for the source it names.
-    shown = run(env, "inspect", url, *OPTIONS).stdout
-    here = run(env, "inspect", str(synthetic.root), *OPTIONS).stdout
+    shown = run_bids2hf("inspect", url, *OPTIONS, env=env).stdout
+    here = run_bids2hf("inspect", str(synthetic.root), *OPTIONS, env=env).stdout
     assert shown.replace(url, "ROOT") == here.replace(str(synthetic.root.resolve()), "ROOT")
-    assert "identical" in run(env, "verify", url, str(tmp_path / "local"), "-q").stdout
+    assert "identical" in run_bids2hf("verify", url, str(tmp_path / "local"), "-q", env=env).stdout
 
 
 def test_bids_examples_from_s3_match_the_local_conversion(
@@ -280,7 +266,7 @@ def test_bids_examples_from_s3_match_the_local_conversion(
         url = _upload(server, BIDS_EXAMPLES / name, bucket, name)
         local = _local(BIDS_EXAMPLES / name, tmp_path / f"{name}-local", scan_options=options)
         convert(url, tmp_path / name, scan_options=options, workers=1, progress=False)
-        assert output(tmp_path / name) == local, name
+        assert without_state(tree(tmp_path / name)) == local, name
 
 
 # -- requests ------------------------------------------------------------------------------------------
@@ -350,7 +336,7 @@ def test_embedding_reads_ranges_with_several_requests_in_flight(
         convert(url, tmp_path / "remote", scan_options=_ALL, workers=1, progress=False)
     finally:
         server.delay = 0.0
-    assert output(tmp_path / "remote") == local
+    assert without_state(tree(tmp_path / "remote")) == local
     assert server.peak >= 4, server.peak  # REMOTE_CONCURRENCY (8) at most
     gets = [r for r in server.take() if r.method == "GET" and r.path.startswith("/ranges/ds/")]
     spans = [tuple(map(int, r.range[6:].split("-"))) for r in gets if r.range]
@@ -383,7 +369,7 @@ def test_anonymous_access_to_a_public_bucket_and_credentials_for_a_private_one(
     assert isinstance(source, FsspecSource) and source.anonymous
     local = _local(synthetic.root, tmp_path / "local", scan_options=_ALL)
     convert(public, tmp_path / "anon", scan_options=_ALL, workers=1, progress=False)
-    assert output(tmp_path / "anon") == local
+    assert without_state(tree(tmp_path / "anon")) == local
     result = cli("inspect", private, "--derivatives", "all")
     assert result.exit_code == 2, result.output
     assert "read anonymously" in result.stderr and "configure credentials" in result.stderr
@@ -486,10 +472,10 @@ def test_sigkill_and_rerun_resume_to_the_same_output(
         server.delay = 0.0
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read() if proc.stderr else ""
     assert not (out / "README.md").exists(), "killed before the end"
-    rerun = run(env, *args[:-3], "-j", "1")
+    rerun = run_bids2hf(*args[:-3], "-j", "1", env=env)
     found = re.search(r"\((\d+) written, (\d+) already complete", rerun.stdout)
     assert found and int(found.group(2)) >= 1, rerun.stdout  # resumed: shards were kept
-    assert output(out) == local
+    assert without_state(tree(out)) == local
 
 
 # -- source → Hub in one pass ----------------------------------------------------------------------------
@@ -507,7 +493,7 @@ def test_s3_to_hub_in_one_pass(
         plan_options=_plan_options(),
         repo_hint="org/from-s3",  # the card's code samples name the repository
     )
-    run(env, "convert", url, "hf://datasets/org/from-s3", *OPTIONS, "-q", "-j", "1")
+    run_bids2hf("convert", url, "hf://datasets/org/from-s3", *OPTIONS, "-q", "-j", "1", env=env)
     published = {p: sha256(blob) for p, blob in emu.files("org/from-s3").items()}
     assert {p: h for p, h in published.items() if p in local} == local
     assert set(local) <= set(published)

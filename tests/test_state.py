@@ -12,12 +12,10 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import Result
 
 import bids2hf.api as convert_module
 from bids2hf.model.format import EmbeddedFile
@@ -25,15 +23,8 @@ from bids2hf.model.state import DatasetFileRecord, ShardRecord
 from bids2hf.testing.spec import SyntheticSpec
 from bids2hf.testing.synthetic import generate_bids
 from bids2hf.write.state_store import StateStore
-from helpers import hub_env, kill_tree, tree
+from helpers import BIDS2HF, Cli, hub_env, kill_tree, tree, without_state
 from hub_emulator import HubEmulator
-
-Cli = Callable[..., Result]
-BIDS2HF = [sys.executable, "-m", "bids2hf"]
-
-
-def _without_state(root: Path) -> dict[str, str]:
-    return {k: v for k, v in tree(root).items() if not k.startswith(".bids2hf/")}
 
 
 # -- the journal ---------------------------------------------------------------------------------
@@ -387,13 +378,13 @@ def test_kill_at_random_points_resumes_byte_identically(tmp_path: Path) -> None:
             kills += 1
     assert kills >= 2, "the runs ended before they could be killed"
     subprocess.run([*BIDS2HF, "convert", str(bids), str(out), *TINY_ARGS], check=True)
-    assert _without_state(out) == _without_state(clean)
+    assert without_state(tree(out)) == without_state(tree(clean))
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
     assert not (out / ".bids2hf" / "tmp").exists()
     # Another run finds it complete and writes nothing but its state.
-    before = _without_state(out)
+    before = without_state(tree(out))
     done = subprocess.run(
         [*BIDS2HF, "convert", str(bids), str(out), *TINY_ARGS], capture_output=True, text=True
     )
     assert done.returncode == 0 and "0 written" in done.stdout, done.stdout + done.stderr
-    assert _without_state(out) == before
+    assert without_state(tree(out)) == before

@@ -243,19 +243,6 @@ finally:
 """
 
 
-@pytest.fixture(scope="module")
-def converted(
-    tmp_path_factory: pytest.TempPathFactory, synthetic: GeneratedDataset
-) -> tuple[Path, Path]:
-    out = tmp_path_factory.mktemp("light") / "hf"
-    subprocess.run(
-        [sys.executable, "-m", "bids2hf", "convert", str(synthetic.root), str(out), "-q"],
-        check=True,
-        capture_output=True,
-    )
-    return synthetic.root, out
-
-
 @pytest.mark.parametrize(
     ("command", "forbidden"),
     [
@@ -271,11 +258,15 @@ def converted(
     ids=lambda v: v[0] if isinstance(v, list) else "+".join(sorted(v)),
 )
 def test_commands_do_not_load_datasets_or_pandas(
-    command: list[str], forbidden: set[str], converted: tuple[Path, Path], tmp_path: Path
+    command: list[str],
+    forbidden: set[str],
+    synthetic: GeneratedDataset,
+    converted_raw: Path,
+    tmp_path: Path,
 ) -> None:
     """Issue 11 (5): importing `datasets` and pandas took 0.55 s of every command; writing the
     Hub's feature metadata needs neither (plan/features.py)."""
-    bids, out = converted
+    bids, out = synthetic.root, converted_raw
     args = [a.format(bids=bids, out=out, new=tmp_path / "new") for a in command]
     run = subprocess.run(
         [sys.executable, "-c", _RUN_AND_REPORT, *args], capture_output=True, text=True

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 import bids2hf.testing.nifti as synthetic_nifti
 from bids2hf.testing.spec import ENTITY_ORDER, GeneratedDataset, SyntheticSpec, bids_filename
 from bids2hf.testing.synthetic import generate_bids
+from helpers import sha256
 
 NIFTI_RE = re.compile(r"\.nii(\.gz)?$")
 
@@ -23,10 +23,6 @@ NIFTI_RE = re.compile(r"\.nii(\.gz)?$")
 def _read_tsv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh, delimiter="\t"))
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _rel(ds: GeneratedDataset) -> list[str]:
@@ -70,7 +66,7 @@ def test_files_listed_sorted_and_unique(which: str, request: pytest.FixtureReque
     assert ds.files == sorted(ds.files)
     assert ds.nifti_files == sorted(p for p in ds.files if NIFTI_RE.search(p.name))
     assert ds.total_bytes == sum(p.stat().st_size for p in ds.files)
-    hashes = [_sha(p) for p in ds.files]
+    hashes = [sha256(p) for p in ds.files]
     assert len(set(hashes)) == len(hashes), "two files have the same bytes"
 
 
@@ -146,7 +142,7 @@ def test_multi_piece_stream_independent_of_threads(
 
     one = generate_bids(tmp_path / "one", spec(1))
     two = generate_bids(tmp_path / "two", spec(3))
-    assert [_sha(p) for p in one.files] == [_sha(p) for p in two.files]
+    assert [sha256(p) for p in one.files] == [sha256(p) for p in two.files]
     bold = next(p for p in two.nifti_files if p.name.endswith("_bold.nii.gz"))
     assert gzip.decompress(bold.read_bytes())[:4] == (348).to_bytes(4, "little")
     assert np.asanyarray(_load(bold).dataobj).shape == (40, 40, 24, 4)

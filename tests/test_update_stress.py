@@ -30,7 +30,6 @@ import random
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -43,7 +42,7 @@ from bids2hf.api import convert
 from bids2hf.plan.options import PlanOptions
 from bids2hf.testing.spec import SyntheticSpec
 from bids2hf.testing.synthetic import generate_bids
-from helpers import hub_env, tree
+from helpers import hub_env, run_bids2hf, tree
 from hub_emulator import HubEmulator
 
 CYCLES = int(os.environ.get("BIDS2HF_STRESS_CYCLES", "20"))
@@ -152,16 +151,6 @@ class Source:
 
 
 # -- the loop --------------------------------------------------------------------------------
-def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bids2hf", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 def stress(
     source: Source,
     update: Callable[[int, list[str]], subprocess.CompletedProcess[str]],
@@ -283,8 +272,16 @@ def test_hub_update_cycles(emu: HubEmulator, source: Source, work: Path, tmp_pat
         if cycle:
             log_before = len(emu.commits(REPO))
         emu.reset_stats()
-        return run_cli(
-            env, "convert", str(source.root), url, *SHARD_ARGS, *jobs, "--staging", str(staging)
+        return run_bids2hf(
+            "convert",
+            str(source.root),
+            url,
+            *SHARD_ARGS,
+            *jobs,
+            "--staging",
+            str(staging),
+            env=env,
+            check=False,
         )
 
     def check(cycle: int, stdout: str) -> list[str]:
@@ -303,7 +300,14 @@ def test_hub_update_cycles(emu: HubEmulator, source: Source, work: Path, tmp_pat
     assert not problems, report(problems, source)
     # The reference is what a clean upload holds: upload the last source to a fresh repository.
     clean_env = dict(env, BIDS2HF_CACHE=str(work / "clean-cache"))
-    proc = run_cli(clean_env, "convert", str(source.root), "hf://datasets/me/clean", *SHARD_ARGS)
+    proc = run_bids2hf(
+        "convert",
+        str(source.root),
+        "hf://datasets/me/clean",
+        *SHARD_ARGS,
+        env=clean_env,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     card = emu.read_file("me/clean", "README.md")
     assert renamed_card(hub_files(emu, "me/clean"), card, "me/clean", REPO) == hub_files(emu, REPO)
@@ -316,8 +320,15 @@ def test_local_update_cycles(source: Source, work: Path) -> None:
     def update(cycle: int, jobs: list[str]) -> subprocess.CompletedProcess[str]:
         # A folder holding the output of another plan is replaced only with --overwrite.
         again = ["--overwrite"] if cycle else []
-        return run_cli(
-            dict(os.environ), "convert", str(source.root), str(dest), *SHARD_ARGS, *jobs, *again
+        return run_bids2hf(
+            "convert",
+            str(source.root),
+            str(dest),
+            *SHARD_ARGS,
+            *jobs,
+            *again,
+            env=dict(os.environ),
+            check=False,
         )
 
     def check(cycle: int, stdout: str) -> list[str]:
@@ -334,7 +345,14 @@ def test_local_update_cycles(source: Source, work: Path) -> None:
 
     problems = stress(source, update, check)
     assert not problems, report(problems, source)
-    proc = run_cli(dict(os.environ), "convert", str(source.root), str(work / "clean"), *SHARD_ARGS)
+    proc = run_bids2hf(
+        "convert",
+        str(source.root),
+        str(work / "clean"),
+        *SHARD_ARGS,
+        env=dict(os.environ),
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert published(work / "clean") == published(dest)
 
@@ -378,8 +396,16 @@ def test_s3_update_cycles(s3_env: dict[str, str], source: Source, work: Path) ->
     url, staging = f"s3://{S3_BUCKET}/inc", work / "ST"
 
     def update(cycle: int, jobs: list[str]) -> subprocess.CompletedProcess[str]:
-        return run_cli(
-            s3_env, "convert", str(source.root), url, *SHARD_ARGS, *jobs, "--staging", str(staging)
+        return run_bids2hf(
+            "convert",
+            str(source.root),
+            url,
+            *SHARD_ARGS,
+            *jobs,
+            "--staging",
+            str(staging),
+            env=s3_env,
+            check=False,
         )
 
     def check(cycle: int, stdout: str) -> list[str]:
@@ -400,7 +426,9 @@ def test_s3_update_cycles(s3_env: dict[str, str], source: Source, work: Path) ->
     assert not problems, report(problems, source)
     clean_env = dict(s3_env, BIDS2HF_CACHE=str(work / "clean-cache"))
     clean_url = f"s3://{S3_BUCKET}/clean"
-    proc = run_cli(clean_env, "convert", str(source.root), clean_url, *SHARD_ARGS)
+    proc = run_bids2hf(
+        "convert", str(source.root), clean_url, *SHARD_ARGS, env=clean_env, check=False
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     clean = {k: v for k, v in bucket.files("clean").items() if k != CHECKSUMS}
     want = renamed_card(clean, bucket.read("clean/README.md"), clean_url, url)

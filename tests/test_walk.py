@@ -15,11 +15,9 @@ import hashlib
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from click.testing import Result
 
 from bids2hf.bids.scan import scan
 from bids2hf.bids.walk import walk
@@ -27,9 +25,7 @@ from bids2hf.model.format import MANIFEST_PATH
 from bids2hf.model.inventory import Placement, Severity
 from bids2hf.model.manifest import loads
 from bids2hf.readback.verify import verify
-from helpers import tree
-
-Cli = Callable[..., Result]
+from helpers import Cli, tree
 
 # Following a loop again would not fail but hang (paths multiply at every level): fail fast.
 pytestmark = pytest.mark.timeout(120)
