@@ -120,8 +120,10 @@ def test_record_offsets_rewrites_only_the_footer(converted_ranges: Path, tmp_pat
         assert locate_ranges(shard, index) == ranges
 
 
-def test_record_offsets_keeps_a_footer_whose_offsets_are_settled(output: Path, tmp_path: Path) -> None:
-    original = shards(output)[0]
+def test_record_offsets_keeps_a_footer_whose_offsets_are_settled(
+    converted_ranges: Path, tmp_path: Path
+) -> None:
+    original = shards(converted_ranges)[0]
     shard = tmp_path / original.name
     shutil.copy(original, shard)
     index = read_footer_index(pq.read_metadata(shard))
