@@ -13,7 +13,8 @@ from typing import Any
 import pyarrow.parquet as pq
 
 __all__ = [
-    "CHECKSUMS_PATH", "DATASET_FILES_PREFIX", "FOOTER_KEY", "JOURNAL_NAME", "LEGACY_NAME",
+    "BESIDE_PREFIX", "CHECKSUMS_PATH", "DATASET_FILES_PREFIX", "FOOTER_KEY", "JOURNAL_NAME",
+    "LEGACY_NAME",
     "LOCK_NAME", "MANIFEST_PATH", "OWNED_PREFIXES", "STATE_DIR", "USER_END", "USER_START",
     "VCS_DIRS", "EmbeddedFile",
     "read_footer_index", "sha256_file",
@@ -26,6 +27,9 @@ MANIFEST_PATH = "bids2hf/manifest.jsonl"
 USER_START = "<!-- bids2hf:user-section:start -->"
 USER_END = "<!-- bids2hf:user-section:end -->"
 DATASET_FILES_PREFIX = "bids/"
+#: Files too large for a Parquet value (or for their cell's list) are stored verbatim at
+#: ``files/<BIDS path>`` beside the shards; their cell holds ``{"bytes": None, "path": URL}``.
+BESIDE_PREFIX = "files/"
 
 JOURNAL_NAME = "state.jsonl"
 LEGACY_NAME = "state.json"  # written by bids2hf up to 0.x: migrated on the first write
@@ -50,15 +54,19 @@ class EmbeddedFile:
     #: Byte position in the shard of the file's first byte, for files stored verbatim (an
     #: uncompressed PLAIN chunk): the file is ``[offset, offset + size)``. None otherwise.
     offset: int | None = None
+    #: For a file stored beside the shards: its path in the output (``files/<path>``). The
+    #: cell then holds no bytes, only a URL: bids2hf's readers use this path instead.
+    location: str | None = None
 
     def record(self) -> dict[str, Any]:
-        """The footer index entry: the fields in order, ``offset`` only when there is one.
+        """The footer index entry: the fields in order, ``offset``/``location`` only when set.
 
-        Leaving out a None offset keeps footers written without offsets byte-identical.
+        Leaving out None keeps footers written without them byte-identical.
         """
         d = dict(self.__dict__)
-        if d["offset"] is None:
-            del d["offset"]
+        for key in ("offset", "location"):
+            if d[key] is None:
+                del d[key]
         return d
 
     @classmethod
@@ -110,7 +118,7 @@ LOCK_NAME = "lock"
 
 #: Remote folders bids2hf writes. A file there that the new output lacks is deleted only if a
 #: bids2hf run recorded writing it (see :func:`recorded_paths`); others are kept.
-OWNED_PREFIXES = ("data/", DATASET_FILES_PREFIX, "bids2hf/")
+OWNED_PREFIXES = ("data/", DATASET_FILES_PREFIX, "bids2hf/", BESIDE_PREFIX)
 
 
 # -- fsspec file systems (s3://, gs://, file://, ...) -----------------------------------------

@@ -19,7 +19,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bids2hf.model.format import DATASET_FILES_PREFIX, MANIFEST_PATH, sha256_file
+from bids2hf.model.format import BESIDE_PREFIX, MANIFEST_PATH, OWNED_PREFIXES, sha256_file
 from bids2hf.model.manifest import ManifestEntry
 from bids2hf.model.state import ResumeState
 from bids2hf.progress import ProgressBar
@@ -215,7 +215,8 @@ class RemoteRun:
         self, out: OutputFolder, shard_paths: Collection[str], entries: Sequence[ManifestEntry]
     ) -> None:
         """Last commit (dataset files, manifest, card, deletions), then verify the remote and
-        empty the staging folder of everything but its resume state.
+        empty the staging folder of everything but its resume state. ``shard_paths`` lists the
+        files uploaded before (shards, and files stored beside them): kept and verified.
 
         Raises :class:`~bids2hf.errors.VerificationError` if the remote differs from what was
         written, and the target's errors for a failed upload or commit.
@@ -237,17 +238,17 @@ class RemoteRun:
         out.store.record_published_card(self.url, self.card | card)
         self._publisher.finish(final, deletions, FINAL_MESSAGE)
         out.store.remote_disown(deletions)
-        shards = out.store.state.shards
-        expected = {p: (shards[p].size, shards[p].sha256 or "") for p in shard_paths}
+        shards, beside = out.store.state.shards, out.store.state.beside
+        expected = {p: (shards[p].size, shards[p].sha256 or "") for p in shard_paths if p in shards}
+        for p in shard_paths:  # [issue 11] files stored beside, recorded when copied
+            if (rec := beside.get(p.removeprefix(BESIDE_PREFIX))) and p.startswith(BESIDE_PREFIX):
+                expected[p] = (rec.size, rec.sha256)
         expected.update({f.path: (f.size, f.checksum()) for f in final})
         verify_remote(self.target, expected, {f.path: f.local for f in final}, self.owned)
         out.store.record_published_card(self.url, card)
         # The staging folder keeps only the resume state.
-        out.remove_owned(
-            [p for p in out.owned if p.startswith(("data/", DATASET_FILES_PREFIX, "bids2hf/"))]
-            + ["README.md"]
-        )
-        for name in ("data", "bids", "bids2hf"):
+        out.remove_owned([p for p in out.owned if p.startswith(OWNED_PREFIXES)] + ["README.md"])
+        for name in ("data", "bids", "bids2hf", BESIDE_PREFIX.rstrip("/")):
             with contextlib.suppress(OSError):  # not empty: holds files bids2hf did not write
                 (out.root / name).rmdir()
 
