@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -213,3 +215,95 @@ def test_push_of_an_output_with_files_beside_is_refused(
     assert "Traceback" not in result.output
     assert "bids2hf convert BIDS_DIR hf://datasets/org/ds" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+# -- a real file over 2 GiB, through the real command line ----------------------------------------
+def _sparse_nifti(path: Path, volumes: int) -> int:
+    """An uncompressed NIfTI-1 of 64x64x64 int16 ``volumes``: a real header, then a hole."""
+    import nibabel as nib
+
+    header = nib.Nifti1Header()
+    header.set_data_shape((64, 64, 64, volumes))
+    header.set_data_dtype(np.int16)
+    header["vox_offset"] = 352
+    size = 352 + 64 * 64 * 64 * 2 * volumes
+    with open(path, "wb") as f:
+        f.write(header.binaryblock + b"\0" * 4)
+        f.truncate(size)
+    if path.stat().st_blocks * 512 > 1 << 20:
+        pytest.skip(f"{path.parent} does not hold sparse files")
+    return size
+
+
+def test_file_over_2_gib_with_the_default_command(bids_copy: Path, tmp_path: Path) -> None:
+    """A 2.0 GiB run (over one Parquet value) converts with the default command: stored beside,
+    verify clean, export identical, and its cell opens with nibabel (header only: the data is
+    read on demand)."""
+    (bids_copy / REST_1).unlink()
+    big = REST_1.removesuffix(".gz")
+    size = _sparse_nifti(bids_copy / big, 4097)
+    assert size > MAX_VALUE_BYTES
+    out, back = tmp_path / "out", tmp_path / "back"
+    cmd = [sys.executable, "-m", "bids2hf"]
+    for args in (
+        ["convert", str(bids_copy), str(out), "-q", "--derivatives", "all"],
+        ["verify", str(bids_copy), str(out), "-q"],
+        ["export", str(out), str(back), "-q"],
+    ):
+        proc = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert _manifest(out)[big]["placement"] == "beside"
+    assert (back / big).stat().st_size == size
+    with open(bids_copy / big, "rb") as a, open(back / big, "rb") as b:
+        assert a.read(1 << 20) == b.read(1 << 20)  # the rest was checked by export's sha256
+    shard = out / _manifest(out)[big]["shard"]
+    cells = pq.read_table(shard, columns=["func_bold"]).column(0).to_pylist()
+    cell = next(c for cell in cells for c in cell if c["path"].endswith(big))
+    assert cell["bytes"] is None
+    assert bids2hf.load_nifti(cell).shape == (64, 64, 64, 4097)
+
+
+# -- the Hub (emulator) ----------------------------------------------------------------------------
+_LOAD = """
+import json, sys
+import datasets
+datasets.config.USE_PARQUET_EXPORT = False  # stay on loopback (no datasets-server lookup)
+from datasets import List, Nifti, load_dataset
+out = {}
+for streaming in (False, True):
+    row = next(iter(load_dataset("org/ds", split="train", streaming=streaming)))
+    out[str(streaming)] = [list(img.shape) for img in row["func_bold"]]
+raw = load_dataset("org/ds", split="train").cast_column("func_bold", List(Nifti(decode=False)))
+out["cells"] = [[c["bytes"] is None, c["path"]] for c in raw[0]["func_bold"]]
+print(json.dumps(out))
+"""
+
+
+def test_hub_round_trip(emu: Any, hub_env: dict[str, str], bids_copy: Path, tmp_path: Path) -> None:
+    """Converted straight to the Hub, the copies are uploaded beside the shards (LFS), the cells
+    hold ``hf://datasets/org/ds@main/files/...``, and ``load_dataset`` (and streaming) gives
+    their images; export and verify read them back."""
+    url = "hf://datasets/org/ds"
+    cmd = [sys.executable, "-m", "bids2hf"]
+    proc = subprocess.run(
+        [*cmd, "convert", str(bids_copy), url, *FAST, *SMALL_CELLS],
+        env=hub_env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    remote = emu.files("org/ds")
+    assert sha256(remote[f"files/{REST_1}"]) == sha256(bids_copy / REST_1)
+    proc = subprocess.run(
+        [sys.executable, "-c", _LOAD], env=hub_env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["False"] == result["True"] == [[16, 16, 8, 4]] * 3
+    assert result["cells"][1] == [True, f"hf://datasets/org/ds@main/files/{REST_1}"]
+    for args in (["export", url, str(tmp_path / "back"), "-q"], ["verify", str(bids_copy), url]):
+        proc = subprocess.run(
+            [*cmd, *args], env=hub_env, capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert tree(tmp_path / "back") == tree(bids_copy)
+    staging = next((Path(hub_env["BIDS2HF_CACHE"]) / "staging").iterdir())
+    assert not (staging / "files").exists()  # uploaded, then removed from the staging folder

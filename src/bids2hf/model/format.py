@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pyarrow.parquet as pq
 
@@ -17,7 +18,7 @@ __all__ = [
     "LEGACY_NAME",
     "LOCK_NAME", "MANIFEST_PATH", "OWNED_PREFIXES", "STATE_DIR", "USER_END", "USER_START",
     "VCS_DIRS", "EmbeddedFile",
-    "read_footer_index", "sha256_file",
+    "read_footer_index", "sha256_file", "write_chunk",
 ]
 
 MANIFEST_PATH = "bids2hf/manifest.jsonl"
@@ -95,6 +96,27 @@ def sha256_file(
             if on_bytes is not None:
                 on_bytes(n)
     return sha.hexdigest()
+
+
+#: A block of zeros that :func:`write_chunk` leaves as a hole (the copy's 8 MiB chunks).
+_HOLE = 8 << 20
+_zeros: bytes | None = None
+
+
+def write_chunk(f: BinaryIO, chunk: bytes | memoryview) -> int:
+    """Write ``chunk`` to ``f``; return its length. A whole 8 MiB chunk of zeros becomes a hole
+    (a seek): a sparse source (a multi-GB file with unwritten regions) stays sparse when copied,
+    costing no disk. The caller must ``f.truncate()`` after the last chunk (a trailing hole)."""
+    global _zeros
+    n = len(chunk)
+    if n == _HOLE and isinstance(chunk, bytes):
+        if _zeros is None:
+            _zeros = bytes(_HOLE)  # calloc'd: untouched pages cost no memory
+        if chunk == _zeros:  # memcmp: stops at the first byte that is not zero
+            f.seek(n, os.SEEK_CUR)
+            return n
+    f.write(chunk)
+    return n
 
 
 def read_footer_index(metadata: pq.FileMetaData) -> list[EmbeddedFile]:

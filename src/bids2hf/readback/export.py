@@ -43,7 +43,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bids2hf.errors import DestinationError, InputError, VerificationError
-from bids2hf.model.format import BESIDE_PREFIX, DATASET_FILES_PREFIX, MANIFEST_PATH, EmbeddedFile
+from bids2hf.model.format import (
+    BESIDE_PREFIX,
+    DATASET_FILES_PREFIX,
+    MANIFEST_PATH,
+    EmbeddedFile,
+    write_chunk,
+)
 from bids2hf.model.manifest import ManifestEntry
 from bids2hf.progress import ProgressBar
 from bids2hf.readback.published import PublishedDataset, open_dataset, safe_relpath
@@ -453,9 +459,10 @@ class _Target:
             with open(fd, "wb") as f:
                 for chunk in chunks:
                     sha.update(chunk)
-                    size += f.write(chunk)
+                    size += write_chunk(f, chunk)  # a hole stays a hole [issue 11]
                     if size > self.entry.size:
                         break  # already wrong: do not fill the disk with a crafted stream
+                f.truncate()  # the size, if it ends with a hole
                 f.flush()
                 os.fsync(f.fileno())
             if size != self.entry.size or (
