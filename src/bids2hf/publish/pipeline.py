@@ -248,9 +248,9 @@ class RemoteRun:
         out.store.record_published_card(self.url, card)
         # The staging folder keeps only the resume state.
         out.remove_owned([p for p in out.owned if p.startswith(OWNED_PREFIXES)] + ["README.md"])
-        beside = out.root / BESIDE_PREFIX.rstrip("/")
+        beside_dir = out.root / BESIDE_PREFIX.rstrip("/")
         # [issue 11] the uploader deleted the copies, not their folders: the empty ones go
-        for folder in sorted(beside.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        for folder in sorted(beside_dir.rglob("*"), key=lambda p: len(p.parts), reverse=True):
             with contextlib.suppress(OSError):  # a file, or a folder holding someone's files
                 folder.rmdir()
         for name in ("data", "bids", "bids2hf", BESIDE_PREFIX.rstrip("/")):
