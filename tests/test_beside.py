@@ -28,9 +28,10 @@ from bids2hf.api import scan_and_plan
 from bids2hf.bids.options import ScanOptions
 from bids2hf.model.format import read_footer_index
 from bids2hf.model.rows import FileRef, RowPlan
-from bids2hf.plan.beside import MAX_VALUE_BYTES, place_beside
+from bids2hf.plan.beside import MAX_VALUE_BYTES, beside_url, files_url_of, place_beside
 from bids2hf.plan.options import PlanOptions
 from bids2hf.readback.bids_fs import BidsHfFileSystem
+from bids2hf.report.summaries import beside_lines
 from helpers import sha256, tree
 
 NAMING = "sub-01/ses-1/func/sub-01_ses-1_task-naming40_bold.nii.gz"
@@ -70,6 +71,31 @@ def test_placement_in_list_order() -> None:
     row2 = RowPlan("sub-02", {}, {"func_bold": [a, b, c], "anat_T1w": [huge]})
     place_beside([row2], ["func_bold", "anat_T1w"], PlanOptions().max_cell_bytes, "")
     assert row2.beside == {"huge.nii": "files/huge.nii"}
+
+
+def test_four_1_gb_runs_default_limit() -> None:
+    """Four 1 GB runs of one session: the first two are embedded, the other two stored beside."""
+    runs = [FileRef(f"run-{i}.nii.gz", 10**9, 0) for i in range(1, 5)]
+    row = RowPlan("sub-01_ses-1", {}, {"func_bold": runs})
+    place_beside([row], ["func_bold"], PlanOptions().max_cell_bytes, "")
+    assert sorted(row.beside) == ["run-3.nii.gz", "run-4.nii.gz"]
+
+
+def test_files_url_of_each_destination(tmp_path: Path) -> None:
+    assert files_url_of("hf://datasets/org/ds") == "hf://datasets/org/ds@main"
+    assert files_url_of("hf://datasets/org/ds@v1/") == "hf://datasets/org/ds@v1"
+    assert files_url_of("s3://bucket/prefix/") == "s3://bucket/prefix"
+    assert beside_url(str(tmp_path), "sub-01/a.nii") == f"{tmp_path}/files/sub-01/a.nii"
+
+
+def test_summary_lines_one_per_row_then_grouped(bids_copy: Path) -> None:
+    _, plan = scan_and_plan(bids_copy, plan_options=PlanOptions(max_cell_bytes=30_000))
+    lines = beside_lines(plan, limit=2)
+    rows = {key for key, _, _ in plan.beside}
+    assert len(rows) > 2 and lines[0].endswith(f"in {len(rows)} row(s)")
+    assert [line.split(":")[0].strip() for line in lines[1:3]] == sorted(rows)[:2]
+    assert lines[3].startswith("  ... ") and "more file(s) in other rows" in lines[3]
+    assert len(lines) == 4  # the other rows share one reason: one line
 
 
 def _sparse(path: Path, size: int) -> None:
