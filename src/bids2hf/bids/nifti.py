@@ -401,6 +401,11 @@ def _load_beside(path: str) -> Any:
     ``nibabel.load`` (which reads only what is asked of it), a URL (``hf://``, ``s3://``) read
     whole through fsspec."""
     if "://" not in path:
+        if not os.path.isfile(path):
+            raise ValueError(
+                f"this value holds no embedded bytes, and its path {path!r} is no file (stored "
+                "beside the shards of an output that was moved? read it with bids2hf export)"
+            )
         return nib.load(path)
     import fsspec  # only for URLs: a local read imports nothing more
 
