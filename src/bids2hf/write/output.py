@@ -10,7 +10,7 @@ from bids2hf.model.inventory import Placement, SourceFile
 from bids2hf.model.manifest import ManifestEntry, dumps
 from bids2hf.model.rows import FileRef, ShardPlan
 from bids2hf.model.source import Source
-from bids2hf.model.state import DatasetFileRecord
+from bids2hf.model.state import DatasetFileRecord, ResumeState
 from bids2hf.write.output_folder import OutputFolder, atomic_file
 
 __all__ = ["copy_in", "finish_output"]
@@ -58,6 +58,16 @@ def finish_output(
         )
     for f in left_out:
         entries.append(ManifestEntry(f.relpath, f.size, Placement.LEFT_OUT.value, reason=f.reason))
+    entries += _row_entries(state, shards)
+    manifest = dumps(entries)
+    out.write_bytes(out.root / MANIFEST_PATH, manifest)
+    out.write_bytes(out.root / "README.md", card(manifest))
+    return entries
+
+
+def _row_entries(state: ResumeState, shards: Sequence[ShardPlan]) -> list[ManifestEntry]:
+    """The manifest entries of the files the shards' rows hold (or store beside [issue 11])."""
+    entries: list[ManifestEntry] = []
     for shard in shards:
         for ef in state.shards[shard.path].files:
             if ef.location is not None:  # [issue 11] stored beside: the cell points at it
@@ -88,9 +98,6 @@ def finish_output(
                     offset=ef.offset,
                 )
             )
-    manifest = dumps(entries)
-    out.write_bytes(out.root / MANIFEST_PATH, manifest)
-    out.write_bytes(out.root / "README.md", card(manifest))
     return entries
 
 
