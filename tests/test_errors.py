@@ -99,13 +99,6 @@ def footer(shard: Path) -> list[EmbeddedFile]:
     return read_footer_index(pq.ParquetFile(shard).metadata)
 
 
-def sparse(path: Path, size: int) -> None:
-    """Replace ``path`` by a sparse file of ``size`` bytes (no data blocks: no disk, no memory)."""
-    path.unlink(missing_ok=True)
-    with open(path, "wb") as f:
-        f.truncate(size)
-    if path.stat().st_blocks * 512 > 1 << 20:
-        pytest.skip(f"{path.parent} does not hold sparse files; the test would use real disk")
 
 
 # -- the BIDS folder itself ---------------------------------------------------------------------
@@ -370,32 +363,13 @@ def test_unreadable_after_planning(
     assert leftover_tmp(out) == []
 
 
-# -- files too large for one Parquet value ------------------------------------------------------
-def test_file_over_2_gib(bids_copy: Path, tmp_path: Path, cli: Cli) -> None:
-    sparse(bids_copy / T1W, 2**31 + 10)
-    out = tmp_path / "out"
-    line = refused(cli, bids_copy, out, "--check", "none", names=(T1W,))
-    assert "2 GiB" in line
-    assert "--exclude" in line
-    inspect_refuses(cli, bids_copy, "--check", "none", names=(T1W, "2 GiB"))
-    # The advice works: the file is left out and listed in the manifest.
-    converts(cli, bids_copy, out, "--check", "none", "--exclude", T1W)
-    assert [e.placement for e in manifest(out) if e.path == T1W] == ["left_out"]
-
-
-def test_row_cell_over_2_gib(bids_copy: Path, tmp_path: Path, cli: Cli) -> None:
-    """Two 1.5 GiB runs in one row's list cell exceed Arrow's limit together."""
-    sparse(bids_copy / REST_1, 3 * 2**29)
-    sparse(bids_copy / REST_2, 3 * 2**29)
-    # The message names a file of the cell (the first one, here the small naming40 run), the
-    # row and the column.
+# -- files too large for one Parquet value: stored beside the shards (tests/test_beside.py) -----
+def test_max_cell_size_out_of_range(bids_copy: Path, tmp_path: Path, cli: Cli) -> None:
+    """Over 2 GiB - 1 MiB a cell could not be written: one line naming the option and its range."""
     line = refused(
-        cli, bids_copy, tmp_path / "out", "--check", "none",
-        names=("sub-01/ses-1/func/", "sub-01_ses-1", "func_bold"),
-    )  # fmt: skip
-    assert "2 GiB" in line
-    assert "--layout scan" in line
-    inspect_refuses(cli, bids_copy, "--check", "none", names=("sub-01/ses-1/func/", "2 GiB"))
+        cli, bids_copy, tmp_path / "out", "--max-cell-size", "3GiB", names=("--max-cell-size",)
+    )
+    assert "2047MiB" in line
 
 
 # -- participants.tsv ---------------------------------------------------------------------------

@@ -81,5 +81,12 @@ def test_journal_offset_is_an_optional_seventh_element() -> None:
     state = ResumeState()
     _apply(state, old)
     assert [e.offset for e in state.shards["data/s.parquet"].files] == [None, None]
+    # [issue 11] a file stored beside the shards adds its location as an 8th element.
+    beside = EmbeddedFile("d", 3, SHA, 2, "c", 1, None, "files/d")
+    rec8 = _shard_record(ShardRecord("data/s.parquet", "cid", 10, None, (beside,)))
+    assert rec8["files"] == [["d", 3, SHA, 2, "c", 1, None, "files/d"]]
+    state = ResumeState()
+    _apply(state, json.loads(json.dumps(rec8)))
+    assert state.shards["data/s.parquet"].files == (beside,)
     with pytest.raises(ValueError):
-        _apply(ResumeState(), {**rec, "files": [[*rec["files"][0], 1]]})
+        _apply(ResumeState(), {**rec, "files": [[*rec["files"][0], "files/a", 1]]})

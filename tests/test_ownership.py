@@ -17,7 +17,7 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from bids2hf.publish.pipeline import default_staging
+from bids2hf.publish.staging import default_staging
 from bids2hf.testing.spec import SyntheticSpec
 from bids2hf.testing.synthetic import generate_bids
 from helpers import (

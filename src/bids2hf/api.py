@@ -9,6 +9,7 @@ paths are ever deleted or replaced.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -23,6 +24,7 @@ from bids2hf.bids.scan import scan
 from bids2hf.bids.source import source_of
 from bids2hf.errors import DestinationError, InputError
 from bids2hf.model.format import (
+    BESIDE_PREFIX,
     DATASET_FILES_PREFIX,
     MANIFEST_PATH,
     OWNED_PREFIXES,
@@ -33,25 +35,28 @@ from bids2hf.model.manifest import ManifestEntry
 from bids2hf.model.rows import ShardPlan
 from bids2hf.model.source import Source
 from bids2hf.model.state import ResumeState, ShardRecord
+from bids2hf.plan.beside import MAX_VALUE_BYTES, files_url_of
 from bids2hf.plan.options import PlanOptions
 from bids2hf.plan.plan import ConversionPlan, make_plan
 from bids2hf.progress import ProgressBar
+from bids2hf.publish.beside import copy_and_stage_beside
 from bids2hf.publish.compare import Classified, classify, read_remote
 from bids2hf.publish.pipeline import (
     DryRunItem,
     PublishOptions,
     RemoteRun,
-    default_staging,
     dry_run_report,
     is_remote,
     upload_folder,
 )
+from bids2hf.publish.staging import default_staging
 from bids2hf.publish.targets.base import StagedFile
 from bids2hf.publish.uploader import Publisher, PublishReport
 from bids2hf.report.card import CardInputs, render_card
 from bids2hf.report.card_facts import UserSectionError, extract_user_section, user_section
 from bids2hf.report.summaries import convert_summary
 from bids2hf.units import human_bytes
+from bids2hf.write.beside import beside_files, beside_paths, remove_stale_beside
 from bids2hf.write.engine import LocalEngine, ShardEngine, ShardJob, StagedShardResult
 from bids2hf.write.output import finish_output
 from bids2hf.write.output_folder import OutputFolder, disk_full
@@ -138,6 +143,8 @@ def scan_and_plan(
         raise InputError("--row-group-size must be between 1kB and 1GiB")
     if plan_options.max_shard_bytes < 1000:
         raise InputError("--max-shard-size must be at least 1kB")
+    if not 0 <= plan_options.max_cell_bytes <= MAX_VALUE_BYTES:
+        raise InputError("--max-cell-size must be between 0 and 2047MiB (2 GiB - 1 MiB)")
     inventory = scan(bids_dir, scan_options)
     return inventory, make_plan(inventory, plan_options)
 
@@ -250,6 +257,10 @@ def convert(
     started = time.monotonic()
     # [issue 14] Made first: Dask workers warm up (import the writer) while the driver scans.
     engine = _engine(client, workers)
+    remote_url = str(destination) if is_remote(str(destination)) else None
+    # [issue 11] cells of files stored beside the shards hold a URL under the destination
+    base = remote_url or os.path.abspath(destination)
+    plan_options = dataclasses.replace(plan_options or PlanOptions(), files_url=files_url_of(base))
     inventory, plan = scan_and_plan(bids_dir, scan_options, plan_options)
     check_problems(plan.problems, strict_privacy=strict_privacy)
     if strict and plan.left_out:
@@ -259,7 +270,6 @@ def convert(
             f"[{len(plan.left_out)} file(s) in all; `bids2hf inspect` lists them]"
         )
     workers = workers or os.cpu_count() or 1
-    remote_url = str(destination) if is_remote(str(destination)) else None
     publish = publish or PublishOptions()
     if remote_url is not None:
         staging = publish.staging or default_staging(remote_url)
@@ -374,6 +384,7 @@ def _dry_run(run: _Run) -> PublishReport:
         items.append(DryRunItem(shard.path, shard.nbytes, size, sha))
     keep = [s.path for s in plan.shards]
     keep += [DATASET_FILES_PREFIX + f.relpath for f in plan.dataset_files]
+    keep += beside_paths(plan.shards)
     keep += _LAST_PATHS
     return dry_run_report(
         run.remote_url,
@@ -411,6 +422,7 @@ class _Paths:
 
 def _paths(run: _Run, work: Classified) -> _Paths:
     dataset = [DATASET_FILES_PREFIX + f.relpath for f in run.plan.dataset_files]
+    dataset += beside_paths(run.plan.shards)  # [issue 11] files/...: copied like bids/ files
     local = [s.path for s in work.todo] + dataset + list(_LAST_PATHS)
     remote = [s.path for s in run.plan.shards] + dataset + list(_LAST_PATHS)
     return _Paths(dataset, local, remote)
@@ -443,6 +455,9 @@ def _check_space(run: _Run, work: Classified) -> None:
     else:  # at most this many shards exist locally at once
         needed = max((s.nbytes for s in todo), default=0) * (_staged_bound(run) + run.workers)
     needed += sum(f.size for f in run.plan.dataset_files)
+    beside = [f.size for f in beside_files(run.plan.shards).values()]
+    # Locally every file stored beside; when publishing, one at a time next to the shards.
+    needed += sum(beside) if run.remote is None else max(beside, default=0)
     run.out.check_space(int(needed * 1.02) + (1 << 20))
 
 
@@ -490,6 +505,7 @@ def _remove_stale(run: _Run, work: Classified) -> None:
     removed = out.remove_owned(
         [p for p in state.owned if p.startswith("data/") and p not in planned]
     )
+    remove_stale_beside(out, beside_files(plan.shards), local=run.remote is None)
     if run.remote is not None:
         return
     report.removed.extend(removed)
@@ -516,16 +532,19 @@ def _write(run: _Run, work: Classified) -> None:
         todo.remove(smallest)
         todo.insert(0, smallest)
     total = sum(s.nbytes for s in todo) + sum(f.size for f in plan.dataset_files)
+    total += sum(f.size for f in beside_files(plan.shards).values())
     nfiles = sum(
         len({r.relpath for row in s.rows for refs in row.files.values() for r in refs})
         for s in todo
     )
+    nfiles += len(beside_files(plan.shards))
     bar = ProgressBar(total, nfiles + len(plan.dataset_files), enabled=run.progress, desc="convert")
     try:
         with bar:
             entries = _write_all(run, todo, work.resubmit, bar)
         if run.remote is not None:
-            run.remote.finish(out, [s.path for s in plan.shards], entries)
+            published = [s.path for s in plan.shards] + beside_paths(plan.shards)
+            run.remote.finish(out, published, entries)
     except BaseException as exc:
         if run.remote is not None:
             run.remote.abort()
@@ -575,6 +594,8 @@ def _write_all(
         if publisher is not None:
             _submit(publisher, out, shard, result)
 
+    # [issue 11] files stored beside: copied (and uploaded) before the shards that list them
+    copy_and_stage_beside(out, run.source, plan.shards, bar.update, run.remote, publisher)
     # [issue 14] the engine writes the shards (LocalEngine: write_shards, as before)
     run.engine.run(
         ShardJob(plan.columns, plan.arrow_schema, run.source, out, bar.update, _target(run)),
@@ -717,6 +738,13 @@ def push(
     writable = out.state_dir.is_dir() and os.access(out.state_dir, os.W_OK)
     with out.locked() if writable else contextlib.nullcontext():
         files = _output_files(out)
+        if beside := [f.path for f in files if f.path.startswith(BESIDE_PREFIX)]:
+            # [issue 11] their cells hold this folder's absolute paths, written into the shards
+            raise InputError(
+                f"{out.root}: holds {len(beside)} file(s) stored beside the shards ({beside[0]}, "
+                f"...), whose cells point into this folder; convert straight to the destination "
+                f"instead: bids2hf convert BIDS_DIR {url}"
+            )
         return upload_folder(
             files,
             url,

@@ -396,6 +396,23 @@ def _check_header(
     return header, cifti_xml
 
 
+def _load_beside(path: str) -> Any:
+    """A file stored beside the shards, by the path its cell holds: a local path is opened by
+    ``nibabel.load`` (which reads only what is asked of it), a URL (``hf://``, ``s3://``) read
+    whole through fsspec."""
+    if "://" not in path:
+        if not os.path.isfile(path):
+            raise ValueError(
+                f"this value holds no embedded bytes, and its path {path!r} is no file (stored "
+                "beside the shards of an output that was moved? read it with bids2hf export)"
+            )
+        return nib.load(path)
+    import fsspec  # only for URLs: a local read imports nothing more
+
+    with fsspec.open(path, "rb") as f:
+        return load_nifti(f.read())
+
+
 def load_nifti(value: Any) -> Any:
     """Open an embedded NIfTI-1, NIfTI-2 or CIFTI-2 image with nibabel.
 
@@ -410,7 +427,8 @@ def load_nifti(value: Any) -> Any:
     ``Cifti2Image`` for NIfTI-2 files with a CIFTI-2 intent code and extension (for embedded
     bytes also when gzip-compressed, which ``nibabel.load`` opens as plain NIfTI-2). A local path
     is opened with ``nibabel.load`` itself; a value that is already a nibabel image (a column
-    that ``datasets`` decoded) is returned as it is.
+    that ``datasets`` decoded) is returned as it is. A value without bytes (a file stored beside
+    the shards) is opened from its ``path``: a local path, or a URL read through fsspec.
 
     Args:
         value: a ``{"bytes": ..., "path": ...}`` dict as stored, raw bytes, a local path, or a
@@ -426,6 +444,9 @@ def load_nifti(value: Any) -> Any:
     if isinstance(value, (str, os.PathLike)):
         return nib.load(os.fspath(value))
     data = value.get("bytes") if isinstance(value, Mapping) else value
+    if data is None and isinstance(value, Mapping) and isinstance(value.get("path"), str):
+        # [issue 11] a file stored beside the shards: the cell holds its location only
+        return _load_beside(value["path"])
     if data is None:
         raise ValueError("this value holds no embedded bytes")
     data = bytes(data)

@@ -153,6 +153,14 @@ def input_options(func: F) -> F:
             show_default=True,
             help="Row group size (memory per worker).",
         ),
+        click.option(
+            "--max-cell-size",
+            type=SIZE,
+            default="2047MiB",
+            show_default=True,
+            help="Most bytes of files one row embeds in one column; files beyond it (and any "
+            "file over 2047MiB) are stored beside the shards in files/.",
+        ),
         click.option("--split", default="train", show_default=True, help="Split name of the rows."),
     ]
     return _stack(func, options)
@@ -244,6 +252,7 @@ def _options(kw: dict[str, Any]) -> tuple[ScanOptions, PlanOptions]:
         layout=kw.pop("layout"),
         max_shard_bytes=kw.pop("max_shard_size"),
         row_group_bytes=kw.pop("row_group_size"),
+        max_cell_bytes=kw.pop("max_cell_size"),
         split=kw.pop("split"),
         config=config,
     )

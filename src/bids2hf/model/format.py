@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pyarrow.parquet as pq
 
 __all__ = [
-    "CHECKSUMS_PATH", "DATASET_FILES_PREFIX", "FOOTER_KEY", "JOURNAL_NAME", "LEGACY_NAME",
+    "BESIDE_PREFIX", "CHECKSUMS_PATH", "DATASET_FILES_PREFIX", "FOOTER_KEY", "JOURNAL_NAME",
+    "LEGACY_NAME",
     "LOCK_NAME", "MANIFEST_PATH", "OWNED_PREFIXES", "STATE_DIR", "USER_END", "USER_START",
     "VCS_DIRS", "EmbeddedFile",
-    "read_footer_index", "sha256_file",
+    "read_footer_index", "sha256_file", "write_chunk",
 ]
 
 MANIFEST_PATH = "bids2hf/manifest.jsonl"
@@ -26,6 +28,9 @@ MANIFEST_PATH = "bids2hf/manifest.jsonl"
 USER_START = "<!-- bids2hf:user-section:start -->"
 USER_END = "<!-- bids2hf:user-section:end -->"
 DATASET_FILES_PREFIX = "bids/"
+#: Files too large for a Parquet value (or for their cell's list) are stored verbatim at
+#: ``files/<BIDS path>`` beside the shards; their cell holds ``{"bytes": None, "path": URL}``.
+BESIDE_PREFIX = "files/"
 
 JOURNAL_NAME = "state.jsonl"
 LEGACY_NAME = "state.json"  # written by bids2hf up to 0.x: migrated on the first write
@@ -50,6 +55,9 @@ class EmbeddedFile:
     #: Byte position in the shard of the file's first byte, for files stored verbatim (an
     #: uncompressed PLAIN chunk): the file is ``[offset, offset + size)``. None otherwise.
     offset: int | None = None
+    #: For a file stored beside the shards: its path in the output (``files/<path>``). The
+    #: cell then holds no bytes, only a URL: bids2hf's readers use this path instead.
+    location: str | None = None
 
     @property
     def key(self) -> tuple[str, int, int]:
@@ -57,13 +65,14 @@ class EmbeddedFile:
         return (self.column, self.row, self.index)
 
     def record(self) -> dict[str, Any]:
-        """The footer index entry: the fields in order, ``offset`` only when there is one.
+        """The footer index entry: the fields in order, ``offset``/``location`` only when set.
 
-        Leaving out a None offset keeps footers written without offsets byte-identical.
+        Leaving out None keeps footers written without them byte-identical.
         """
         d = dict(self.__dict__)
-        if d["offset"] is None:
-            del d["offset"]
+        for key in ("offset", "location"):
+            if d[key] is None:
+                del d[key]
         return d
 
     @classmethod
@@ -94,6 +103,27 @@ def sha256_file(
     return sha.hexdigest()
 
 
+#: A block of zeros that :func:`write_chunk` leaves as a hole (the copy's 8 MiB chunks).
+_HOLE = 8 << 20
+_zeros: bytes | None = None
+
+
+def write_chunk(f: BinaryIO, chunk: bytes | memoryview) -> int:
+    """Write ``chunk`` to ``f``; return its length. A whole 8 MiB chunk of zeros becomes a hole
+    (a seek): a sparse source (a multi-GB file with unwritten regions) stays sparse when copied,
+    costing no disk. The caller must ``f.truncate()`` after the last chunk (a trailing hole)."""
+    global _zeros
+    n = len(chunk)
+    if n == _HOLE and isinstance(chunk, bytes):
+        if _zeros is None:
+            _zeros = bytes(_HOLE)  # calloc'd: untouched pages cost no memory
+        if chunk == _zeros:  # memcmp: stops at the first byte that is not zero
+            f.seek(n, os.SEEK_CUR)
+            return n
+    f.write(chunk)
+    return n
+
+
 def read_footer_index(metadata: pq.FileMetaData) -> list[EmbeddedFile]:
     """The embedded-file index a shard carries in its footer (empty for foreign files).
 
@@ -115,7 +145,7 @@ LOCK_NAME = "lock"
 
 #: Remote folders bids2hf writes. A file there that the new output lacks is deleted only if a
 #: bids2hf run recorded writing it (see :func:`recorded_paths`); others are kept.
-OWNED_PREFIXES = ("data/", DATASET_FILES_PREFIX, "bids2hf/")
+OWNED_PREFIXES = ("data/", DATASET_FILES_PREFIX, "bids2hf/", BESIDE_PREFIX)
 
 
 # -- fsspec file systems (s3://, gs://, file://, ...) -----------------------------------------

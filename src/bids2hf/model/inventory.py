@@ -25,6 +25,7 @@ class Placement(str, enum.Enum):
     """Where a source file goes in the output."""
 
     ROW = "row"  # embedded in a row of a Parquet shard
+    BESIDE = "beside"  # a row's file stored beside the shards, at ``files/<path>`` (too large)
     DATASET_FILE = "dataset_file"  # copied verbatim under ``bids/`` in the output
     LEFT_OUT = "left_out"  # not in the output; ``reason`` says why
 

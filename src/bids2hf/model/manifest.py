@@ -20,6 +20,8 @@ class ManifestEntry:
     ``placement`` is ``row`` (``location`` is the shard, ``column``/``row``/``index`` say where),
     ``dataset_file`` (``location`` is its path in the output) or ``left_out`` (``reason``).
     ``offset`` is where a row file's bytes start in its shard, when it is stored verbatim.
+    ``beside``: a row's file too large for its cell, stored at ``location`` (``files/<path>``);
+    ``shard``/``column``/``row``/``index`` say which cell points at it.
     """
 
     path: str
@@ -32,6 +34,7 @@ class ManifestEntry:
     index: int | None = None
     reason: str | None = None
     offset: int | None = None
+    shard: str | None = None
 
 
 #: Fields this version knows; a manifest from a newer bids2hf may carry more, which are ignored.

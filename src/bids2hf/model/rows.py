@@ -53,10 +53,20 @@ class RowPlan:
     key: str
     values: dict[str, Any]
     files: dict[str, list[FileRef]] = field(default_factory=dict)
+    #: Files of this row stored beside the shards (too large for their cell): relpath → the
+    #: URL the cell's ``path`` holds. Set by the planner; their bytes are not in the shard.
+    beside: dict[str, str] = field(default_factory=dict)
+    #: Why each file is beside (relpath → reason), for ``inspect`` and the summary.
+    beside_reasons: dict[str, str] = field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:
-        embedded = {f.relpath: f.size for refs in self.files.values() for f in refs}
+        embedded = {
+            f.relpath: f.size
+            for refs in self.files.values()
+            for f in refs
+            if f.relpath not in self.beside
+        }
         # Rows without files still cost something; count their metadata so planning stays sane.
         return sum(embedded.values()) + 256 + len(json.dumps(self.values, default=str))
 
@@ -70,3 +80,17 @@ class ShardPlan:
     row_groups: list[int]  # rows per row group, in order
     content_id: str  # changes whenever any input of this shard changes
     nbytes: int  # embedded bytes (source file sizes)
+    #: sha256 of the files of these rows stored beside (relpath → sha256). Not planned: filled
+    #: by the run once it has copied them, before the shard is written (its cells list them).
+    beside_sha256: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def beside(self) -> dict[str, FileRef]:
+        """The files of this shard's rows stored beside the shards, by relpath."""
+        return {
+            ref.relpath: ref
+            for row in self.rows
+            for refs in row.files.values()
+            for ref in refs
+            if ref.relpath in row.beside
+        }

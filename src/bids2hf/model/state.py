@@ -68,6 +68,8 @@ class ResumeState:
     complete: bool = False
     shards: dict[str, ShardRecord] = field(default_factory=dict)
     dataset_files: dict[str, DatasetFileRecord] = field(default_factory=dict)
+    #: Files copied beside the shards (``files/<relpath>``), by relpath (same record fields).
+    beside: dict[str, DatasetFileRecord] = field(default_factory=dict)
     owned: set[str] = field(default_factory=set)
     remote_owned: set[str] = field(default_factory=set)
 
@@ -76,9 +78,11 @@ class ResumeState:
 def _shard_record(rec: ShardRecord) -> dict[str, Any]:
     # Embedded files as arrays, not objects: they are most of the journal's bytes.
     # The offset is a 7th element only when known: older journals have 6, and still load.
+    # A file stored beside the shards adds its location as an 8th element (offset None).
     files = [
         [e.path, e.size, e.sha256, e.row, e.column, e.index]
-        + ([] if e.offset is None else [e.offset])
+        + ([] if e.offset is None and e.location is None else [e.offset])
+        + ([] if e.location is None else [e.location])
         for e in rec.files
     ]
     return {
@@ -91,9 +95,10 @@ def _shard_record(rec: ShardRecord) -> dict[str, Any]:
     }
 
 
-def _dataset_file_record(rec: DatasetFileRecord) -> dict[str, Any]:
+def _dataset_file_record(rec: DatasetFileRecord, op: str = "dataset_file") -> dict[str, Any]:
+    """The journal record of a dataset-level file (``op="beside_file"``: a file stored beside)."""
     record = {
-        "op": "dataset_file",
+        "op": op,
         "relpath": rec.relpath,
         "size": rec.size,
         "mtime_ns": rec.mtime_ns,
@@ -105,12 +110,14 @@ def _dataset_file_record(rec: DatasetFileRecord) -> dict[str, Any]:
 
 
 def _embedded(f: list[Any]) -> EmbeddedFile:
-    """[path, size, sha256, row, column, index] and, when recorded, the offset as a 7th element."""
+    """[path, size, sha256, row, column, index], then when recorded the offset as a 7th element
+    and the location of a file stored beside the shards as an 8th."""
     p, s, h, row, c, i, *rest = f
-    if len(rest) > 1:
+    if len(rest) > 2:
         raise ValueError(f"embedded file record of {len(f)} elements")
     offset = int(rest[0]) if rest and rest[0] is not None else None
-    return EmbeddedFile(str(p), int(s), str(h), int(row), str(c), int(i), offset)
+    location = str(rest[1]) if len(rest) > 1 and rest[1] is not None else None
+    return EmbeddedFile(str(p), int(s), str(h), int(row), str(c), int(i), offset, location)
 
 
 def _apply(state: ResumeState, r: dict[str, Any]) -> None:
@@ -148,6 +155,17 @@ def _apply(state: ResumeState, r: dict[str, Any]) -> None:
     elif op == "drop_dataset_files":
         for relpath in r["relpaths"]:
             state.dataset_files.pop(relpath, None)
+    elif op == "beside_file":
+        state.beside[r["relpath"]] = DatasetFileRecord(
+            str(r["relpath"]),
+            int(r["size"]),
+            int(r["mtime_ns"]),
+            str(r["sha256"]),
+            str(r.get("version", "")),
+        )
+    elif op == "drop_beside_files":
+        for relpath in r["relpaths"]:
+            state.beside.pop(relpath, None)
     elif op == "own":
         state.owned.update(map(str, r["paths"]))
     elif op == "disown":
@@ -176,6 +194,8 @@ def _snapshot(state: ResumeState) -> Iterator[dict[str, Any]]:
         yield _shard_record(state.shards[path])
     for relpath in sorted(state.dataset_files):
         yield _dataset_file_record(state.dataset_files[relpath])
+    for relpath in sorted(state.beside):
+        yield _dataset_file_record(state.beside[relpath], "beside_file")
     if state.owned:
         yield {"op": "own", "paths": sorted(state.owned)}
     if state.remote_owned:

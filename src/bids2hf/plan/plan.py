@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from bids2hf.model.inventory import Inventory, Placement, Problem, Severity, SourceFile
 from bids2hf.model.rows import ColumnSpec, Role, ShardPlan
+from bids2hf.plan.beside import MAX_VALUE_BYTES, place_beside
 from bids2hf.plan.builder import KindSummary, RowBuilder, kind_sort
 from bids2hf.plan.features import Features
 from bids2hf.plan.layouts.scan import ScanLayout
@@ -24,8 +25,8 @@ from bids2hf.plan.shards import plan_shards
 
 __all__ = ["MAX_BINARY_BYTES", "ConversionPlan", "make_plan"]
 
-#: Largest value one Arrow/Parquet binary cell can hold (int32 offsets).
-MAX_BINARY_BYTES = 2**31 - 1
+#: Largest file one Arrow/Parquet binary cell holds (larger ones are stored beside the shards).
+MAX_BINARY_BYTES = MAX_VALUE_BYTES
 
 
 @dataclass
@@ -53,9 +54,27 @@ class ConversionPlan:
     @property
     def embedded_files(self) -> int:
         return sum(
-            len({f.relpath for row in s.rows for refs in row.files.values() for f in refs})
+            len(
+                {
+                    f.relpath
+                    for row in s.rows
+                    for refs in row.files.values()
+                    for f in refs
+                    if f.relpath not in row.beside
+                }
+            )
             for s in self.shards
         )
+
+    @property
+    def beside(self) -> list[tuple[str, str, str]]:
+        """Files stored beside the shards: (row key, relpath, reason), in row order."""
+        return [
+            (row.key, relpath, reason)
+            for s in self.shards
+            for row in s.rows
+            for relpath, reason in row.beside_reasons.items()
+        ]
 
     @property
     def arrow_schema(self) -> pa.Schema:
@@ -76,31 +95,8 @@ def make_plan(inventory: Inventory, options: PlanOptions | None = None) -> Conve
     features = Features({c.name: c.feature for c in columns})
     problems = list(inventory.problems) + builder.problems
     file_columns = [c.name for c in columns if c.role is Role.FILE]
-    for row in rows:
-        for col in file_columns:
-            refs = row.files.get(col, [])
-            for ref in refs:
-                if ref.size > MAX_BINARY_BYTES:
-                    problems.append(
-                        Problem(
-                            Severity.ERROR,
-                            "too-large",
-                            ref.relpath,
-                            f"{ref.size / 2**30:.2f} GiB: one Parquet/Arrow binary value holds at most 2 GiB",
-                            "leave it out with --exclude (it is then listed in the manifest), or split it",
-                        )
-                    )
-            total = sum(r.size for r in refs)
-            if total > MAX_BINARY_BYTES and all(r.size <= MAX_BINARY_BYTES for r in refs):
-                problems.append(
-                    Problem(
-                        Severity.ERROR,
-                        "row-too-large",
-                        max(refs, key=lambda r: r.size).relpath,
-                        f"row {row.key}: column {col} holds {total / 2**30:.2f} GiB, over Arrow's 2 GiB per cell list",
-                        "use --layout scan (one row per image)",
-                    )
-                )
+    # Files too large for their cell are stored beside the shards, never refused.
+    place_beside(rows, file_columns, options.max_cell_bytes, options.files_url)
     shards = plan_shards(
         rows,
         schema_id=_schema_id(features),

@@ -60,6 +60,8 @@ def _content_id(schema_id: str, rows: Sequence[RowPlan], groups: Sequence[int]) 
                 # [issue 15] the version only when set (remote): local ids stay as they were.
                 version = f"\0{ref.version}" if ref.version else ""
                 h.update(f"{col}\0{ref.relpath}\0{ref.size}\0{ref.mtime_ns}{version}\n".encode())
+        if row.beside:  # the cells' URLs are in the shard (only then: other ids stay as they were)
+            h.update(json.dumps(row.beside, sort_keys=True).encode())
     return h.hexdigest()
 
 

@@ -10,16 +10,13 @@ describes once the run ends.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import logging
 import os
-import re
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bids2hf.model.format import DATASET_FILES_PREFIX, MANIFEST_PATH, sha256_file
+from bids2hf.model.format import BESIDE_PREFIX, MANIFEST_PATH, sha256_file
 from bids2hf.model.manifest import ManifestEntry
 from bids2hf.model.state import ResumeState
 from bids2hf.progress import ProgressBar
@@ -36,6 +33,7 @@ from bids2hf.publish.compare import (
     stale_paths,
     verify_remote,
 )
+from bids2hf.publish.staging import empty_staging
 from bids2hf.publish.targets.base import RemoteFile, StagedFile, Target
 from bids2hf.publish.targets.fsspec import FsspecTarget
 from bids2hf.publish.targets.hub import HubTarget
@@ -47,7 +45,6 @@ __all__ = [
     "DryRunItem",
     "PublishOptions",
     "RemoteRun",
-    "default_staging",
     "dry_run_report",
     "final_files",
     "is_remote",
@@ -222,7 +219,8 @@ class RemoteRun:
         self, out: OutputFolder, shard_paths: Collection[str], entries: Sequence[ManifestEntry]
     ) -> None:
         """Last commit (dataset files, manifest, card, deletions), then verify the remote and
-        empty the staging folder of everything but its resume state.
+        empty the staging folder of everything but its resume state. ``shard_paths`` lists the
+        files uploaded before (shards, and files stored beside them): kept and verified.
 
         Raises :class:`~bids2hf.errors.VerificationError` if the remote differs from what was
         written, and the target's errors for a failed upload or commit.
@@ -244,32 +242,15 @@ class RemoteRun:
         out.store.record_published_card(self.url, self.card | card)
         self._publisher.finish(final, deletions, FINAL_MESSAGE)
         out.store.remote_disown(deletions)
-        shards = out.store.state.shards
-        expected = {p: (shards[p].size, shards[p].sha256 or "") for p in shard_paths}
+        shards, beside = out.store.state.shards, out.store.state.beside
+        expected = {p: (shards[p].size, shards[p].sha256 or "") for p in shard_paths if p in shards}
+        for p in shard_paths:  # [issue 11] files stored beside, recorded when copied
+            if (rec := beside.get(p.removeprefix(BESIDE_PREFIX))) and p.startswith(BESIDE_PREFIX):
+                expected[p] = (rec.size, rec.sha256)
         expected.update({f.path: (f.size, f.checksum()) for f in final})
         verify_remote(self.target, expected, {f.path: f.local for f in final}, self.owned)
         out.store.record_published_card(self.url, card)
-        # The staging folder keeps only the resume state.
-        out.remove_owned(
-            [p for p in out.owned if p.startswith(("data/", DATASET_FILES_PREFIX, "bids2hf/"))]
-            + ["README.md"]
-        )
-        for name in ("data", "bids", "bids2hf"):
-            with contextlib.suppress(OSError):  # not empty: holds files bids2hf did not write
-                (out.root / name).rmdir()
-
-
-def default_staging(url: str) -> Path:
-    """Per-destination staging folder that survives interruptions (it holds the resume state).
-
-    Its name is the URL made safe for a file name, plus a digest of the URL itself: making it
-    safe maps several URLs to one name (``org/a_b`` and ``org_a/b``), the digest does not.
-    """
-    base = Path(os.environ.get("BIDS2HF_CACHE", Path.home() / ".cache" / "bids2hf"))
-    canonical = url.rstrip("/")
-    slug = re.sub(r"[^0-9A-Za-z_.@-]+", "_", canonical).strip("_")[:80]
-    digest = hashlib.sha256(canonical.encode()).hexdigest()[:16]
-    return base / "staging" / f"{slug}-{digest}"
+        empty_staging(out)
 
 
 def final_files(

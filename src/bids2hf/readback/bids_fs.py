@@ -306,7 +306,8 @@ class BidsHfFileSystem(fsspec.AbstractFileSystem):
                     continue
                 r = json.loads(line)
                 placement = r.get("placement")
-                if placement == "dataset_file":
+                # [issue 11] a file stored beside the shards is read like a dataset-level file
+                if placement in ("dataset_file", "beside"):
                     out.append(_Entry(r["path"], int(r["size"]), r.get("sha256"), r["location"], 0))
                 elif placement == "row":
                     offset = r.get("offset")
@@ -343,6 +344,9 @@ class BidsHfFileSystem(fsspec.AbstractFileSystem):
             self._sizes[shard] = int(info["size"])
             for e in self._footer(shard).index:
                 offset = e.get("offset")
+                if e.get("location") is not None:  # [issue 11] stored beside the shards
+                    out.append(_Entry(e["path"], int(e["size"]), e.get("sha256"), e["location"], 0))
+                    continue
                 out.append(
                     _Entry(
                         e["path"],

@@ -43,7 +43,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bids2hf.errors import DestinationError, InputError, VerificationError
-from bids2hf.model.format import DATASET_FILES_PREFIX, MANIFEST_PATH, EmbeddedFile
+from bids2hf.model.format import (
+    BESIDE_PREFIX,
+    DATASET_FILES_PREFIX,
+    MANIFEST_PATH,
+    EmbeddedFile,
+    write_chunk,
+)
 from bids2hf.model.manifest import ManifestEntry
 from bids2hf.progress import ProgressBar
 from bids2hf.readback.published import PublishedDataset, open_dataset, safe_relpath
@@ -178,6 +184,10 @@ def _read_shards(
 
 
 def _from_footer(shard: str, e: EmbeddedFile) -> ManifestEntry:
+    if e.location is not None:  # [issue 11] stored beside the shards
+        return ManifestEntry(
+            e.path, e.size, "beside", e.sha256, e.location, e.column, e.row, e.index, shard=shard
+        )
     return ManifestEntry(
         e.path, e.size, "row", e.sha256, shard, e.column, e.row, e.index, offset=e.offset
     )
@@ -210,6 +220,9 @@ def _entries(
         if e.placement == "dataset_file":
             assert e.location is not None
             in_bids.add(e.location)
+        elif e.placement == "beside":  # [issue 11]
+            _check_beside(dataset, shards, e)
+            in_rows.add((e.shard or "", _slot(e)))
         elif e.placement == "row":
             assert e.location is not None
             in_rows.add((e.location, _slot(e)))
@@ -244,6 +257,29 @@ def _entries(
         MANIFEST_PATH,
     )
     return entries, extra, False
+
+
+def _check_beside(dataset: PublishedDataset, shards: dict[str, _Shard], e: ManifestEntry) -> None:
+    """[issue 11] The shard whose cell points at a file stored beside agrees with the manifest.
+
+    Raises:
+        InputError: its index says otherwise (a damaged or crafted index).
+    """
+    shard = shards.get(e.shard or "")
+    if shard is None or not shard.index:
+        return  # the file itself is read from files/, checked against its sha256
+    found = shard.index.get(_slot(e))
+    if found is None or (found.path, found.size, found.sha256, found.location) != (
+        e.path,
+        e.size,
+        e.sha256,
+        e.location,
+    ):
+        raise InputError(
+            f"{dataset.url}/{MANIFEST_PATH}: stores {e.path!r} beside the shards at "
+            f"{e.location!r} for row {e.row}, column {e.column}, index {e.index} of {e.shard}, "
+            f"where that shard's own index disagrees; {_REFUSED}"
+        )
 
 
 def _warn_unlisted(
@@ -423,9 +459,10 @@ class _Target:
             with open(fd, "wb") as f:
                 for chunk in chunks:
                     sha.update(chunk)
-                    size += f.write(chunk)
+                    size += write_chunk(f, chunk)  # a hole stays a hole [issue 11]
                     if size > self.entry.size:
                         break  # already wrong: do not fill the disk with a crafted stream
+                f.truncate()  # the size, if it ends with a hole
                 f.flush()
                 os.fsync(f.fileno())
             if size != self.entry.size or (
@@ -540,6 +577,7 @@ def _choose(
     manifest = dataset.manifest()
     shards = _read_shards(dataset, manifest)
     bids_files = dataset.files(DATASET_FILES_PREFIX.rstrip("/"))
+    beside_files = dataset.files(BESIDE_PREFIX.rstrip("/"))  # [issue 11]
     entries, extra, listed = _entries(dataset, manifest, shards, bids_files)
     chosen: dict[str, ManifestEntry] = {}
     for e in entries:
@@ -572,8 +610,8 @@ def _choose(
     by_shard: dict[str, list[ManifestEntry]] = defaultdict(list)
     for e in chosen.values():
         assert e.location is not None
-        if e.placement == "dataset_file":
-            size = bids_files.get(e.location)
+        if e.placement in ("dataset_file", "beside"):
+            size = (bids_files if e.placement == "dataset_file" else beside_files).get(e.location)
             if size is None:
                 raise _missing(dataset, e.location)
             if size != e.size:
@@ -666,7 +704,7 @@ def _write_chosen(
 ) -> None:
     """Write the dataset-level files, then the embedded files shard by shard."""
     for e in chosen.values():
-        if e.placement == "dataset_file":
+        if e.placement in ("dataset_file", "beside"):  # [issue 11] beside: a copy of files/
             assert e.location is not None
             with _open(dataset, e.location) as f:
                 report.bytes += _Target(out, tmp, e).write(_chunks(f))

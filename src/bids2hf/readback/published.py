@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from bids2hf.errors import InputError, VerificationError, one_line
 from bids2hf.model.format import (
+    BESIDE_PREFIX,
     DATASET_FILES_PREFIX,
     FOOTER_KEY,
     MANIFEST_PATH,
@@ -40,7 +41,7 @@ __all__ = [
     "parse_manifest", "safe_relpath",
 ]
 
-PLACEMENTS = ("row", "dataset_file", "left_out")
+PLACEMENTS = ("row", "dataset_file", "left_out", "beside")
 #: Largest size, row or index accepted (a signed 64-bit count, as in Parquet and the OS).
 _MAX = 2**63 - 1
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -126,6 +127,8 @@ def check_entry(e: ManifestEntry, where: str) -> ManifestEntry:
                 f"{e.path!r} is stored at {e.location!r}, not {DATASET_FILES_PREFIX + e.path!r}",
             )
         return e
+    if e.placement == "beside":
+        _check_beside(e, where)
     if not isinstance(e.column, str) or not e.column:
         raise _refuse(where, f"column {_show.repr(e.column)} of {e.path!r} is no column name")
     if not _is_int(e.row):
@@ -135,6 +138,17 @@ def check_entry(e: ManifestEntry, where: str) -> ManifestEntry:
     if e.offset is not None and not _is_int(e.offset):
         raise _refuse(where, f"offset {_show.repr(e.offset)} of {e.path!r} is no byte position")
     return e
+
+
+def _check_beside(e: ManifestEntry, where: str) -> None:
+    """[issue 11] A file stored beside the shards: at ``files/<path>``, its cell in ``shard``."""
+    if e.location != BESIDE_PREFIX + e.path:
+        raise _refuse(
+            where, f"{e.path!r} is stored at {e.location!r}, not {BESIDE_PREFIX + e.path!r}"
+        )
+    if not isinstance(e.shard, str):
+        raise _refuse(where, f"shard {_show.repr(e.shard)} of {e.path!r} is no path")
+    safe_relpath(e.shard, where)
 
 
 def parse_manifest(data: bytes, where: str = MANIFEST_PATH) -> list[ManifestEntry]:
@@ -170,13 +184,17 @@ def parse_manifest(data: bytes, where: str = MANIFEST_PATH) -> list[ManifestEntr
 
 def check_embedded(e: EmbeddedFile, where: str) -> EmbeddedFile:
     """``e`` (an entry of a shard's footer index) if its types, ranges and path are sound."""
-    check_entry(
-        ManifestEntry(
+    if e.location is None:
+        stored = ManifestEntry(
             e.path, e.size, "row", e.sha256, "data/shard", e.column, e.row, e.index,
             offset=e.offset,
-        ),
-        where,
-    )
+        )  # fmt: skip
+    else:  # [issue 11] stored beside the shards
+        stored = ManifestEntry(
+            e.path, e.size, "beside", e.sha256, e.location, e.column, e.row, e.index,
+            shard="data/shard",
+        )  # fmt: skip
+    check_entry(stored, where)
     if e.index is None:  # the writer always records -1 for single-valued columns
         raise _refuse(where, f"index of {e.path!r} is missing")
     return e
@@ -305,6 +323,7 @@ class PublishedDataset:
         present = self.shards()
         if manifest is not None:
             referenced = {e.location for e in manifest if e.placement == "row"}
+            referenced |= {e.shard for e in manifest if e.placement == "beside"}  # [issue 11]
             return {shard: self.footer(shard) for shard in present if shard in referenced}
         found: dict[str, Footer] = {}
         for shard in present:

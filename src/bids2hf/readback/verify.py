@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from bids2hf.bids.source import open_source, sha256_of
 from bids2hf.bids.walk import Walked, not_followed_problem
 from bids2hf.errors import InputError
-from bids2hf.model.format import DATASET_FILES_PREFIX, sha256_file
+from bids2hf.model.format import BESIDE_PREFIX, DATASET_FILES_PREFIX, sha256_file
 from bids2hf.model.manifest import ManifestEntry
 from bids2hf.model.source import Source
 from bids2hf.progress import ProgressBar
@@ -117,16 +117,20 @@ def verify(
     # references are read (data/ may hold foreign files and stale copies), and only the files it
     # lists count.
     listed = None if manifest is None else {(e.location, e.path) for e in manifest}
+    if listed is not None:  # [issue 11] files stored beside: their cell is in e.shard
+        listed |= {(e.shard, e.path) for e in manifest or [] if e.placement == "beside"}
     for shard, files in dataset.embedded(manifest).items():
         for ef in files:
             if listed is not None and (shard, ef.path) not in listed:
                 continue
+            where, placement = (shard, "row") if ef.location is None else (ef.location, "beside")
             published.setdefault(
                 ef.path,
                 ManifestEntry(
-                    ef.path, ef.size, "row", ef.sha256, shard, ef.column, ef.row, ef.index
+                    ef.path, ef.size, placement, ef.sha256, where, ef.column, ef.row, ef.index
                 ),
             )
+    beside = dataset.files(BESIDE_PREFIX.rstrip("/"))  # [issue 11] one listing
     stored = dataset.listing(DATASET_FILES_PREFIX.rstrip("/"))
     for e in list(published.values()):
         if e.placement == "dataset_file" and e.location not in stored:
@@ -144,7 +148,13 @@ def verify(
                     )
                 continue
             report.checked += 1
-            if w.broken or w.unreadable:
+            if entry.placement == "beside" and beside.get(entry.location or "") != entry.size:
+                found = beside.get(entry.location or "")
+                what = "missing" if found is None else f"{found} bytes, {entry.size} recorded"
+                report.differences.append(
+                    Difference(rel, "changed", f"published copy {entry.location}: {what}")
+                )
+            elif w.broken or w.unreadable:
                 what = "broken symlink" if w.broken else "permission denied"
                 report.differences.append(Difference(rel, "changed", f"cannot be read ({what})"))
             elif w.size != entry.size:

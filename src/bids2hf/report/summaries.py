@@ -9,7 +9,14 @@ from bids2hf.model.inventory import Inventory, Problem, Severity
 from bids2hf.plan.plan import ConversionPlan
 from bids2hf.units import human_bytes
 
-__all__ = ["convert_summary", "inspect_text", "kinds_table", "left_out_lines", "problem_lines"]
+__all__ = [
+    "beside_lines",
+    "convert_summary",
+    "inspect_text",
+    "kinds_table",
+    "left_out_lines",
+    "problem_lines",
+]
 
 
 def _table(rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> list[str]:
@@ -46,6 +53,31 @@ def left_out_lines(plan: ConversionPlan, limit: int = 10) -> list[str]:
     return lines
 
 
+def beside_lines(plan: ConversionPlan, limit: int = 10) -> list[str]:
+    """[issue 11] Which rows have files stored beside the shards, and why: one line per row
+    (the first ``limit`` rows), then the other rows grouped by reason."""
+    beside = plan.beside
+    if not beside:
+        return []
+    sizes = {ref.relpath: ref.size for s in plan.shards for ref in s.beside.values()}
+    by_row: dict[str, list[tuple[str, str]]] = {}
+    for key, relpath, reason in beside:
+        by_row.setdefault(key, []).append((relpath, reason))
+    total = sum(sizes.get(r, 0) for _, r, _ in beside)
+    lines = [
+        f"stored beside the shards (files/, the cell holds its URL): {len(beside)} file(s), "
+        f"{human_bytes(total)}, in {len(by_row)} row(s)"
+    ]
+    rows = list(by_row.items())
+    for key, files in rows[:limit]:
+        reasons = "; ".join(sorted({reason for _, reason in files}))
+        lines.append(f"  {key}: {len(files)} file(s), {reasons}")
+    rest = Counter(reason for _, files in rows[limit:] for _, reason in files)
+    for reason, n in rest.most_common():
+        lines.append(f"  ... {n} more file(s) in other rows: {reason}")
+    return lines
+
+
 def problem_lines(problems: Sequence[Problem], limit: int = 20) -> list[str]:
     if not problems:
         return ["problems: none"]
@@ -70,6 +102,7 @@ def inspect_text(inventory: Inventory, plan: ConversionPlan, all_problems: bool 
         f"{plan.embedded_files} embedded files, {human_bytes(plan.embedded_bytes)}",
         f"dataset-level files: {len(plan.dataset_files)} (stored verbatim under bids/)",
         *left_out_lines(plan),
+        *beside_lines(plan),
         "",
         *kinds_table(plan),
         "",
@@ -105,6 +138,7 @@ def convert_summary(
         *kinds_table(plan),
         "",
         *left_out_lines(plan),
+        *beside_lines(plan),
     ]
     if warnings:
         lines += ["", *problem_lines(warnings, limit=10)]

@@ -10,10 +10,10 @@ from bids2hf.model.inventory import Placement, SourceFile
 from bids2hf.model.manifest import ManifestEntry, dumps
 from bids2hf.model.rows import FileRef, ShardPlan
 from bids2hf.model.source import Source
-from bids2hf.model.state import DatasetFileRecord
+from bids2hf.model.state import DatasetFileRecord, ResumeState
 from bids2hf.write.output_folder import OutputFolder, atomic_file
 
-__all__ = ["finish_output"]
+__all__ = ["copy_in", "finish_output"]
 
 
 def finish_output(
@@ -48,7 +48,8 @@ def finish_output(
         rec = state.dataset_files.get(f.relpath)
         dest = out.root / rel
         if not (rec and _same_file(rec, f) and dest.is_file()):  # [issue 15] _same_file
-            sha = _copy_in(out, source, f, rel, lambda n: progress(n, 0))
+            ref = FileRef(f.relpath, f.size, f.mtime_ns, f.version)
+            sha = copy_in(out, source, ref, rel, lambda n: progress(n, 0))
             rec = DatasetFileRecord(f.relpath, f.size, f.mtime_ns, sha, f.version)
             store.put_dataset_file(rec)
         progress(0, 1)
@@ -57,8 +58,33 @@ def finish_output(
         )
     for f in left_out:
         entries.append(ManifestEntry(f.relpath, f.size, Placement.LEFT_OUT.value, reason=f.reason))
+    entries += _row_entries(state, shards)
+    manifest = dumps(entries)
+    out.write_bytes(out.root / MANIFEST_PATH, manifest)
+    out.write_bytes(out.root / "README.md", card(manifest))
+    return entries
+
+
+def _row_entries(state: ResumeState, shards: Sequence[ShardPlan]) -> list[ManifestEntry]:
+    """The manifest entries of the files the shards' rows hold (or store beside [issue 11])."""
+    entries: list[ManifestEntry] = []
     for shard in shards:
         for ef in state.shards[shard.path].files:
+            if ef.location is not None:  # [issue 11] stored beside: the cell points at it
+                entries.append(
+                    ManifestEntry(
+                        ef.path,
+                        ef.size,
+                        Placement.BESIDE.value,
+                        ef.sha256,
+                        ef.location,
+                        ef.column,
+                        ef.row,
+                        ef.index,
+                        shard=shard.path,
+                    )
+                )
+                continue
             entries.append(
                 ManifestEntry(
                     ef.path,
@@ -72,9 +98,6 @@ def finish_output(
                     offset=ef.offset,
                 )
             )
-    manifest = dumps(entries)
-    out.write_bytes(out.root / MANIFEST_PATH, manifest)
-    out.write_bytes(out.root / "README.md", card(manifest))
     return entries
 
 
@@ -84,19 +107,22 @@ def _same_file(rec: DatasetFileRecord, f: SourceFile) -> bool:
     return rec.size == f.size and rec.mtime_ns == f.mtime_ns and rec.version == f.version
 
 
-def _copy_in(
-    out: OutputFolder, source: Source, f: SourceFile, rel: str, on_bytes: Callable[[int], None]
+def copy_in(
+    out: OutputFolder, source: Source, ref: FileRef, rel: str, on_bytes: Callable[[int], None]
 ) -> str:
-    """Copy a dataset-level file into the output atomically; return its sha256.
+    """Copy a source file to ``rel`` in the output atomically, in 8 MiB chunks (never whole in
+    memory: also files stored beside the shards, of any size); return its sha256.
 
     A local file is copied by :meth:`OutputFolder.copy_in` as before; a remote one is streamed
-    (checked against its planned size and version). Raises :class:`SourceChangedError`.
+    (checked against its planned size and version).
+
+    Raises:
+        SourceChangedError: the file is not the planned one (nothing is renamed into place).
     """
-    local = source.local_path(f.relpath)
+    local = source.local_path(ref.relpath)
     if local is not None:
-        return out.copy_in(local, rel, f.size, f.mtime_ns, on_bytes)
+        return out.copy_in(local, rel, ref.size, ref.mtime_ns, on_bytes)
     sha = hashlib.sha256()
-    ref = FileRef(f.relpath, f.size, f.mtime_ns, f.version)
     # Raised inside atomic_file, a change removes the copy: it is never renamed into place.
     with atomic_file(out.tmp_path(rel), out.root / rel) as dest:
         for chunk in source.read_chunks(ref):

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from bids2hf.errors import RERUN_HINT, DestinationError, InputError
-from bids2hf.model.format import LOCK_NAME, STATE_DIR
+from bids2hf.model.format import LOCK_NAME, STATE_DIR, write_chunk
 from bids2hf.model.state import ResumeState
 from bids2hf.units import human_bytes
 from bids2hf.write.shard import SourceChangedError
@@ -298,10 +298,10 @@ class OutputFolder:
             with atomic_file(self.tmp_path(relpath), self.root / relpath) as out:
                 while chunk := src.read(8 << 20):
                     sha.update(chunk)
-                    out.write(chunk)
-                    copied += len(chunk)
+                    copied += write_chunk(out, chunk)  # a hole stays a hole [issue 11]
                     if on_bytes:
                         on_bytes(len(chunk))
+                out.truncate()  # the size, if it ends with a hole
                 after = os.fstat(src.fileno())
                 if copied != size or after.st_mtime_ns != mtime_ns or after.st_size != size:
                     # Raised inside atomic_file: the copy is removed, never renamed into place.

@@ -160,6 +160,8 @@ def locate_ranges(
     leaves = [meta.schema.column(i).path for i in range(meta.num_columns)]
     groups: dict[tuple[int, str], list[EmbeddedLike]] = defaultdict(list)
     for f in files:
+        if getattr(f, "location", None) is not None:
+            continue  # [issue 11] stored beside the shards: no bytes in this one
         if not 0 <= f.row < total_rows:
             raise RangeError(
                 f"{path}: index puts {f.path!r} in row {f.row}, the shard has {total_rows}"
@@ -337,6 +339,8 @@ def index_with_offsets(
         found = ranges.get((f.column, f.row, f.index))
         if found is not None:
             entry["offset"] = found.offset
+        if (location := getattr(f, "location", None)) is not None:
+            entry["location"] = location  # [issue 11] stored beside the shards
         out.append(entry)
     return out
 

@@ -29,6 +29,13 @@ from bids2hf.model.ranges import FileRange, Key
 from bids2hf.model.rows import ColumnSpec, FileRef, Role, RowPlan, ShardPlan
 from bids2hf.model.source import Source
 from bids2hf.write.arrays import bool_array, int32_array, string_array, typed_array
+from bids2hf.write.beside_cells import (
+    beside_hashes,
+    beside_location,
+    beside_validity,
+    cell_path,
+    embedded_size,
+)
 from bids2hf.write.ranges import Verbatim, locate_written, record_offsets
 from bids2hf.write.reader import FileReader, Progress
 
@@ -129,13 +136,15 @@ class _FileColumn:
     slots: list[FileRef | None]  # one per embedded file; single-valued: one per row (or None)
     offsets: np.ndarray
     arena: np.ndarray
+    # [issue 11] files stored beside the shards: relpath → the URL their cell holds (no bytes)
+    beside: dict[str, str] = field(default_factory=dict)
 
     def reads(self) -> list[tuple[FileRef, memoryview]]:
         view = memoryview(self.arena.data)
         return [
             (ref, view[int(self.offsets[i]) : int(self.offsets[i + 1])])
             for i, ref in enumerate(self.slots)
-            if ref is not None
+            if ref is not None and ref.relpath not in self.beside
         ]
 
 
@@ -146,10 +155,13 @@ def _file_column(spec: ColumnSpec, rows: Sequence[RowPlan], arena: np.ndarray) -
         if spec.single
         else [r for c in cells for r in c]
     )
-    sizes = np.array([r.size if r else 0 for r in slots], dtype=np.int64)
+    beside = {k: v for row in rows for k, v in row.beside.items()}
+    sizes = np.array(
+        [r.size if r and r.relpath not in beside else 0 for r in slots], dtype=np.int64
+    )
     offsets = np.zeros(len(slots) + 1, dtype=np.int64)
     np.cumsum(sizes, out=offsets[1:])
-    return _FileColumn(spec, cells, slots, offsets, arena)
+    return _FileColumn(spec, cells, slots, offsets, arena, beside)
 
 
 def _file_array(column: _FileColumn, typ: pa.DataType) -> pa.Array:
@@ -158,11 +170,13 @@ def _file_array(column: _FileColumn, typ: pa.DataType) -> pa.Array:
     total = int(offsets[-1])
     data = pa.py_buffer(column.arena[:total])
     bytes_arr = pa.Array.from_buffers(
-        pa.binary(), len(slots), [None, pa.py_buffer(offsets.astype(np.int32)), data]
+        pa.binary(),
+        len(slots),
+        [beside_validity(slots, column.beside), pa.py_buffer(offsets.astype(np.int32)), data],
     )
     children = {
         "bytes": bytes_arr,
-        "path": string_array([r.relpath if r else None for r in slots]),
+        "path": string_array([cell_path(r, column.beside) for r in slots]),
     }
     item_fields = list(typ if spec.single else typ.value_type)
     arrays = [children[f.name] for f in item_fields]
@@ -198,8 +212,11 @@ def _embedded(
                 continue
             for j, ref in enumerate(row.files.get(spec.name, [])):
                 index = -1 if spec.single else j
+                location = beside_location(row, ref)  # [issue 11] stored beside the shards
                 out.append(
-                    EmbeddedFile(ref.relpath, ref.size, hashes[ref.relpath], i, spec.name, index)
+                    EmbeddedFile(
+                        ref.relpath, ref.size, hashes[ref.relpath], i, spec.name, index, location=location
+                    )
                 )
     return out
 
@@ -220,7 +237,7 @@ def _verbatim(file_columns: dict[str, _FileColumn], first_row: int) -> list[Verb
                 else [(name, row, j) for j in range(len(cell))]
             )
         for slot, (key, ref) in enumerate(zip(keys, column.slots, strict=True)):
-            if ref is not None:
+            if ref is not None and ref.relpath not in column.beside:  # [issue 11] no bytes here
                 out.append((key, ref.relpath, view[int(offsets[slot]) : int(offsets[slot + 1])]))
     return out
 
@@ -230,7 +247,7 @@ def _file_columns(
 ) -> dict[str, _FileColumn]:
     """Each FILE column of a row group with its slice of the reader's one buffer."""
     sizes = {
-        spec.name: sum(r.size for row in rows for r in row.files.get(spec.name, []))
+        spec.name: embedded_size(rows, spec.name)  # [issue 11] not those beside
         for spec in columns
         if spec.role is Role.FILE
     }
@@ -334,6 +351,8 @@ def write_shard(
     The temporary file is removed on any failure, so no partial shard is ever visible.
     """
     reader = FileReader(source, progress)
+    # [issue 11] files stored beside were copied (and hashed) by the run before this shard
+    reader.hashes.update(beside_hashes(shard))
     embedded: list[EmbeddedFile] = []
     try:
         # A native sink: a Python file object would copy every page into a bytes object.

@@ -142,6 +142,14 @@ class StateStore:
         if relpaths := sorted(set(relpaths)):
             self._append({"op": "drop_dataset_files", "relpaths": relpaths})
 
+    def put_beside(self, rec: DatasetFileRecord) -> None:
+        """Record a file copied beside the shards (``files/<relpath>``) with its sha256."""
+        self._append(_dataset_file_record(rec, "beside_file"))
+
+    def drop_beside(self, relpaths: Iterable[str]) -> None:
+        if relpaths := sorted(set(relpaths)):
+            self._append({"op": "drop_beside_files", "relpaths": relpaths})
+
     def own(self, paths: Iterable[str]) -> None:
         """Record paths of the folder as bids2hf's, before writing them."""
         if new := sorted(set(paths) - self.state.owned):
