@@ -1,9 +1,9 @@
 """Files too large for their cell are stored beside the shards (issue 11, items 3 and 4).
 
-A file over 2 GiB - 1 MiB, or one that would take its cell's list over ``--max-cell-size``, goes to
-``files/<BIDS path>`` in the output; its cell holds ``{"bytes": None, "path": URL}``. These tests
-use a small ``--max-cell-size`` on the synthetic dataset (kilobytes, not gigabytes), and sparse
-files where the real limit matters.
+A file over 2 GiB - 1 MiB, or one that would take its row's embedded bytes over ``--max-row-size``,
+goes to ``files/<BIDS path>`` in the output; its cell holds ``{"bytes": None, "path": URL}``. These
+tests use a small ``--max-row-size`` on the synthetic dataset (kilobytes, not gigabytes), and
+sparse files where the real limits matter.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ NAMING = "sub-01/ses-1/func/sub-01_ses-1_task-naming40_bold.nii.gz"
 REST_1 = "sub-01/ses-1/func/sub-01_ses-1_task-rest_run-1_bold.nii.gz"
 REST_2 = "sub-01/ses-1/func/sub-01_ses-1_task-rest_run-2_bold.nii.gz"
 FAST = ("-q", "-j", "1", "--derivatives", "all")
-SMALL_CELLS = ("--max-cell-size", "30kB")  # the synthetic runs are ~17 kB: two fit, not three
+SMALL_CELLS = ("--max-row-size", "40kB")  # sub-01_ses-1 then keeps its naming run, not the rests
 
 
 def _manifest(out: Path) -> dict[str, dict[str, Any]]:
@@ -53,7 +53,7 @@ def _ok(result: Result) -> Result:
 
 # -- placement (pure) -----------------------------------------------------------------------------
 def test_placement_in_list_order() -> None:
-    """Files are embedded in order while the cell stays within the limit; the others go beside,
+    """Files are embedded in order while the row stays within the limit; the others go beside,
     a file over one Parquet value always, and each with its reason."""
     a, b, c = FileRef("a.nii.gz", 100, 0), FileRef("b.nii.gz", 100, 0), FileRef("c.nii.gz", 50, 0)
     huge = FileRef("huge.nii", MAX_VALUE_BYTES + 1, 0)
@@ -63,22 +63,25 @@ def test_placement_in_list_order() -> None:
         "b.nii.gz": "/out/files/b.nii.gz",
         "huge.nii": "/out/files/huge.nii",
     }
-    assert "--max-cell-size" in row.beside_reasons["b.nii.gz"]
+    assert "--max-row-size" in row.beside_reasons["b.nii.gz"]
     assert "one Parquet value" in row.beside_reasons["huge.nii"]
     # Shards and row groups are cut by the embedded bytes only.
     assert row.nbytes < 1000
     # With the default limit, nothing this small goes beside; a file over 2 GiB - 1 MiB does.
     row2 = RowPlan("sub-02", {}, {"func_bold": [a, b, c], "anat_T1w": [huge]})
-    place_beside([row2], ["func_bold", "anat_T1w"], PlanOptions().max_cell_bytes, "")
+    place_beside([row2], ["func_bold", "anat_T1w"], PlanOptions().max_row_bytes, "")
     assert row2.beside == {"huge.nii": "files/huge.nii"}
 
 
 def test_four_1_gb_runs_default_limit() -> None:
-    """Four 1 GB runs of one session: the first two are embedded, the other two stored beside."""
+    """Four 1 GB runs of one session: each is over the default 512 MiB a row embeds, so all four
+    are stored beside; the row's smaller files stay embedded, in column and list order."""
     runs = [FileRef(f"run-{i}.nii.gz", 10**9, 0) for i in range(1, 5)]
-    row = RowPlan("sub-01_ses-1", {}, {"func_bold": runs})
-    place_beside([row], ["func_bold"], PlanOptions().max_cell_bytes, "")
-    assert sorted(row.beside) == ["run-3.nii.gz", "run-4.nii.gz"]
+    t1w, dwi = FileRef("t1w.nii.gz", 300 * 2**20, 0), FileRef("dwi.nii.gz", 300 * 2**20, 0)
+    row = RowPlan("sub-01_ses-1", {}, {"anat_T1w": [t1w], "dwi_dwi": [dwi], "func_bold": runs})
+    place_beside([row], ["anat_T1w", "dwi_dwi", "func_bold"], PlanOptions().max_row_bytes, "")
+    # 300 MiB embedded, then 600 MiB would be over 512 MiB: the DWI goes beside too.
+    assert sorted(row.beside) == ["dwi.nii.gz"] + [r.relpath for r in runs]
 
 
 def test_files_url_of_each_destination(tmp_path: Path) -> None:
@@ -89,7 +92,7 @@ def test_files_url_of_each_destination(tmp_path: Path) -> None:
 
 
 def test_summary_lines_one_per_row_then_grouped(bids_copy: Path) -> None:
-    _, plan = scan_and_plan(bids_copy, plan_options=PlanOptions(max_cell_bytes=30_000))
+    _, plan = scan_and_plan(bids_copy, plan_options=PlanOptions(max_row_bytes=30_000))
     lines = beside_lines(plan, limit=2)
     rows = {key for key, _, _ in plan.beside}
     assert len(rows) > 2 and lines[0].endswith(f"in {len(rows)} row(s)")
@@ -107,17 +110,20 @@ def _sparse(path: Path, size: int) -> None:
 
 
 def test_session_over_2_gib_is_planned_without_a_flag(bids_copy: Path, cli: Any) -> None:
-    """Two 1.5 GiB runs in one cell (over Arrow's 2 GiB per list) no longer stop the plan: the
-    second run goes beside, and ``inspect`` names the row and the reason (planning reads no
-    data, so sparse files cost nothing here)."""
+    """Two 1.5 GiB runs in one cell (over Arrow's 2 GiB per list) no longer stop the plan: each
+    is over the default 512 MiB a row embeds, so both go beside, and ``inspect`` names the row
+    and the reason (planning reads no data, so sparse files cost nothing here)."""
     _sparse(bids_copy / REST_1, 3 * 2**29)
     _sparse(bids_copy / REST_2, 3 * 2**29)
     _, plan = scan_and_plan(bids_copy, ScanOptions(check="none"))
     assert not plan.errors
-    assert [(key, rel) for key, rel, _ in plan.beside] == [("sub-01_ses-1", REST_2)]
+    assert [(key, rel) for key, rel, _ in plan.beside] == [
+        ("sub-01_ses-1", REST_1),
+        ("sub-01_ses-1", REST_2),
+    ]
     result = _ok(cli("inspect", bids_copy, "--check", "none"))
     assert "stored beside the shards" in result.output
-    assert "sub-01_ses-1: 1 file(s), column func_bold would hold over" in result.output
+    assert "sub-01_ses-1: 2 file(s), the row would embed over 536.9 MB (--max-row-size)" in result.output
 
 
 # -- a local output ------------------------------------------------------------------------------

@@ -364,10 +364,10 @@ def test_unreadable_after_planning(
 
 
 # -- files too large for one Parquet value: stored beside the shards (tests/test_beside.py) -----
-def test_max_cell_size_out_of_range(bids_copy: Path, tmp_path: Path, cli: Cli) -> None:
+def test_max_row_size_out_of_range(bids_copy: Path, tmp_path: Path, cli: Cli) -> None:
     """Over 2 GiB - 1 MiB a cell could not be written: one line naming the option and its range."""
     line = refused(
-        cli, bids_copy, tmp_path / "out", "--max-cell-size", "3GiB", names=("--max-cell-size",)
+        cli, bids_copy, tmp_path / "out", "--max-row-size", "3GiB", names=("--max-row-size",)
     )
     assert "2047MiB" in line
 

@@ -143,8 +143,8 @@ def scan_and_plan(
         raise InputError("--row-group-size must be between 1kB and 1GiB")
     if plan_options.max_shard_bytes < 1000:
         raise InputError("--max-shard-size must be at least 1kB")
-    if not 0 <= plan_options.max_cell_bytes <= MAX_VALUE_BYTES:
-        raise InputError("--max-cell-size must be between 0 and 2047MiB (2 GiB - 1 MiB)")
+    if not 0 <= plan_options.max_row_bytes <= MAX_VALUE_BYTES:
+        raise InputError("--max-row-size must be between 0 and 2047MiB (2 GiB - 1 MiB)")
     inventory = scan(bids_dir, scan_options)
     return inventory, make_plan(inventory, plan_options)
 

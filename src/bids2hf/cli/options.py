@@ -154,12 +154,12 @@ def input_options(func: F) -> F:
             help="Row group size (memory per worker).",
         ),
         click.option(
-            "--max-cell-size",
+            "--max-row-size",
             type=SIZE,
-            default="2047MiB",
+            default="512MiB",
             show_default=True,
-            help="Most bytes of files one row embeds in one column; files beyond it (and any "
-            "file over 2047MiB) are stored beside the shards in files/.",
+            help="Most bytes of files one row embeds (at most 2047MiB); files beyond it are "
+            "stored beside the shards in files/. Bounds memory per worker.",
         ),
         click.option("--split", default="train", show_default=True, help="Split name of the rows."),
     ]
@@ -252,7 +252,7 @@ def _options(kw: dict[str, Any]) -> tuple[ScanOptions, PlanOptions]:
         layout=kw.pop("layout"),
         max_shard_bytes=kw.pop("max_shard_size"),
         row_group_bytes=kw.pop("row_group_size"),
-        max_cell_bytes=kw.pop("max_cell_size"),
+        max_row_bytes=kw.pop("max_row_size"),
         split=kw.pop("split"),
         config=config,
     )

@@ -5,9 +5,12 @@ cell's list of files: Arrow's list of binary values shares one int32 offset buff
 chunk, and the page that holds a value adds its 4-byte length prefix and levels. So:
 
 - a file over :data:`MAX_VALUE_BYTES` cannot be a value at all: it is stored beside;
-- in a cell (one row, one column), files are embedded in list order while the cell's embedded
-  total stays within the cell limit (``--max-cell-size``); the files that do not fit are stored
-  beside, so a session of four 1 GB runs converts with the default command.
+- in a row, files are embedded in column and list order while the row's embedded total stays
+  within the row limit (``--max-row-size``, default 512 MiB); the files that do not fit are
+  stored beside, so a session of four 1 GB runs converts with the default command. The limit
+  also bounds a writer's memory: pyarrow holds a row group and two copies of the page being
+  written, and a list cell is one page, so a worker needs about 300 MB + 3 x the limit at
+  most, whatever the session size.
 
 The cell of a file stored beside holds ``{"bytes": None, "path": URL}``: ``datasets``' ``Nifti``
 opens the path (a local path with ``nibabel.load``, a URL such as ``hf://datasets/ORG/NAME@REV/
@@ -20,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from bids2hf.model.format import BESIDE_PREFIX
+from bids2hf.model.inventory import NIFTI_EXTENSIONS
 from bids2hf.model.rows import RowPlan
 from bids2hf.units import human_bytes
 
@@ -50,28 +54,28 @@ def beside_url(files_url: str, relpath: str) -> str:
 
 
 def place_beside(
-    rows: Iterable[RowPlan], file_columns: Sequence[str], max_cell_bytes: int, files_url: str
+    rows: Iterable[RowPlan], file_columns: Sequence[str], max_row_bytes: int, files_url: str
 ) -> None:
     """Mark, in each row, the files that go beside the shards (``row.beside``), with why.
 
-    A file over :data:`MAX_VALUE_BYTES` always goes; then in each cell, in list order, a file
-    goes when the cell's embedded files would exceed ``max_cell_bytes`` with it. A file placed
-    beside in one column is beside in every column of the row that lists it.
+    A file over :data:`MAX_VALUE_BYTES` always goes; then, in column order and list order, a
+    NIfTI file goes when the row's embedded NIfTI bytes would exceed ``max_row_bytes`` with it
+    (other files are small and compressed: they stay in their cell). A file
+    placed beside in one column is beside in every column of the row that lists it.
     """
-    limit = min(max_cell_bytes, MAX_VALUE_BYTES)
+    limit = min(max_row_bytes, MAX_VALUE_BYTES)
     for row in rows:
+        total = 0
         for column in file_columns:
-            total = 0
             for ref in row.files.get(column, []):
                 if ref.relpath in row.beside:
                     continue
                 if ref.size > MAX_VALUE_BYTES:
                     reason = f"over the {human_bytes(MAX_VALUE_BYTES)} one Parquet value holds"
+                elif not ref.relpath.endswith(NIFTI_EXTENSIONS):
+                    continue  # sidecars, tables: small and compressed, they stay with their row
                 elif total + ref.size > limit:
-                    reason = (
-                        f"column {column} would hold over {human_bytes(limit)} in one row "
-                        "(--max-cell-size)"
-                    )
+                    reason = f"the row would embed over {human_bytes(limit)} (--max-row-size)"
                 else:
                     total += ref.size
                     continue

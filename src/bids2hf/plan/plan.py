@@ -96,7 +96,7 @@ def make_plan(inventory: Inventory, options: PlanOptions | None = None) -> Conve
     problems = list(inventory.problems) + builder.problems
     file_columns = [c.name for c in columns if c.role is Role.FILE]
     # Files too large for their cell are stored beside the shards, never refused.
-    place_beside(rows, file_columns, options.max_cell_bytes, options.files_url)
+    place_beside(rows, file_columns, options.max_row_bytes, options.files_url)
     shards = plan_shards(
         rows,
         schema_id=_schema_id(features),
