@@ -34,6 +34,7 @@ from bids2hf.model.source import Source
 from bids2hf.model.state import ResumeState, ShardRecord
 from bids2hf.plan.options import PlanOptions
 from bids2hf.plan.plan import ConversionPlan, make_plan
+from bids2hf.plan.previews import PreviewChoice, plan_previews
 from bids2hf.progress import ProgressBar
 from bids2hf.publish.compare import Classified, classify, read_remote
 from bids2hf.publish.pipeline import (
@@ -53,6 +54,12 @@ from bids2hf.report.summaries import convert_summary
 from bids2hf.units import human_bytes
 from bids2hf.write.output import finish_output
 from bids2hf.write.output_folder import OutputFolder, disk_full
+from bids2hf.write.previews_output import (
+    PreviewsWritten,
+    keep_thumbnails,
+    planned_paths,
+    write_previews,
+)
 from bids2hf.write.shard import ShardResult
 from bids2hf.write.workers import write_shards
 
@@ -75,6 +82,7 @@ class ConvertReport:
     seconds: float = 0.0
     bytes_read: int = 0
     publish: PublishReport | None = None
+    previews: PreviewChoice | None = None  # [issue 13] the thumbnails chosen (None: off)
 
     @property
     def warnings(self) -> list[Problem]:
@@ -210,6 +218,7 @@ def convert(
     progress: bool = True,
     repo_hint: str | None = None,
     publish: PublishOptions | None = None,
+    previews: int | None = None,
 ) -> ConvertReport:
     """Convert a BIDS folder into a Hugging Face dataset, locally or straight to a remote.
 
@@ -232,6 +241,9 @@ def convert(
         progress: show a progress bar.
         repo_hint: repository name used in the card's code samples.
         publish: options of remote publication (staging folder and bound, dry run, ...).
+        previews: rows of the ``previews`` config (thumbnails the Hub's viewer shows) at most;
+            None: as many as 0.5 % of the data's size allows (at least one); 0: no previews
+            and no card pictures.
 
     Returns:
         A :class:`ConvertReport`. Raises :class:`~bids2hf.errors.Bids2HfError` subclasses for
@@ -240,6 +252,8 @@ def convert(
         run using it, files bids2hf did not write in the way, disk full).
     """
     started = time.monotonic()
+    if previews is not None and previews < 0:
+        raise InputError(f"--previews must be 0 or more (got {previews})")
     inventory, plan = scan_and_plan(bids_dir, scan_options, plan_options)
     check_problems(plan.problems, strict_privacy=strict_privacy)
     if strict and plan.left_out:
@@ -258,6 +272,9 @@ def convert(
     else:
         out = OutputFolder(destination)
     report = ConvertReport(str(remote_url or out.root), plan, inventory)
+    # [issue 13] decided from the plan alone: a re-run chooses the same files
+    rows = [row for shard in plan.shards for row in shard.rows]
+    report.previews = plan_previews(rows, plan.columns, plan.embedded_bytes, previews)
     with out.locked():
         _convert_locked(
             _Run(
@@ -288,6 +305,7 @@ class _Run:
     progress: bool
     repo_hint: str
     remote: RemoteRun | None = None
+    previews: PreviewsWritten | None = None  # [issue 13] once written, for the card
 
     @property
     def plan(self) -> ConversionPlan:
@@ -357,6 +375,7 @@ def _dry_run(run: _Run) -> PublishReport:
         items.append(DryRunItem(shard.path, shard.nbytes, size, sha))
     keep = [s.path for s in plan.shards]
     keep += [DATASET_FILES_PREFIX + f.relpath for f in plan.dataset_files]
+    keep += planned_paths(run.report.previews)  # [issue 13]
     keep += _LAST_PATHS
     return dry_run_report(
         run.remote_url,
@@ -394,6 +413,7 @@ class _Paths:
 
 def _paths(run: _Run, work: Classified) -> _Paths:
     dataset = [DATASET_FILES_PREFIX + f.relpath for f in run.plan.dataset_files]
+    dataset += planned_paths(run.report.previews)  # [issue 13] written with them, at the end
     local = [s.path for s in work.todo] + dataset + list(_LAST_PATHS)
     remote = [s.path for s in run.plan.shards] + dataset + list(_LAST_PATHS)
     return _Paths(dataset, local, remote)
@@ -506,7 +526,8 @@ def _write(run: _Run, work: Classified) -> None:
         with bar:
             entries = _write_all(run, todo, work.resubmit, bar)
         if run.remote is not None:
-            run.remote.finish(out, [s.path for s in plan.shards], entries)
+            extra = run.previews.paths if run.previews is not None else []
+            run.remote.finish(out, [s.path for s in plan.shards], entries, extra)
     except BaseException as exc:
         if run.remote is not None:
             run.remote.abort()
@@ -545,6 +566,8 @@ def _write_all(
             )
 
     def on_done(shard: ShardPlan, result: ShardResult) -> None:
+        # [issue 13] kept first: a shard recorded complete never lacks its thumbnails
+        keep_thumbnails(out, result.thumbnails, {f.path: f.sha256 for f in result.files})
         store.put_shard(
             ShardRecord(
                 shard.path, shard.content_id, result.size, result.sha256, tuple(result.files)
@@ -567,7 +590,12 @@ def _write_all(
         bar.update,
         on_done,
         acquire=publisher.acquire if publisher is not None else None,
+        thumbnails=frozenset(report.previews.files) if report.previews else frozenset(),
     )
+    shas = {f.path: f.sha256 for s in plan.shards for f in run.state.shards[s.path].files}
+    rows = [row for shard in plan.shards for row in shard.rows]
+    # [issue 13] before the manifest and the card: the card names them, and comes last
+    run.previews = write_previews(out, run.source, rows, plan.columns, report.previews, shas)
     return finish_output(
         out,
         run.source,
@@ -639,6 +667,7 @@ def _card(run: _Run, manifest: bytes) -> bytes:
         participants=run.report.inventory.participants,
         previous=previous,
         headers={f.relpath: f.header for f in run.report.inventory.files if f.header},
+        previews=run.previews,
     )
     try:
         text = render_card(run.plan, run.report.inventory.description, run.repo_hint, inputs)

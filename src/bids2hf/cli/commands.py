@@ -15,6 +15,7 @@ from bids2hf.cli.options import (
     common,
     input_options,
     open_bids_dir,
+    previews_option,
     publish_options,
     source_option,
 )
@@ -37,19 +38,30 @@ def main() -> None:
 @click.option(
     "--all", "all_problems", is_flag=True, help="List every problem, not only the first 20."
 )
+@previews_option
 @common
-def inspect(bids_dir: str, all_problems: bool, quiet: bool, source_anon: bool, **kw: Any) -> None:
+def inspect(
+    bids_dir: str,
+    all_problems: bool,
+    quiet: bool,
+    source_anon: bool,
+    previews: int | None,
+    **kw: Any,
+) -> None:
     """Show what convert would write and every problem found, writing nothing.
 
     Exit code 2 when convert would refuse the input.
     """
     from bids2hf.api import scan_and_plan
-    from bids2hf.report.summaries import inspect_text
+    from bids2hf.plan.previews import plan_previews
+    from bids2hf.report.summaries import inspect_text, previews_text
 
     scan_options, plan_options = _options(kw)
     source = open_bids_dir(bids_dir, source_anon)  # [issue 15]
     inventory, plan = scan_and_plan(source, scan_options, plan_options)
-    click.echo(inspect_text(inventory, plan, all_problems))
+    rows = [row for shard in plan.shards for row in shard.rows]
+    choice = plan_previews(rows, plan.columns, plan.embedded_bytes, previews)
+    click.echo(inspect_text(inventory, plan, all_problems, previews_text(choice)))
     if plan.errors:
         sys.exit(2)
 
@@ -87,6 +99,7 @@ def inspect(bids_dir: str, all_problems: bool, quiet: bool, source_anon: bool, *
     type=click.IntRange(min=1),
     help="Shards on local disk at most while uploading (default: 2 x workers).",
 )
+@previews_option
 @common
 def convert(
     bids_dir: str,
@@ -103,6 +116,7 @@ def convert(
     staging: str | None,
     max_staged: int | None,
     source_anon: bool,
+    previews: int | None,
     **kw: Any,
 ) -> None:
     """Convert BIDS_DIR into a Hugging Face dataset at DESTINATION.
@@ -134,9 +148,13 @@ def convert(
         strict_privacy=strict_privacy,
         progress=not quiet,
         publish=publish,
+        previews=previews,
     )
     if report.publish is not None and report.publish.dry_run:
+        from bids2hf.report.summaries import previews_text
+
         click.echo(report.publish.text())
+        click.echo(previews_text(report.previews))
         return
     click.echo(report.text())
     if report.replaced:

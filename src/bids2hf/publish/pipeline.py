@@ -19,7 +19,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bids2hf.model.format import DATASET_FILES_PREFIX, MANIFEST_PATH, sha256_file
+from bids2hf.model.format import MANIFEST_PATH, OWNED_PREFIXES, sha256_file
 from bids2hf.model.manifest import ManifestEntry
 from bids2hf.model.state import ResumeState
 from bids2hf.progress import ProgressBar
@@ -212,10 +212,15 @@ class RemoteRun:
             self._publisher.abort()
 
     def finish(
-        self, out: OutputFolder, shard_paths: Collection[str], entries: Sequence[ManifestEntry]
+        self,
+        out: OutputFolder,
+        shard_paths: Collection[str],
+        entries: Sequence[ManifestEntry],
+        extra: Sequence[str] = (),
     ) -> None:
-        """Last commit (dataset files, manifest, card, deletions), then verify the remote and
-        empty the staging folder of everything but its resume state.
+        """Last commit (dataset files, ``extra`` files of the folder such as the previews,
+        manifest, card, deletions), then verify the remote and empty the staging folder of
+        everything but its resume state.
 
         Raises :class:`~bids2hf.errors.VerificationError` if the remote differs from what was
         written, and the target's errors for a failed upload or commit.
@@ -226,7 +231,7 @@ class RemoteRun:
             for e in entries
             if e.placement == "dataset_file" and e.location and e.sha256
         ]
-        final = final_files(out, dataset)
+        final = final_files(out, dataset, extra)
         keep = set(shard_paths) | {f.path for f in final}
         # Only files a bids2hf run recorded writing there are deleted; others are kept and named.
         deletions = stale_paths(self.remote, keep, self.owned)
@@ -243,11 +248,8 @@ class RemoteRun:
         verify_remote(self.target, expected, {f.path: f.local for f in final}, self.owned)
         out.store.record_published_card(self.url, card)
         # The staging folder keeps only the resume state.
-        out.remove_owned(
-            [p for p in out.owned if p.startswith(("data/", DATASET_FILES_PREFIX, "bids2hf/"))]
-            + ["README.md"]
-        )
-        for name in ("data", "bids", "bids2hf"):
+        out.remove_owned([p for p in out.owned if p.startswith(OWNED_PREFIXES)] + ["README.md"])
+        for name in ("data", "bids", "bids2hf", "images", "previews"):
             with contextlib.suppress(OSError):  # not empty: holds files bids2hf did not write
                 (out.root / name).rmdir()
 
@@ -266,11 +268,12 @@ def default_staging(url: str) -> Path:
 
 
 def final_files(
-    out: OutputFolder, dataset_files: Iterable[tuple[str, int, str]]
+    out: OutputFolder, dataset_files: Iterable[tuple[str, int, str]], extra: Sequence[str] = ()
 ) -> list[StagedFile]:
-    """The last commit's files: dataset-level files, the manifest and the card (in that order)."""
+    """The last commit's files: dataset-level files, ``extra`` files of the folder (the
+    previews), the manifest and the card (in that order)."""
     items = [StagedFile(rel, out.root / rel, size, sha) for rel, size, sha in dataset_files]
-    for rel in (MANIFEST_PATH, "README.md"):
+    for rel in (*extra, MANIFEST_PATH, "README.md"):
         path = out.root / rel
         items.append(StagedFile(rel, path, path.stat().st_size, sha256_file(path)))
     return items

@@ -13,7 +13,7 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +30,7 @@ from bids2hf.model.format import FOOTER_KEY, EmbeddedFile
 from bids2hf.model.rows import ColumnSpec, FileRef, Role, RowPlan, ShardPlan
 from bids2hf.model.source import Source
 from bids2hf.write.arrays import bool_array, int32_array, string_array, typed_array
+from bids2hf.write.previews import ThumbnailJobs
 from bids2hf.write.ranges import record_offsets
 
 __all__ = [
@@ -52,6 +53,8 @@ class ShardResult:
     size: int
     sha256: str | None
     files: list[EmbeddedFile] = field(default_factory=list)
+    # [issue 13] relpath → PNG (None: none could be made) of the chosen files it holds
+    thumbnails: dict[str, bytes | None] = field(default_factory=dict)
 
 
 #: In a worker process, the pid of the run that started it (set by init_worker); else None.
@@ -266,16 +269,21 @@ def write_shard(
     final_path: Path,
     tmp_path: Path,
     progress: Progress | None = None,
+    thumbnails: Collection[str] = frozenset(),
 ) -> ShardResult:
     """Write ``shard`` to ``tmp_path``, then rename it to ``final_path``.
 
     ``source`` is where the files are read: a :class:`~bids2hf.bids.source.LocalSource` or an
     fsspec one (``write/`` never opens a source itself: it takes the object) [issue 15].
 
+    ``thumbnails``: relpaths of the files to make thumbnails of, from the bytes in memory
+    (:class:`~bids2hf.write.previews.ThumbnailJobs`), returned in ``ShardResult.thumbnails``.
+
     Raises :class:`SourceChangedError` if a source file differs from the plan; the temporary
     file is removed on any failure, so no partial shard is ever visible.
     """
     reader = _Reader(source, progress)
+    thumbs = ThumbnailJobs(thumbnails)  # [issue 13]
     options = parquet_options(schema, columns)
     embedded: list[EmbeddedFile] = []
     try:
@@ -304,7 +312,9 @@ def write_shard(
                         at += sizes[spec.name]
                 # [issue 15] every file of the row group in one call, in column order: a remote
                 # source keeps several of them in flight.
-                reader.read_files([r for c in file_columns.values() for r in c.reads()])
+                reads = [r for c in file_columns.values() for r in c.reads()]
+                reader.read_files(reads)
+                thumbs.submit(reads)  # [issue 13] on a thread, overlapping the encode and write
                 arrays = []
                 for spec in columns:
                     typ = schema.field(spec.name).type
@@ -337,6 +347,7 @@ def write_shard(
                 # keep them, and peak RSS would exceed row group + page buffers by ~45 MB.
                 pa.default_memory_pool().release_unused()
                 start += count
+                thumbs.wait()  # [issue 13] before the next row group reuses the buffer
                 # Start writing back what is already on its way to disk, so that the fsync at
                 # the end does not stall the pipeline for a whole shard's worth of dirty pages.
                 _start_writeback(tmp_path)
@@ -365,4 +376,5 @@ def write_shard(
         raise
     finally:
         reader.close()
-    return ShardResult(str(shard.path), size, None, embedded)
+        thumbs.close()
+    return ShardResult(str(shard.path), size, None, embedded, thumbs.results)
