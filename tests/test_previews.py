@@ -342,3 +342,22 @@ def test_previews_from_the_hub_emulator(
     cli("export", "hf://datasets/org/ds", tmp_path / "back", "-q", env=env)
     source = {p: sha for p, sha in tree(synthetic.root).items() if not p.startswith("deriv")}
     assert tree(tmp_path / "back") == source  # (derivatives were not selected)
+
+
+def test_a_fresh_conversion_reads_no_file_twice(
+    synthetic: GeneratedDataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every thumbnail of a fresh conversion is made by the shard writer from the bytes it
+    holds: the finishing step's read from the source (for shards written without previews)
+    is never needed."""
+    import bids2hf.write.previews_output as previews_output
+
+    def second_read(*args: Any) -> bytes:
+        raise AssertionError(f"a file read a second time for its thumbnail: {args[1:]}")
+
+    monkeypatch.setattr(previews_output, "_thumbnail_from_source", second_read)
+    out = tmp_path / "out"
+    bids2hf.convert(synthetic.root, out, workers=1, progress=False, previews=100)
+    assert len(files_under(out, "images", "previews")) == 8
+    # The same run again reads nothing either (the thumbnails are kept in the state folder).
+    bids2hf.convert(synthetic.root, out, workers=1, progress=False, previews=100)

@@ -180,8 +180,13 @@ def _thumbnail(out: OutputFolder, source: Source, ref: FileRef, sha256: str) -> 
     """The kept thumbnail, else one made from the source (checked against the recorded
     sha256: a file changed since its shard was written gets none). Never raises."""
     found, png = _cached(out, sha256)
-    if found:
-        return png
+    return png if found else _thumbnail_from_source(out, source, ref, sha256)
+
+
+def _thumbnail_from_source(
+    out: OutputFolder, source: Source, ref: FileRef, sha256: str
+) -> bytes | None:
+    """Read once more: only for a shard written without this file's thumbnail."""
     try:
         data = b"".join(source.read_chunks(ref))
     except Exception as exc:  # a picture is never worth a failed conversion
