@@ -592,10 +592,7 @@ def _write_all(
         acquire=publisher.acquire if publisher is not None else None,
         thumbnails=frozenset(report.previews.files) if report.previews else frozenset(),
     )
-    shas = {f.path: f.sha256 for s in plan.shards for f in run.state.shards[s.path].files}
-    rows = [row for shard in plan.shards for row in shard.rows]
-    # [issue 13] before the manifest and the card: the card names them, and comes last
-    run.previews = write_previews(out, run.source, rows, plan.columns, report.previews, shas)
+    _write_previews(run)  # [issue 13] before the manifest and the card (which names them)
     return finish_output(
         out,
         run.source,
@@ -604,6 +601,17 @@ def _write_all(
         plan.left_out,
         bar.update,
         lambda manifest: _card(run, manifest),
+    )
+
+
+def _write_previews(run: _Run) -> None:
+    """[issue 13] The previews file and the card's pictures, from the thumbnails the shard
+    writers made (kept in the state folder)."""
+    plan = run.plan
+    shas = {f.path: f.sha256 for s in plan.shards for f in run.state.shards[s.path].files}
+    rows = [row for shard in plan.shards for row in shard.rows]
+    run.previews = write_previews(
+        run.out, run.source, rows, plan.columns, run.report.previews, shas
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -21,6 +21,9 @@ from bids2hf.cli.options import (
 )
 from bids2hf.errors import DestinationError
 from bids2hf.units import human_bytes
+
+if TYPE_CHECKING:  # the API loads pyarrow and more: `bids2hf --help` stays quick
+    from bids2hf.api import ConvertReport
 
 __all__ = ["convert", "demo", "export", "inspect", "main", "mount", "push", "verify"]
 
@@ -150,11 +153,16 @@ def convert(
         publish=publish,
         previews=previews,
     )
+    _print_convert_report(report)
+
+
+def _print_convert_report(report: ConvertReport) -> None:
+    """What convert did (or, with --dry-run, would do)."""
     if report.publish is not None and report.publish.dry_run:
         from bids2hf.report.summaries import previews_text
 
         click.echo(report.publish.text())
-        click.echo(previews_text(report.previews))
+        click.echo(previews_text(report.previews))  # [issue 13]
         return
     click.echo(report.text())
     if report.replaced:
