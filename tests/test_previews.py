@@ -361,3 +361,23 @@ def test_a_fresh_conversion_reads_no_file_twice(
     assert len(files_under(out, "images", "previews")) == 8
     # The same run again reads nothing either (the thumbnails are kept in the state folder).
     bids2hf.convert(synthetic.root, out, workers=1, progress=False, previews=100)
+
+
+def test_scan_layout_keys_and_dry_run(
+    synthetic: GeneratedDataset, tmp_path: Path, emu: HubEmulator
+) -> None:
+    """With one row per image, a previews row also says the image's datatype and suffix; a
+    dry run says how many previews the conversion would make, and writes none."""
+    out = tmp_path / "scan"
+    cli("convert", synthetic.root, out, "-q", "--layout", "scan", "--previews", "3")
+    table = pq.read_table(out / PREVIEWS_PATH)
+    assert table.column_names == ["subject_id", "session_id", "datatype", "suffix"] + [
+        "nifti",
+        "nifti_file",
+    ]
+    assert table.num_rows == 3 and None not in table.column("suffix").to_pylist()
+    env = hub_env(emu, tmp_path)
+    url = "hf://datasets/org/dry"
+    shown = cli("convert", synthetic.root, url, "--dry-run", "-q", env=env).stdout
+    assert "previews: 1 row(s) in previews/previews.parquet and 7 card picture(s)" in shown
+    assert not any(Path(env["BIDS2HF_CACHE"]).rglob("*.png"))

@@ -82,7 +82,7 @@ def choose_previews(
 ) -> PreviewChoice:
     """Pick the files to make thumbnails of: pure, deterministic, from sizes only.
 
-    Rows are taken in order while the estimated cost of their shown files (the first file of
+    Rows with images are taken in order while the estimated cost of their shown files (the first file of
     each image column) stays within the budget, and up to ``max_rows``. The first file of every
     column is always taken, for the card's picture of that column, wherever it is.
 
@@ -108,8 +108,12 @@ def choose_previews(
     )
     choice = PreviewChoice(rows=[], files={}, pictures={}, cost=0)
     limit = len(rows) if max_rows is None else min(max_rows, len(rows))
-    for index, row in enumerate(rows[:limit]):
+    for index, row in enumerate(rows):
         shown = [(column, files[0]) for column, files in row.items() if files]
+        if len(choice.rows) >= limit:
+            break
+        if not shown:
+            continue  # a row without images (the scan layout's other files) shows nothing
         cost = sum(min(size, per_file_cap) for _, (_, size) in shown)
         if choice.rows and (
             choice.cost + cost > budget or len(choice.files) + len(shown) > max_images
