@@ -371,10 +371,8 @@ def test_scan_layout_keys_and_dry_run(
     out = tmp_path / "scan"
     cli("convert", synthetic.root, out, "-q", "--layout", "scan", "--previews", "3")
     table = pq.read_table(out / PREVIEWS_PATH)
-    assert table.column_names == ["subject_id", "session_id", "datatype", "suffix"] + [
-        "nifti",
-        "nifti_file",
-    ]
+    keys = ["subject_id", "session_id", "datatype", "suffix"]
+    assert table.column_names == [*keys, "nifti", "nifti_file"]
     assert table.num_rows == 3 and None not in table.column("suffix").to_pylist()
     env = hub_env(emu, tmp_path)
     url = "hf://datasets/org/dry"
