@@ -51,6 +51,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _THUMBS = "thumbs"  # in the state folder: never published
+#: Largest file read again from the source for a thumbnail (held whole: its sha256 is checked)
+_REREAD_LIMIT = 512 << 20
 _ROWS_PER_GROUP = 100  # the viewer reads row groups; 100 rows of a few thumbnails is a few MB
 
 
@@ -186,7 +188,11 @@ def _thumbnail(out: OutputFolder, source: Source, ref: FileRef, sha256: str) -> 
 def _thumbnail_from_source(
     out: OutputFolder, source: Source, ref: FileRef, sha256: str
 ) -> bytes | None:
-    """Read once more: only for a shard written without this file's thumbnail."""
+    """Read once more: only for a shard written without this file's thumbnail (and not a
+    file so large that holding it whole would cost more than its picture is worth)."""
+    if ref.size > _REREAD_LIMIT:
+        log.warning("%s: no thumbnail (too large to read a second time)", ref.relpath)
+        return None
     try:
         data = b"".join(source.read_chunks(ref))
     except Exception as exc:  # a picture is never worth a failed conversion
