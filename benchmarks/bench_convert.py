@@ -180,6 +180,7 @@ class Run:
         self.maxrss_single = 0  # bytes, kernel ru_maxrss (largest process of the tree)
         self.peak_sum = 0  # bytes, polled sum over the tree
         self.peak_procs = 0
+        self.cpu = 0.0  # user + system seconds of the child tree (GNU time), 0 if unknown
         self.killed: str | None = None
         self.stdout = ""
         self.stderr = ""
@@ -228,7 +229,7 @@ def run_child(
     if gnu_time:
         fd, rss_file = tempfile.mkstemp(prefix="maxrss-")
         os.close(fd)
-        cmd = [gnu_time, "-q", "-f", "%M", "-o", rss_file, *cmd]
+        cmd = [gnu_time, "-q", "-f", "%U %S %M", "-o", rss_file, *cmd]
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, stdout=out_f, stderr=err_f, env=env, cwd=cwd, start_new_session=True)
     stop = threading.Event()
@@ -275,7 +276,9 @@ def run_child(
     r.maxrss_single = ru.ru_maxrss * 1024
     if rss_file:
         with contextlib.suppress(OSError, ValueError, IndexError):
-            r.maxrss_single = int(Path(rss_file).read_text().split()[-1]) * 1024
+            fields = Path(rss_file).read_text().split()
+            r.maxrss_single = int(fields[-1]) * 1024
+            r.cpu = float(fields[-3]) + float(fields[-2])
         os.unlink(rss_file)
     # Leftover grandchildren (should not happen) are killed with the session.
     with contextlib.suppress(OSError):
@@ -564,6 +567,7 @@ class Bench:
         res: dict[str, Any] = {
             "repeats": len(runs),
             "times": [r.seconds for r in runs],
+            "cpu_seconds": [r.cpu for r in runs],  # user + system, the child tree
             "ok": len(ok) == len(runs),
             "loadavg_before": [round(r.loadavg, 2) for r in runs],  # type: ignore[attr-defined]
             "cpu_busy_before": [round(r.busy) for r in runs],  # type: ignore[attr-defined]
@@ -606,6 +610,7 @@ class Bench:
             a.max_shard_size,
             "--row-group-size",
             a.row_group_size,
+            *(["--previews", a.previews] if a.previews is not None else []),
         ]
 
     def cat_cmd(self, listfile: Path, out: Path) -> list[str]:
@@ -909,6 +914,9 @@ def render(res: dict[str, Any]) -> str:
                     )
                 if e and e.get("cpu_busy_before"):
                     notes += f", CPU busy before {max(e['cpu_busy_before'])}%"
+                if e and any(e.get("cpu_seconds") or ()):
+                    cpus = ", ".join(f"{c:.2f}" for c in e["cpu_seconds"])
+                    notes += f"; CPU s (user+sys) {cpus}"
                 out.append(
                     f"| {size_txt} | {where} | {name} | {t} | {mbs} | {ratio} | {rss1} | {rss2} | {notes} |"
                 )
@@ -1047,6 +1055,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(REPO / "benchmarks/results/RESULTS.md"))
     p.add_argument("--max-shard-size", default="500MB")
     p.add_argument("--row-group-size", default="128MiB")
+    p.add_argument("--previews", default=None, help="bids2hf convert --previews (0: none)")
     p.add_argument(
         "--bytes-per-subject",
         type=parse_size,

@@ -21,6 +21,7 @@ from huggingface_hub import DatasetCardData
 from bids2hf.plan.features import (
     Feature,
     Features,
+    Image,
     List,
     Nifti,
     NoArrowType,
@@ -56,6 +57,8 @@ COLUMNS: dict[str, Feature] = {
     "count": Value("int64"),
     "nifti": Nifti(),
     "nifti2": Nifti(decode=False),
+    "image": Image(),  # the previews config
+    "images": List(Image()),
     "anat_T1w": List(Nifti()),
     "anat_T1w_nifti2": List(Nifti(decode=False)),
     "anat_T1w_sha256": List(Value("string")),
@@ -76,6 +79,8 @@ def to_datasets(feature: Feature) -> Any:
         return datasets.Value(feature.dtype)
     if isinstance(feature, Nifti):
         return datasets.Nifti(decode=feature.decode)
+    if isinstance(feature, Image):
+        return datasets.Image()
     if isinstance(feature, List):
         return datasets.List(to_datasets(feature.feature))
     return {name: to_datasets(f) for name, f in feature.fields}

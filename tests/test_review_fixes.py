@@ -107,7 +107,9 @@ def test_legacy_state_of_an_interrupted_run_resumes(
     from bids2hf.write.state_store import StateStore
 
     out = tmp_path / "out"
-    assert cli("convert", bids_copy, out, *FAST, "--max-shard-size", "200kB").exit_code == 0
+    # --previews 0: that version wrote no previews (a legacy state cannot record them as ours)
+    first = cli("convert", bids_copy, out, *FAST, "--max-shard-size", "200kB", "--previews", "0")
+    assert first.exit_code == 0
     state = StateStore(out / ".bids2hf", out / ".bids2hf" / "tmp").load()
     assert state is not None and len(state.shards) > 1
     # What the old version left when killed near the end: its last shard not recorded yet.
@@ -242,7 +244,8 @@ def test_batch_committed_shards_are_ours_with_a_fresh_staging(
         "from huggingface_hub import HfApi, CommitOperationDelete as D\n"
         "api = HfApi()\n"
         "files = api.list_repo_files('org/m4', repo_type='dataset')\n"
-        "last = [D(f) for f in files if f.startswith('bids') or f == 'README.md']\n"
+        "last = [D(f) for f in files if f.startswith(('bids', 'images/', 'previews/'))\n"
+        "        or f == 'README.md']\n"
         "api.create_commit('org/m4', last, commit_message='as if killed', repo_type='dataset')\n"
     )
     _python(hub_env, drop)

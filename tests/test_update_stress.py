@@ -219,6 +219,10 @@ def leftovers(root: Path) -> list[str]:
     # The record of the card bids2hf published (so that a card edited on the Hub is recognised
     # as someone else's) is part of the resume state too.
     kept = {*STATE_FILES, ".bids2hf", ".bids2hf/published_cards.json"}
+    # [issue 13] and the thumbnails of the files the previews show, by sha256, so that a
+    # resumed run needs no second read; only the current ones (the folder must not grow)
+    thumbs = [p for p in found if re.fullmatch(r"\.bids2hf/thumbs/[0-9a-f]{64}\.(png|none)", p)]
+    kept |= {".bids2hf/thumbs", *thumbs} if len(thumbs) <= 14 else set()
     left = [p for p in found if p not in kept]
     return left if len(states) == 1 else [*left, f"(resume state: {states})"]
 

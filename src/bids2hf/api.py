@@ -38,6 +38,7 @@ from bids2hf.model.state import ResumeState, ShardRecord
 from bids2hf.plan.beside import MAX_VALUE_BYTES, files_url_of
 from bids2hf.plan.options import PlanOptions
 from bids2hf.plan.plan import ConversionPlan, make_plan
+from bids2hf.plan.previews import PreviewChoice, plan_previews
 from bids2hf.progress import ProgressBar
 from bids2hf.publish.beside import copy_and_stage_beside
 from bids2hf.publish.compare import Classified, classify, read_remote
@@ -60,6 +61,12 @@ from bids2hf.write.beside import beside_files, beside_paths, remove_stale_beside
 from bids2hf.write.engine import LocalEngine, ShardEngine, ShardJob, StagedShardResult
 from bids2hf.write.output import finish_output
 from bids2hf.write.output_folder import OutputFolder, disk_full
+from bids2hf.write.previews_output import (
+    PreviewsWritten,
+    keep_thumbnails,
+    planned_paths,
+    write_previews,
+)
 from bids2hf.write.shard import ShardResult
 from bids2hf.write.workers import write_shards
 
@@ -82,6 +89,7 @@ class ConvertReport:
     seconds: float = 0.0
     bytes_read: int = 0
     publish: PublishReport | None = None
+    previews: PreviewChoice | None = None  # [issue 13] the thumbnails chosen (None: off)
 
     @property
     def warnings(self) -> list[Problem]:
@@ -220,6 +228,7 @@ def convert(
     repo_hint: str | None = None,
     publish: PublishOptions | None = None,
     client: Any = None,
+    previews: int | None = None,
 ) -> ConvertReport:
     """Convert a BIDS folder into a Hugging Face dataset, locally or straight to a remote.
 
@@ -246,6 +255,9 @@ def convert(
             cluster, written by a worker straight to the destination (``workers`` is not used);
             the workers must see a local BIDS folder (and a local destination) at the same
             paths. See "Scaling out" in the README.
+        previews: rows of the ``previews`` config (thumbnails the Hub's viewer shows) at most;
+            None: as many as 0.5 % of the data's size allows (at least one); 0: no previews
+            and no card pictures.
 
     Returns:
         A :class:`ConvertReport`. Raises :class:`~bids2hf.errors.Bids2HfError` subclasses for
@@ -255,6 +267,8 @@ def convert(
         :class:`~bids2hf.errors.ClusterError` when the Dask cluster cannot run the shards.
     """
     started = time.monotonic()
+    if previews is not None and previews < 0:
+        raise InputError(f"--previews must be 0 or more (got {previews})")
     # [issue 14] Made first: Dask workers warm up (import the writer) while the driver scans.
     engine = _engine(client, workers)
     remote_url = str(destination) if is_remote(str(destination)) else None
@@ -278,6 +292,9 @@ def convert(
     else:
         out = OutputFolder(destination)
     report = ConvertReport(str(remote_url or out.root), plan, inventory)
+    # [issue 13] decided from the plan alone: a re-run chooses the same files
+    rows = [row for shard in plan.shards for row in shard.rows]
+    report.previews = plan_previews(rows, plan.columns, plan.embedded_bytes, previews)
     with out.locked():
         _convert_locked(
             _Run(
@@ -310,6 +327,7 @@ class _Run:
     repo_hint: str
     engine: ShardEngine  # [issue 14] who writes the shards
     remote: RemoteRun | None = None
+    previews: PreviewsWritten | None = None  # [issue 13] once written, for the card
 
     @property
     def plan(self) -> ConversionPlan:
@@ -385,6 +403,7 @@ def _dry_run(run: _Run) -> PublishReport:
     keep = [s.path for s in plan.shards]
     keep += [DATASET_FILES_PREFIX + f.relpath for f in plan.dataset_files]
     keep += beside_paths(plan.shards)
+    keep += planned_paths(run.report.previews)  # [issue 13]
     keep += _LAST_PATHS
     return dry_run_report(
         run.remote_url,
@@ -423,6 +442,7 @@ class _Paths:
 def _paths(run: _Run, work: Classified) -> _Paths:
     dataset = [DATASET_FILES_PREFIX + f.relpath for f in run.plan.dataset_files]
     dataset += beside_paths(run.plan.shards)  # [issue 11] files/...: copied like bids/ files
+    dataset += planned_paths(run.report.previews)  # [issue 13] written with them, at the end
     local = [s.path for s in work.todo] + dataset + list(_LAST_PATHS)
     remote = [s.path for s in run.plan.shards] + dataset + list(_LAST_PATHS)
     return _Paths(dataset, local, remote)
@@ -544,7 +564,8 @@ def _write(run: _Run, work: Classified) -> None:
             entries = _write_all(run, todo, work.resubmit, bar)
         if run.remote is not None:
             published = [s.path for s in plan.shards] + beside_paths(plan.shards)
-            run.remote.finish(out, published, entries)
+            extra = run.previews.paths if run.previews is not None else []
+            run.remote.finish(out, published, entries, extra)
     except BaseException as exc:
         if run.remote is not None:
             run.remote.abort()
@@ -585,6 +606,8 @@ def _write_all(
             )
 
     def on_done(shard: ShardPlan, result: ShardResult) -> None:
+        # [issue 13] kept first: a shard recorded complete never lacks its thumbnails
+        keep_thumbnails(out, result.thumbnails, {f.path: f.sha256 for f in result.files})
         store.put_shard(
             ShardRecord(
                 shard.path, shard.content_id, result.size, result.sha256, tuple(result.files)
@@ -598,11 +621,15 @@ def _write_all(
     copy_and_stage_beside(out, run.source, plan.shards, bar.update, run.remote, publisher)
     # [issue 14] the engine writes the shards (LocalEngine: write_shards, as before)
     run.engine.run(
-        ShardJob(plan.columns, plan.arrow_schema, run.source, out, bar.update, _target(run)),
+        ShardJob(
+            plan.columns, plan.arrow_schema, run.source, out, bar.update, _target(run),
+            thumbnails=frozenset(report.previews.files) if report.previews else frozenset(),
+        ),
         todo,
         on_done,
         acquire=publisher.acquire if publisher is not None and not run.from_workers else None,
     )
+    _write_previews(run)  # [issue 13] before the manifest and the card (which names them)
     return finish_output(
         out,
         run.source,
@@ -635,6 +662,17 @@ def _engine(client: Any, workers: int | None) -> ShardEngine:
 
 def _target(run: _Run) -> object | None:
     return run.remote.target if run.remote is not None else None
+
+
+def _write_previews(run: _Run) -> None:
+    """[issue 13] The previews file and the card's pictures, from the thumbnails the shard
+    writers made (kept in the state folder)."""
+    plan = run.plan
+    shas = {f.path: f.sha256 for s in plan.shards for f in run.state.shards[s.path].files}
+    rows = [row for shard in plan.shards for row in shard.rows]
+    run.previews = write_previews(
+        run.out, run.source, rows, plan.columns, run.report.previews, shas
+    )
 
 
 _README_NAMES = ("README", "README.md", "README.rst", "README.txt")
@@ -697,6 +735,7 @@ def _card(run: _Run, manifest: bytes) -> bytes:
         participants=run.report.inventory.participants,
         previous=previous,
         headers={f.relpath: f.header for f in run.report.inventory.files if f.header},
+        previews=run.previews,
     )
     try:
         text = render_card(run.plan, run.report.inventory.description, run.repo_hint, inputs)

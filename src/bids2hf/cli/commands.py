@@ -2,31 +2,32 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from bids2hf._version import __version__
 from bids2hf.bids.options import ScanOptions
+from bids2hf.cli.engine import engine_client
 from bids2hf.cli.options import (
     _options,
     common,
     engine_options,
     input_options,
     open_bids_dir,
+    previews_option,
     publish_options,
     source_option,
 )
-from bids2hf.errors import DestinationError, InputError
+from bids2hf.errors import DestinationError
 from bids2hf.units import human_bytes
 
-__all__ = ["convert", "demo", "engine_client", "export", "inspect", "main", "mount", "push",
+if TYPE_CHECKING:  # the API loads pyarrow and more: `bids2hf --help` stays quick
+    from bids2hf.api import ConvertReport
+
+__all__ = ["convert", "demo", "export", "inspect", "main", "mount", "push",
            "verify"]  # fmt: skip
 
 
@@ -43,19 +44,30 @@ def main() -> None:
 @click.option(
     "--all", "all_problems", is_flag=True, help="List every problem, not only the first 20."
 )
+@previews_option
 @common
-def inspect(bids_dir: str, all_problems: bool, quiet: bool, source_anon: bool, **kw: Any) -> None:
+def inspect(
+    bids_dir: str,
+    all_problems: bool,
+    quiet: bool,
+    source_anon: bool,
+    previews: int | None,
+    **kw: Any,
+) -> None:
     """Show what convert would write and every problem found, writing nothing.
 
     Exit code 2 when convert would refuse the input.
     """
     from bids2hf.api import scan_and_plan
-    from bids2hf.report.summaries import inspect_text
+    from bids2hf.plan.previews import plan_previews
+    from bids2hf.report.summaries import inspect_text, previews_text
 
     scan_options, plan_options = _options(kw)
     source = open_bids_dir(bids_dir, source_anon)  # [issue 15]
     inventory, plan = scan_and_plan(source, scan_options, plan_options)
-    click.echo(inspect_text(inventory, plan, all_problems))
+    rows = [row for shard in plan.shards for row in shard.rows]
+    choice = plan_previews(rows, plan.columns, plan.embedded_bytes, previews)
+    click.echo(inspect_text(inventory, plan, all_problems, previews_text(choice)))
     if plan.errors:
         sys.exit(2)
 
@@ -94,6 +106,7 @@ def inspect(bids_dir: str, all_problems: bool, quiet: bool, source_anon: bool, *
     help="Shards on local disk at most while uploading (default: 2 x workers).",
 )
 @engine_options  # [issue 14]
+@previews_option
 @common
 def convert(
     bids_dir: str,
@@ -112,6 +125,7 @@ def convert(
     source_anon: bool,
     engine: str,
     scheduler: str | None,
+    previews: int | None,
     **kw: Any,
 ) -> None:
     """Convert BIDS_DIR into a Hugging Face dataset at DESTINATION.
@@ -145,14 +159,18 @@ def convert(
             progress=not quiet,
             publish=publish,
             client=client,
+            previews=previews,
         )
-    _echo_convert(report)
+    _print_convert_report(report)
 
 
-def _echo_convert(report: Any) -> None:
-    """The summary of a conversion (or what its dry run would upload)."""
+def _print_convert_report(report: ConvertReport) -> None:
+    """What convert did (or, with --dry-run, would do)."""
     if report.publish is not None and report.publish.dry_run:
+        from bids2hf.report.summaries import previews_text
+
         click.echo(report.publish.text())
+        click.echo(previews_text(report.previews))  # [issue 13]
         return
     click.echo(report.text())
     if report.replaced:
@@ -162,34 +180,6 @@ def _echo_convert(report: Any) -> None:
         )
     if report.publish is not None:
         click.echo(report.publish.text())
-
-
-@contextlib.contextmanager
-def engine_client(engine: str, scheduler: str | None, workers: int | None) -> Iterator[Any]:
-    """[issue 14] The Dask client ``convert`` gets (None for the local engine), closed at the end.
-
-    Raises:
-        InputError: --scheduler without --engine dask.
-        ClusterError: Dask is missing, or the scheduler cannot be reached.
-    """
-    if engine != "dask":
-        if scheduler is not None:
-            raise InputError("--scheduler: only with --engine dask; add --engine dask")
-        yield None
-        return
-    from bids2hf.scale.dask_engine import dask_client
-
-    with contextlib.suppress(ImportError):  # (dask_client says what to install)
-        import distributed  # noqa: F401 - imported first: it sets its loggers to INFO
-
-        # The CLI's --quiet/--debug decide, not distributed's defaults (its INFO lines would
-        # drown the summary).
-        if logging.getLogger().level > logging.DEBUG:
-            logging.getLogger("distributed").setLevel(
-                max(logging.WARNING, logging.getLogger().level)
-            )
-    with dask_client(scheduler or f"local:{workers or os.cpu_count() or 1}") as client:
-        yield client
 
 
 @main.command()

@@ -189,6 +189,19 @@ def open_bids_dir(bids_dir: str, anon: bool) -> Source:
     return open_source(bids_dir, anon=True if anon else None)
 
 
+def previews_option(func: F) -> F:
+    """[issue 13] --previews N, shared by inspect and convert."""
+    return click.option(
+        "--previews",
+        type=click.IntRange(min=0),
+        default=None,
+        metavar="N",
+        help="Rows of the `previews` config (thumbnails the Hub's viewer shows) at most; "
+        "0: no previews and no card pictures. Default: as many as 0.5% of the data's size "
+        "allows (at least the first row).",
+    )(func)
+
+
 def publish_options(func: F) -> F:
     """Options of remote destinations, shared by convert and push."""
     options = [

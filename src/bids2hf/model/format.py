@@ -15,9 +15,8 @@ import pyarrow.parquet as pq
 
 __all__ = [
     "BESIDE_PREFIX", "CHECKSUMS_PATH", "DATASET_FILES_PREFIX", "FOOTER_KEY", "JOURNAL_NAME",
-    "LEGACY_NAME",
-    "LOCK_NAME", "MANIFEST_PATH", "OWNED_PREFIXES", "STATE_DIR", "USER_END", "USER_START",
-    "VCS_DIRS", "EmbeddedFile",
+    "LEGACY_NAME", "LOCK_NAME", "MANIFEST_PATH", "OWNED_PREFIXES", "PREVIEW_PREFIXES", "STATE_DIR",
+    "USER_END", "USER_START", "VCS_DIRS", "EmbeddedFile",
     "read_footer_index", "sha256_file", "write_chunk",
 ]
 
@@ -145,7 +144,10 @@ LOCK_NAME = "lock"
 
 #: Remote folders bids2hf writes. A file there that the new output lacks is deleted only if a
 #: bids2hf run recorded writing it (see :func:`recorded_paths`); others are kept.
-OWNED_PREFIXES = ("data/", DATASET_FILES_PREFIX, "bids2hf/", BESIDE_PREFIX)
+#: [issue 13] The folders of the ``previews`` config and the card's pictures (plan/previews.py):
+#: bids2hf's too, and never part of the BIDS data (export leaves them out).
+PREVIEW_PREFIXES = ("images/", "previews/")
+OWNED_PREFIXES = ("data/", DATASET_FILES_PREFIX, "bids2hf/", BESIDE_PREFIX, *PREVIEW_PREFIXES)
 
 
 # -- fsspec file systems (s3://, gs://, file://, ...) -----------------------------------------

@@ -21,6 +21,7 @@ import pyarrow as pa
 __all__ = [
     "Feature",
     "Features",
+    "Image",
     "List",
     "Nifti",
     "NoArrowType",
@@ -100,6 +101,23 @@ class Nifti:
 
 
 @dataclass(frozen=True, repr=False)
+class Image:
+    """An image file (``{bytes, path}``, PNG here): `datasets.Image()`, decoded to PIL."""
+
+    def arrow_type(self) -> pa.DataType:
+        return pa.struct({"bytes": pa.binary(), "path": pa.string()})
+
+    def to_json(self) -> dict[str, Any]:
+        return {"_type": "Image"}
+
+    def to_yaml(self) -> dict[str, Any]:
+        return {"dtype": "image"}
+
+    def __repr__(self) -> str:
+        return "Image(mode=None, decode=True)"
+
+
+@dataclass(frozen=True, repr=False)
 class List:
     """A variable-length list of one feature: `datasets.List(feature)` (Arrow ``list<...>``)."""
 
@@ -150,7 +168,7 @@ class Struct:
 
 
 #: a column's (or a list item's, a struct field's) feature
-Feature = Value | Nifti | List | Struct
+Feature = Value | Nifti | Image | List | Struct
 
 
 class Features(Mapping[str, Feature]):

@@ -16,6 +16,7 @@ from bids2hf.model.format import FOOTER_KEY, MANIFEST_PATH, OWNED_PREFIXES, USER
 from bids2hf.model.manifest import loads
 from bids2hf.model.rows import ShardPlan
 from bids2hf.model.state import ShardRecord
+from bids2hf.plan.previews import PREVIEWS_PATH, picture_path
 from bids2hf.publish.retry import call_with_retries
 from bids2hf.publish.targets.base import RemoteFile, Target, git_blob_oid
 from bids2hf.publish.targets.fsspec import FsspecTarget
@@ -168,8 +169,8 @@ def foreign_card(
 def recorded_paths(target: Target, remote: dict[str, RemoteFile]) -> set[str]:
     """Remote paths that a bids2hf run recorded writing, as far as the remote itself says.
 
-    That is the files its manifest places (shards, dataset-level files), the manifest and the
-    card committed with it, and on fsspec targets every file in ``bids2hf/checksums.json``.
+    That is the files its manifest places (shards, dataset-level files), the manifest, the
+    card and the previews committed with it, and on fsspec targets every file in ``bids2hf/checksums.json``.
     A staging folder's state adds the paths its own runs wrote (see ``ResumeState.remote_owned``).
     A manifest that does not parse records nothing (a warning says so): unknown files are never
     deleted. Raises :class:`DestinationError` if the manifest cannot be fetched at all.
@@ -201,6 +202,10 @@ def recorded_paths(target: Target, remote: dict[str, RemoteFile]) -> set[str]:
         return owned
     owned.update((MANIFEST_PATH, "README.md"))
     owned.update(e.location for e in entries if e.location)
+    # [issue 13] the previews file and the pictures of the image columns the manifest names,
+    # committed with it (the card links them)
+    images = {e.column for e in entries if e.column and e.path.endswith((".nii", ".nii.gz"))}
+    owned.update([PREVIEWS_PATH, *(picture_path(c) for c in images)])
     return owned
 
 

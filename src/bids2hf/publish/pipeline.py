@@ -216,11 +216,16 @@ class RemoteRun:
             self._publisher.abort()
 
     def finish(
-        self, out: OutputFolder, shard_paths: Collection[str], entries: Sequence[ManifestEntry]
+        self,
+        out: OutputFolder,
+        shard_paths: Collection[str],
+        entries: Sequence[ManifestEntry],
+        extra: Sequence[str] = (),
     ) -> None:
-        """Last commit (dataset files, manifest, card, deletions), then verify the remote and
-        empty the staging folder of everything but its resume state. ``shard_paths`` lists the
-        files uploaded before (shards, and files stored beside them): kept and verified.
+        """Last commit (dataset files, ``extra`` files of the folder such as the previews,
+        manifest, card, deletions), then verify the remote and empty the staging folder of
+        everything but its resume state. ``shard_paths`` lists the files uploaded before
+        (shards, and files stored beside them): kept and verified.
 
         Raises :class:`~bids2hf.errors.VerificationError` if the remote differs from what was
         written, and the target's errors for a failed upload or commit.
@@ -231,7 +236,7 @@ class RemoteRun:
             for e in entries
             if e.placement == "dataset_file" and e.location and e.sha256
         ]
-        final = final_files(out, dataset)
+        final = final_files(out, dataset, extra)
         keep = set(shard_paths) | {f.path for f in final}
         # Only files a bids2hf run recorded writing there are deleted; others are kept and named.
         deletions = stale_paths(self.remote, keep, self.owned)
@@ -254,11 +259,12 @@ class RemoteRun:
 
 
 def final_files(
-    out: OutputFolder, dataset_files: Iterable[tuple[str, int, str]]
+    out: OutputFolder, dataset_files: Iterable[tuple[str, int, str]], extra: Sequence[str] = ()
 ) -> list[StagedFile]:
-    """The last commit's files: dataset-level files, the manifest and the card (in that order)."""
+    """The last commit's files: dataset-level files, ``extra`` files of the folder (the
+    previews), the manifest and the card (in that order)."""
     items = [StagedFile(rel, out.root / rel, size, sha) for rel, size, sha in dataset_files]
-    for rel in (MANIFEST_PATH, "README.md"):
+    for rel in (*extra, MANIFEST_PATH, "README.md"):
         path = out.root / rel
         items.append(StagedFile(rel, path, path.stat().st_size, sha256_file(path)))
     return items

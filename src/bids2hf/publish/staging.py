@@ -39,6 +39,6 @@ def empty_staging(out: OutputFolder) -> None:
     for folder in sorted(beside_dir.rglob("*"), key=lambda p: len(p.parts), reverse=True):
         with contextlib.suppress(OSError):  # a file, or a folder holding someone's files
             folder.rmdir()
-    for name in ("data", "bids", "bids2hf", BESIDE_PREFIX.rstrip("/")):
+    for name in ("data", "bids", "bids2hf", "images", "previews", BESIDE_PREFIX.rstrip("/")):
         with contextlib.suppress(OSError):  # not empty: holds files bids2hf did not write
             (out.root / name).rmdir()

@@ -19,6 +19,7 @@ from bids2hf.model.image_header import HeaderFacts
 from bids2hf.model.inventory import Table
 from bids2hf.model.rows import Role
 from bids2hf.plan.plan import ConversionPlan
+from bids2hf.plan.previews import previews_config, previews_dataset_info
 from bids2hf.report.card_facts import (
     description_facts,
     hub_license,
@@ -29,6 +30,7 @@ from bids2hf.report.card_facts import (
 from bids2hf.report.card_render import CardFacts, GeneratedSections, render
 from bids2hf.report.image_facts import KindFacts, summarize_kind
 from bids2hf.units import human_bytes
+from bids2hf.write.previews_output import PreviewsWritten
 
 __all__ = ["CardInputs", "render_card"]
 
@@ -49,6 +51,7 @@ class CardInputs:
     participants: Table | None = None
     previous: str | None = None  # the card this one replaces (its user section is kept)
     headers: Mapping[str, HeaderFacts | None] = field(default_factory=dict)  # relpath → facts
+    previews: PreviewsWritten | None = None  # [issue 13] the previews file and pictures written
 
 
 def render_card(
@@ -85,6 +88,8 @@ def render_card(
         schema_version=bids_schema.schema_version(),
         manifest_sha256=hashlib.sha256(inputs.manifest).hexdigest() if inputs.manifest else None,
         kinds=_kind_facts(plan, inputs.headers),
+        pictures=dict(inputs.previews.pictures) if inputs.previews else {},
+        previews=bool(inputs.previews and inputs.previews.rows),
     )
     sections = GeneratedSections(
         intro=intro,
@@ -93,7 +98,22 @@ def render_card(
         notes="\n".join(_notes_lines(plan)),
         contents="\n".join(_contents_lines(plan)),
     )
-    return render(_card_data(plan, description), facts, sections, inputs.previous)
+    data = _card_data(plan, description)
+    if inputs.previews is not None and inputs.previews.rows:
+        _add_previews(data, inputs.previews, plan.options.split)
+    return render(data, facts, sections, inputs.previous)
+
+
+def _add_previews(data: DatasetCardData, previews: PreviewsWritten, split: str) -> None:
+    """[issue 13] The ``previews`` config after ``default`` (which stays what
+    ``load_dataset(REPO)`` loads), and its ``dataset_info`` beside the default one: with two
+    configs, `datasets` writes a list of entries named by ``config_name``, sorted by name."""
+    data["configs"] = [*data["configs"], previews_config(split)]
+    default = {"config_name": "default", **data["dataset_info"]}
+    info = previews_dataset_info(
+        previews.keys, previews.images, previews.rows, previews.nbytes, split
+    )
+    data["dataset_info"] = sorted([default, info], key=lambda entry: entry["config_name"])
 
 
 def _kind_facts(

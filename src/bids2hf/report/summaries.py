@@ -7,16 +7,11 @@ from collections.abc import Sequence
 
 from bids2hf.model.inventory import Inventory, Problem, Severity
 from bids2hf.plan.plan import ConversionPlan
+from bids2hf.plan.previews import IMAGES_DIR, PREVIEWS_PATH, PreviewChoice
 from bids2hf.units import human_bytes
 
-__all__ = [
-    "beside_lines",
-    "convert_summary",
-    "inspect_text",
-    "kinds_table",
-    "left_out_lines",
-    "problem_lines",
-]
+__all__ = ["beside_lines", "convert_summary", "inspect_text", "kinds_table", "left_out_lines",
+           "previews_text", "problem_lines"]  # fmt: skip
 
 
 def _table(rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> list[str]:
@@ -91,8 +86,14 @@ def problem_lines(problems: Sequence[Problem], limit: int = 20) -> list[str]:
     return lines
 
 
-def inspect_text(inventory: Inventory, plan: ConversionPlan, all_problems: bool = False) -> str:
-    """What ``convert`` would write, and every problem found."""
+def inspect_text(
+    inventory: Inventory,
+    plan: ConversionPlan,
+    all_problems: bool = False,
+    previews: str | None = None,
+) -> str:
+    """What ``convert`` would write, and every problem found (``previews``: the line of
+    :func:`previews_text`, when known)."""
     where = inventory.source.location if inventory.source else inventory.root  # [issue 15]
     lines = [
         f"dataset: {inventory.description.get('Name', '?')}  ({where})",
@@ -101,6 +102,7 @@ def inspect_text(inventory: Inventory, plan: ConversionPlan, all_problems: bool 
         f"of at most {human_bytes(plan.options.max_shard_bytes)}; "
         f"{plan.embedded_files} embedded files, {human_bytes(plan.embedded_bytes)}",
         f"dataset-level files: {len(plan.dataset_files)} (stored verbatim under bids/)",
+        *([previews] if previews else []),
         *left_out_lines(plan),
         *beside_lines(plan),
         "",
@@ -112,6 +114,17 @@ def inspect_text(inventory: Inventory, plan: ConversionPlan, all_problems: bool 
         lines.append(f"  {name}: {feature!r}")
     lines += ["", *problem_lines(plan.problems, limit=10_000 if all_problems else 20)]
     return "\n".join(lines)
+
+
+def previews_text(choice: PreviewChoice | None) -> str:
+    """One line: the previews convert would make (plan/previews.py's choice; None: off)."""
+    if choice is None:
+        return "previews: none (--previews 0, or no NIfTI column)"
+    return (
+        f"previews: {len(choice.rows)} row(s) in {PREVIEWS_PATH} and {len(choice.pictures)} card "
+        f"picture(s) in {IMAGES_DIR}/, {len(choice.files)} thumbnail(s) made while writing "
+        "(--previews N for at most N rows, 0 for none)"
+    )
 
 
 def convert_summary(

@@ -69,6 +69,9 @@ class ShardJob:
     # The remote destination (a publish.targets Target; write/ may not import publish/), or
     # None when ``out`` is the destination.
     target: object | None = None
+    # [issue 13] files to make thumbnails of from the bytes the writer holds (plan/previews.py).
+    # The Dask engine makes none: the run makes the missing ones from the source at the end.
+    thumbnails: frozenset[str] = frozenset()
 
 
 class ShardEngine(Protocol):
@@ -131,4 +134,5 @@ class LocalEngine:
             job.progress,
             on_done,
             acquire=acquire,
+            thumbnails=job.thumbnails,
         )

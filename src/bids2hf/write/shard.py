@@ -12,7 +12,7 @@ import dataclasses
 import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from bids2hf.write.beside_cells import (
     cell_path,
     embedded_size,
 )
+from bids2hf.write.previews import ThumbnailJobs
 from bids2hf.write.ranges import Verbatim, locate_written, record_offsets
 from bids2hf.write.reader import FileReader, Progress
 
@@ -61,6 +62,8 @@ class ShardResult:
     size: int
     sha256: str | None
     files: list[EmbeddedFile] = field(default_factory=list)
+    # [issue 13] relpath → PNG (None: none could be made) of the chosen files it holds
+    thumbnails: dict[str, bytes | None] = field(default_factory=dict)
 
 
 #: In a worker process, the pid of the run that started it (set by init_worker); else None.
@@ -268,6 +271,7 @@ def _write_row_group(
     schema: pa.Schema,
     reader: FileReader,
     path: Path,
+    thumbs: ThumbnailJobs,
 ) -> list[EmbeddedFile]:
     """Read one row group's files, write the row group, and find where its verbatim files are.
 
@@ -278,7 +282,9 @@ def _write_row_group(
     file_columns = _file_columns(columns, rows, reader)
     # [issue 15] every file of the row group in one call, in column order: a remote source
     # keeps several of them in flight.
-    reader.read_files([r for c in file_columns.values() for r in c.reads()])
+    reads = [r for c in file_columns.values() for r in c.reads()]
+    reader.read_files(reads)
+    thumbs.submit(reads)  # [issue 13] on a thread, overlapping the encode and write
     arrays = []
     for spec in columns:
         typ = schema.field(spec.name).type
@@ -306,6 +312,7 @@ def _write_row_group(
     # Start writing back what is already on its way to disk, so that the fsync at the end does
     # not stall the pipeline for a whole shard's worth of dirty pages.
     _start_writeback(path)
+    thumbs.wait()  # [issue 13] before the next row group reuses the buffer
     return [
         dataclasses.replace(e, offset=r.offset) if (r := found.get(e.key)) else e for e in embedded
     ]
@@ -335,13 +342,13 @@ def write_shard(
     final_path: Path,
     tmp_path: Path,
     progress: Progress | None = None,
+    thumbnails: Collection[str] = frozenset(),
 ) -> ShardResult:
     """Write ``shard`` to ``tmp_path``, then rename it to ``final_path``.
 
-    ``source`` is where the files are read: a :class:`~bids2hf.bids.source.LocalSource` or an
-    fsspec one (``write/`` never opens a source itself: it takes the object) [issue 15]. The
-    footer's index gives each file's row, column and sha256, and for files stored verbatim its
-    byte offset, so readers can fetch one file by its byte range.
+    ``source`` is where the files are read (a local or fsspec Source) [issue 15]. The footer's
+    index gives each file's row, column, sha256 and, stored verbatim, its byte offset. Thumbnails
+    of ``thumbnails`` (relpaths) are made from the bytes in memory into ``ShardResult.thumbnails``.
 
     Raises:
         SourceChangedError: a source file differs from the plan.
@@ -353,6 +360,7 @@ def write_shard(
     reader = FileReader(source, progress)
     # [issue 11] files stored beside were copied (and hashed) by the run before this shard
     reader.hashes.update(beside_hashes(shard))
+    thumbs = ThumbnailJobs(thumbnails)  # [issue 13]
     embedded: list[EmbeddedFile] = []
     try:
         # A native sink: a Python file object would copy every page into a bytes object.
@@ -364,7 +372,7 @@ def write_shard(
                     # and written: reading and writing overlap without holding more memory.
                     _advise(source, groups[index + 1])
                 embedded += _write_row_group(
-                    writer, rows, first_row, columns, schema, reader, tmp_path
+                    writer, rows, first_row, columns, schema, reader, tmp_path, thumbs
                 )
                 first_row += len(rows)
             writer.add_key_value_metadata(
@@ -383,4 +391,5 @@ def write_shard(
         raise
     finally:
         reader.close()
-    return ShardResult(str(shard.path), size, None, embedded)
+        thumbs.close()
+    return ShardResult(str(shard.path), size, None, embedded, thumbs.results)

@@ -78,13 +78,26 @@ def write_job(
     source: Source,
     final: str,
     tmp: str,
+    thumbnails: frozenset[str] = frozenset(),
 ) -> ShardResult:
     """:func:`write_shard` in a worker process, reporting progress through the queue.
 
     ``source`` arrives pickled [issue 15]: unpickling it imports its module (a remote source
     opens its file system again in this process).
     """
-    return write_shard(shard, columns, schema, source, Path(final), Path(tmp), _queue_progress)
+    return write_shard(
+        shard, columns, schema, source, Path(final), Path(tmp), _queue_progress, thumbnails
+    )
+
+
+def _for_shard(thumbnails: frozenset[str], shard: ShardPlan) -> frozenset[str]:
+    """The chosen files this shard holds: a worker is sent only those (the set may be large)."""
+    if not thumbnails:
+        return thumbnails
+    return (
+        frozenset(r.relpath for row in shard.rows for refs in row.files.values() for r in refs)
+        & thumbnails
+    )
 
 
 # -- parallel shard writing -----------------------------------------------------------------
@@ -121,11 +134,13 @@ def write_shards(
     progress: Callable[[int, int], None],
     on_done: Callable[[ShardPlan, ShardResult], None],
     acquire: Callable[[bool], bool] | None = None,
+    thumbnails: frozenset[str] = frozenset(),
 ) -> None:
     """Write shards, ``workers`` at a time, calling ``on_done`` in the parent as each completes.
 
     ``acquire(block)`` is asked for room before each shard is started; the publisher uses it to
     bound how many shards exist on local disk (it frees room once a shard is uploaded).
+    ``thumbnails``: the files to make thumbnails of as they are written (plan/previews.py).
     """
     # Workers get the columns without their `datasets` feature objects (the schema carries the
     # types), so that unpickling them does not import `datasets` in every worker.
@@ -142,6 +157,7 @@ def write_shards(
                 out.root / shard.path,
                 out.tmp_path(shard.path),
                 progress,
+                thumbnails,
             )
             on_done(shard, result)
         return
@@ -170,6 +186,7 @@ def write_shards(
                         source,
                         str(out.root / shard.path),
                         str(out.tmp_path(shard.path)),
+                        _for_shard(thumbnails, shard),
                     )
                     pending[fut] = shard
                 done, _ = wait(pending, return_when=FIRST_COMPLETED, timeout=0.5)
