@@ -103,7 +103,9 @@ def test_load_dataset_from_the_hub(
 def _watch_staging(root: Path, stop: threading.Event, peak: list[int]) -> None:
     while not stop.is_set():
         try:
-            count = sum(1 for p in root.rglob("*.parquet*") if p.is_file()) if root.exists() else 0
+            # Shards (and their temporary files) only: the previews file is staged at the end.
+            data = root / "data"
+            count = sum(1 for p in data.rglob("*.parquet*") if p.is_file()) if data.exists() else 0
         except FileNotFoundError:
             count = 0
         peak[0] = max(peak[0], count)
