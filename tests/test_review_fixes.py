@@ -386,3 +386,54 @@ def test_slow_manifest_read_is_bounded_by_timeout(
     line = error_line(proc)
     assert "bids2hf/manifest.jsonl" in line and "cannot be read" in line, line
     assert elapsed < 8 * 4, f"{elapsed:.1f} s: the reads were not cut at --timeout"
+
+
+# -- regular (non-LFS) files hold their slot until committed: they must not starve the writer ------
+def test_regular_files_holding_every_slot_are_committed(tmp_path: Path) -> None:
+    """A file the Hub takes as a regular file is read at commit time, so it keeps its staging
+    slot until a commit. With every slot held that way and fewer than ``commit_every`` files
+    pending, the writer waited for a slot forever (seen as a hang converting small files stored
+    beside the shards to the Hub); the publisher now commits as soon as they hold every slot."""
+    import threading
+
+    from bids2hf.publish.targets.base import RemoteFile, StagedFile
+    from bids2hf.publish.uploader import Publisher, PublishReport
+
+    commits: list[list[str]] = []
+
+    class RegularFiles:
+        url = "regular://x"
+
+        def ensure(self) -> None: ...
+
+        def files(self) -> dict[str, RemoteFile]:
+            return {}
+
+        def stage(self, item: StagedFile) -> None:
+            pass  # not uploaded: a regular file goes into the commit itself
+
+        def commit(self, items: list[StagedFile], deletions: list[str], message: str) -> bool:
+            commits.append([i.path for i in items])
+            return True
+
+    publisher = Publisher(RegularFiles(), {}, max_staged=2, commit_every=100, report=PublishReport("u"))
+    paths = []
+    for n in range(6):
+        local = tmp_path / f"f{n}.json"
+        local.write_bytes(b"{}")
+        paths.append(f"files/f{n}.json")
+
+    def writer() -> None:
+        for n, path in enumerate(paths):
+            publisher.acquire(True)
+            publisher.submit(StagedFile(path, tmp_path / f"f{n}.json", 2, "0" * 64), holds_slot=True)
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    thread.join(20)
+    alive = thread.is_alive()
+    if alive:
+        publisher.abort(1)
+    assert not alive, "the writer waited for a staging slot that regular files never freed"
+    publisher.finish([], [], "last")
+    assert [p for batch in commits for p in batch] == paths

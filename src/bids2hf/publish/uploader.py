@@ -70,7 +70,8 @@ class Publisher:
         self.report = report
         self.commit_every = max(1, commit_every)
         self.bar = bar
-        self._slots = threading.BoundedSemaphore(max(1, max_staged))
+        self._max_staged = max(1, max_staged)
+        self._slots = threading.BoundedSemaphore(self._max_staged)
         self._staged = 0
         self._lock = threading.Lock()
         # Two stages: a shard is hashed (and its checksum recorded) while the one before it is
@@ -203,7 +204,10 @@ class Publisher:
                 self._release(item, delete=True)
             elif holds_slot:
                 self._holding.append(item)  # a regular (non-LFS) file is read at commit time
-            if len(self._pending) >= self.commit_every and not self._aborted:
+            # Commit after `commit_every` files, or as soon as regular files hold every slot:
+            # the writer waits for a slot, and they free theirs only once committed.
+            full = len(self._holding) >= self._max_staged
+            if (len(self._pending) >= self.commit_every or full) and not self._aborted:
                 self.target.commit(self._pending, [], f"bids2hf: add {len(self._pending)} shard(s)")
                 self.report.commits += 1
                 self._after_commit()
