@@ -1,0 +1,2 @@
+"""One conversion once planned: its shared state (run), its steps in order (steps), the
+writing and publishing (writing), and its card (card). ``bids2hf.api.convert`` drives it."""
