@@ -230,6 +230,7 @@ def trace_child(trace_path: str, argv: list[str]) -> None:
     t_start = time.time()
     import bids2hf.api as C
     import bids2hf.cli.commands as cli
+    import bids2hf.conversion.writing as W
     import bids2hf.publish.pipeline as P
     import bids2hf.publish.targets.base as T
     import bids2hf.publish.targets.hub as H
@@ -269,7 +270,7 @@ def trace_child(trace_path: str, argv: list[str]) -> None:
     item_info = lambda self, item, *a, **k: {"path": item.path, "bytes": item.size}  # noqa: E731
     wrap(C, "scan_and_plan", "scan+plan")
     wrap(C, "write_shards", "write shards (all)")
-    wrap(C, "finish_output", "dataset files, manifest, card")
+    wrap(W, "finish_output", "dataset files, manifest, card")
     wrap(P.RemoteRun, "finish", "final: join uploads, last commit, verify")
     wrap(U.Publisher, "acquire", "writer waits for a staging slot", min_s=0.002)
     wrap(U.Publisher, "submit", "shard handed to uploader", key=item_info)
