@@ -163,13 +163,16 @@ def test_load_dataset_local_and_streaming(bids_copy: Path, tmp_path: Path, cli: 
     cwd = os.getcwd()
     os.chdir(tmp_path)  # not the output's parent: the path in the cell is absolute
     try:
+        # A cache of its own: `datasets` reused a dataset prepared by an earlier run of this test
+        # (another tmp folder, same folder name and card), whose cells name that run's copies.
+        cache = str(tmp_path / "hf-cache")
         for streaming in (False, True):
-            ds = load_dataset(str(out), split="train", streaming=streaming)
+            ds = load_dataset(str(out), split="train", streaming=streaming, cache_dir=cache)
             row = next(iter(ds))
             runs = row["func_bold"]
             assert len(runs) == 3
             assert np.array_equal(np.asarray(runs[1].dataobj), expected[0])
-        raw = load_dataset(str(out), split="train").cast_column(
+        raw = load_dataset(str(out), split="train", cache_dir=cache).cast_column(
             "func_bold", List(Nifti(decode=False))
         )
         cell = raw[0]["func_bold"][1]
