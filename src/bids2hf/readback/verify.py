@@ -17,7 +17,7 @@ from bids2hf.model.format import BESIDE_PREFIX, DATASET_FILES_PREFIX, sha256_fil
 from bids2hf.model.manifest import ManifestEntry
 from bids2hf.model.source import Source
 from bids2hf.progress import ProgressBar
-from bids2hf.readback.published import open_dataset
+from bids2hf.readback.published import PublishedDataset, open_dataset
 
 __all__ = ["Difference", "VerifyReport", "verify"]
 
@@ -104,6 +104,42 @@ def verify(
             "no such folder (give the BIDS folder to compare)"
         )
     dataset = open_dataset(source)
+    published, left_out = _published(dataset)
+    beside = dataset.files(BESIDE_PREFIX.rstrip("/"))  # [issue 11] one listing
+    report = VerifyReport(left_out=len(left_out))
+    source_files = _source_files(bids)
+    total = sum(w.size for rel, w in source_files.items() if rel in published and w.is_file)
+    with ProgressBar(total, len(source_files), enabled=progress, desc="verify") as bar:
+        for rel, w in sorted(source_files.items()):
+            entry = published.get(rel)
+            if entry is None:
+                if rel not in left_out:
+                    report.differences.append(
+                        Difference(rel, "missing", "not in the published dataset")
+                    )
+                continue
+            report.checked += 1
+            if (difference := _difference(bids, rel, w, entry, beside, bar)) is not None:
+                report.differences.append(difference)
+    for rel, entry in sorted(published.items()):
+        if rel not in source_files:
+            # Every published entry has a location: its shard or its path under bids/.
+            report.differences.append(Difference(rel, "extra", f"in {entry.location}"))
+    return report
+
+
+def _published(dataset: PublishedDataset) -> tuple[dict[str, ManifestEntry], set[str]]:
+    """What the dataset holds, by BIDS path, and the paths its manifest lists as left out.
+
+    Embedded files are taken from the shards themselves (their size and sha256), not from the
+    manifest's word. A manifest says what the dataset holds, as for export: only the shards it
+    references are read (data/ may hold foreign files and stale copies), and only the files it
+    lists count.
+
+    Raises:
+        InputError: the dataset's index is damaged or crafted.
+        VerificationError: a shard the manifest references is no readable Parquet file.
+    """
     published: dict[str, ManifestEntry] = {}
     left_out: set[str] = set()
     manifest = dataset.manifest()
@@ -112,10 +148,6 @@ def verify(
             left_out.add(e.path)
         elif e.placement == "dataset_file" and e.location:
             published[e.path] = e
-    # Embedded files are taken from the shards themselves (their size and sha256), not from the
-    # manifest's word. A manifest says what the dataset holds, as for export: only the shards it
-    # references are read (data/ may hold foreign files and stale copies), and only the files it
-    # lists count.
     listed = None if manifest is None else {(e.location, e.path) for e in manifest}
     if listed is not None:  # [issue 11] files stored beside: their cell is in e.shard
         listed |= {(e.shard, e.path) for e in manifest or [] if e.placement == "beside"}
@@ -130,47 +162,36 @@ def verify(
                     ef.path, ef.size, placement, ef.sha256, where, ef.column, ef.row, ef.index
                 ),
             )
-    beside = dataset.files(BESIDE_PREFIX.rstrip("/"))  # [issue 11] one listing
     stored = dataset.listing(DATASET_FILES_PREFIX.rstrip("/"))
     for e in list(published.values()):
         if e.placement == "dataset_file" and e.location not in stored:
             published.pop(e.path)
-    report = VerifyReport(left_out=len(left_out))
-    source_files = _source_files(bids)
-    total = sum(w.size for rel, w in source_files.items() if rel in published and w.is_file)
-    with ProgressBar(total, len(source_files), enabled=progress, desc="verify") as bar:
-        for rel, w in sorted(source_files.items()):
-            entry = published.get(rel)
-            if entry is None:
-                if rel not in left_out:
-                    report.differences.append(
-                        Difference(rel, "missing", "not in the published dataset")
-                    )
-                continue
-            report.checked += 1
-            if entry.placement == "beside" and beside.get(entry.location or "") != entry.size:
-                found = beside.get(entry.location or "")
-                what = "missing" if found is None else f"{found} bytes, {entry.size} recorded"
-                report.differences.append(
-                    Difference(rel, "changed", f"published copy {entry.location}: {what}")
-                )
-            elif w.broken or w.unreadable:
-                what = "broken symlink" if w.broken else "permission denied"
-                report.differences.append(Difference(rel, "changed", f"cannot be read ({what})"))
-            elif w.size != entry.size:
-                report.differences.append(
-                    Difference(rel, "changed", f"size {w.size} vs {entry.size} published")
-                )
-            else:
-                try:
-                    digest = _sha256(bids, rel, bar)
-                except OSError as exc:  # removed or made unreadable since the walk
-                    digest = f"cannot be read ({exc.strerror or exc})"
-                if digest != entry.sha256:
-                    detail = digest if digest.startswith("cannot") else "sha256 differs"
-                    report.differences.append(Difference(rel, "changed", detail))
-    for rel, entry in sorted(published.items()):
-        if rel not in source_files:
-            # Every published entry has a location: its shard or its path under bids/.
-            report.differences.append(Difference(rel, "extra", f"in {entry.location}"))
-    return report
+    return published, left_out
+
+
+def _difference(
+    bids: Source,
+    rel: str,
+    w: Walked,
+    entry: ManifestEntry,
+    beside: dict[str, int],
+    bar: ProgressBar,
+) -> Difference | None:
+    """How source file ``rel`` (walked as ``w``) differs from its published ``entry``, if it does."""
+    if entry.placement == "beside" and beside.get(entry.location or "") != entry.size:
+        found = beside.get(entry.location or "")
+        what = "missing" if found is None else f"{found} bytes, {entry.size} recorded"
+        return Difference(rel, "changed", f"published copy {entry.location}: {what}")
+    if w.broken or w.unreadable:
+        what = "broken symlink" if w.broken else "permission denied"
+        return Difference(rel, "changed", f"cannot be read ({what})")
+    if w.size != entry.size:
+        return Difference(rel, "changed", f"size {w.size} vs {entry.size} published")
+    try:
+        digest = _sha256(bids, rel, bar)
+    except OSError as exc:  # removed or made unreadable since the walk
+        digest = f"cannot be read ({exc.strerror or exc})"
+    if digest != entry.sha256:
+        detail = digest if digest.startswith("cannot") else "sha256 differs"
+        return Difference(rel, "changed", detail)
+    return None
