@@ -66,7 +66,6 @@ LONG_FUNCTIONS = {
     "bids2hf.publish.targets.hub.HubTarget.commit": BEING_SPLIT,
     "bids2hf.readback.export._choose": BEING_SPLIT,
     "bids2hf.readback.mount._operations": BEING_SPLIT,
-    "bids2hf.write.workers.write_shards": BEING_SPLIT,
 }
 #: public functions that raise with no "Raises" in their docstring, each with its reason
 UNDOCUMENTED_RAISES = {

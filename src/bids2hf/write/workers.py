@@ -122,8 +122,6 @@ def _drain(q: Any, progress: Callable[[int, int], None]) -> Iterator[None]:
         thread.join()
 
 
-# long because: the serial path and the process pool share one contract (acquire, on_done,
-# progress) and are clearer side by side.
 def write_shards(
     columns: list[ColumnSpec],
     schema: pa.Schema,
@@ -142,9 +140,6 @@ def write_shards(
     bound how many shards exist on local disk (it frees room once a shard is uploaded).
     ``thumbnails``: the files to make thumbnails of as they are written (plan/previews.py).
     """
-    # Workers get the columns without their `datasets` feature objects (the schema carries the
-    # types), so that unpickling them does not import `datasets` in every worker.
-    lean_columns = [replace(c, feature=None) for c in columns]
     if workers <= 1 or len(shards) <= 1:
         for shard in shards:
             if acquire is not None:
@@ -161,6 +156,27 @@ def write_shards(
             )
             on_done(shard, result)
         return
+    _write_in_pool(
+        columns, schema, source, out, shards, workers, progress, on_done, acquire, thumbnails
+    )
+
+
+def _write_in_pool(
+    columns: list[ColumnSpec],
+    schema: pa.Schema,
+    source: Source,
+    out: OutputFolder,
+    shards: Sequence[ShardPlan],
+    workers: int,
+    progress: Callable[[int, int], None],
+    on_done: Callable[[ShardPlan, ShardResult], None],
+    acquire: Callable[[bool], bool] | None,
+    thumbnails: frozenset[str],
+) -> None:
+    """:func:`write_shards` with spawned worker processes, as many shards in flight as workers."""
+    # Workers get the columns without their `datasets` feature objects (the schema carries the
+    # types), so that unpickling them does not import `datasets` in every worker.
+    lean_columns = [replace(c, feature=None) for c in columns]
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     with (
