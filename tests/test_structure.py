@@ -63,7 +63,6 @@ LONG_MODULES = {
 #: functions over 60 lines with no ``# long because:`` comment, each with the reason it stays
 LONG_FUNCTIONS = {
     "bids2hf.cli.options.input_options": BEING_SPLIT,
-    "bids2hf.publish.targets.hub.HubTarget.commit": BEING_SPLIT,
     "bids2hf.readback.export._choose": BEING_SPLIT,
     "bids2hf.readback.mount._operations": BEING_SPLIT,
 }

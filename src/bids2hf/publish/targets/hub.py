@@ -258,14 +258,7 @@ class HubTarget:
         Raises:
             HfHubHTTPError: the Hub refused the commit, or kept failing past the retries.
         """
-        from huggingface_hub import CommitOperationDelete
-
-        for item in items:
-            if item.handle is None:
-                self.stage(item)
-        operations = [i.handle for i in items] + [
-            CommitOperationDelete(path_in_repo=p) for p in deletions
-        ]
+        operations = self._operations(items, deletions)
         if not operations:
             return False
         parent = self.head()
@@ -309,6 +302,19 @@ class HubTarget:
                     return True
             raise
         return True
+
+    def _operations(self, items: Sequence[StagedFile], deletions: Sequence[str]) -> list[Any]:
+        """The commit's operations: every item staged (pre-uploaded) first, then the deletions.
+
+        Raises:
+            HfHubHTTPError: staging an item failed past the retries.
+        """
+        from huggingface_hub import CommitOperationDelete
+
+        for item in items:
+            if item.handle is None:
+                self.stage(item)
+        return [i.handle for i in items] + [CommitOperationDelete(path_in_repo=p) for p in deletions]
 
     def _applied(
         self, items: Sequence[StagedFile], deletions: Sequence[str], revision: str
