@@ -51,8 +51,6 @@ READBACK_MAY_IMPORT = ("bids2hf.model", "bids2hf.errors", "bids2hf.units", "bids
 BEING_SPLIT = "being split by the publisher/readback work"
 #: modules over 400 lines, each with the reason it is not split yet
 LONG_MODULES = {
-    "bids2hf.readback.bids_fs": "one fsspec filesystem class (issue 12, not wired yet)",
-    "bids2hf.readback.export": BEING_SPLIT,
     # 421 lines: the check mirrors nib.load step by step (stream, extension walk, data spec) and
     # tests monkeypatch its _full_length; splitting the stream/extension walk out is still open
     "bids2hf.bids.nifti": "header checks as nibabel reads them (issue 9); stream split open",

@@ -32,127 +32,50 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import io
-import json
 import posixpath
-import tempfile
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from typing import IO, Any, ClassVar
 
 import fsspec
 import pyarrow.parquet as pq
-from fsspec.spec import AbstractBufferedFile
 
 from bids2hf.errors import InputError
-from bids2hf.model.format import FOOTER_KEY, MANIFEST_PATH
-from bids2hf.model.ranges import RangeError, bytes_leaf, row_group_of
-from bids2hf.readback.published import safe_relpath
+from bids2hf.model.format import MANIFEST_PATH
+from bids2hf.model.ranges import RangeError
+from bids2hf.readback.bids_fs_file import READ_ONLY, BidsHfFile, ReadOnlyFileSystem
+from bids2hf.readback.bids_fs_index import (
+    IndexEntry,
+    ShardFooter,
+    bids_copies,
+    entries_from_manifest,
+    entry_from_footer,
+    folder_tree,
+    footer_length,
+    offset_in_footer,
+    parse_footer,
+    pin_hf_revision,
+    row_group_in_footer,
+)
+from bids2hf.readback.bids_fs_reads import (
+    RangeReader,
+    bids_paths,
+    cell_bytes,
+    dir_info,
+    file_info,
+    listing,
+    spool_checked,
+    wanted_range,
+)
 from bids2hf.readback.ranges import cat_range, check_range
 
 __all__ = ["BidsHfFile", "BidsHfFileSystem"]
 
-_READ_ONLY = "bids2hf:// is read-only"
-_CHUNK = 8 << 20
 #: Bytes fetched from a shard's end to get its footer in one request in most cases.
 _FOOTER_GUESS = 64 << 10
 
 
-@dataclass
-class _Entry:
-    """One BIDS file and where its bytes are."""
-
-    path: str
-    size: int
-    sha256: str | None
-    obj: str  # shard or bids/ copy, relative to the dataset root
-    offset: int | None  # None: read through the column chunk (row files only)
-    column: str | None = None
-    row: int | None = None
-    index: int | None = None
-
-    @property
-    def in_row(self) -> bool:
-        return self.column is not None
-
-
-@dataclass
-class _Footer:
-    meta: pq.FileMetaData
-    starts: list[int]
-    index: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _footer_index(meta: pq.FileMetaData, where: str) -> list[dict[str, Any]]:
-    raw = (meta.metadata or {}).get(FOOTER_KEY)
-    if raw is None:
-        return []
-    try:
-        entries = json.loads(raw)
-        if not isinstance(entries, list):
-            raise TypeError("not a list")
-        return entries
-    except (ValueError, TypeError) as exc:
-        raise InputError(f"{where}: unreadable bids2hf index ({exc})") from None
-
-
-def _pin_hf_revision(fs: fsspec.AbstractFileSystem, root: str) -> str:
-    """``root`` of an ``hf://`` repository with its revision replaced by the commit it is at."""
-    try:
-        from huggingface_hub import HfApi, HfFileSystem, constants
-        from huggingface_hub.hf_file_system import HfFileSystemResolvedRepositoryPath
-    except ImportError:
-        return root
-    if not isinstance(fs, HfFileSystem):
-        return root
-    resolved = fs.resolve_path(root)
-    if not isinstance(resolved, HfFileSystemResolvedRepositoryPath):  # a bucket: no revisions
-        return root
-    repo_type = resolved.repo_type
-    info = HfApi(endpoint=fs.endpoint, token=fs.token).repo_info(
-        resolved.repo_id, repo_type=repo_type, revision=resolved.revision
-    )
-    if not info.sha:
-        return root
-    pinned = f"{constants.REPO_TYPES_URL_PREFIXES.get(repo_type, '')}{resolved.repo_id}@{info.sha}"
-    return f"{pinned}/{resolved.path_in_repo}" if resolved.path_in_repo else pinned
-
-
-class _RangeFile(io.RawIOBase):
-    """A remote object as a seekable file where every read is one exact range request.
-
-    Handed to pyarrow to read a footer or one column chunk without read-ahead.
-    """
-
-    def __init__(self, owner: BidsHfFileSystem, obj: str, size: int) -> None:
-        super().__init__()
-        self.owner, self.obj, self.size, self.pos = owner, obj, size, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
-        self.pos = max(0, base + offset)
-        return self.pos
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        n = max(0, min(len(view), self.size - self.pos))
-        if n:
-            view[:n] = self.owner._cat(self.obj, self.pos, self.pos + n)
-            self.pos += n
-        return n
-
-
-class BidsHfFileSystem(fsspec.AbstractFileSystem):
+class BidsHfFileSystem(ReadOnlyFileSystem):
     """The BIDS tree of a bids2hf output (local, ``hf://``, ``s3://``, any fsspec URL).
 
     Args:
@@ -206,11 +129,11 @@ class BidsHfFileSystem(fsspec.AbstractFileSystem):
         #: Bytes and requests sent to the underlying filesystem (index and data).
         self.stats = {"bytes": 0, "requests": 0}
         self._lock = threading.RLock()
-        self._files: dict[str, _Entry] | None = None
-        self._members: dict[tuple[str, str], list[_Entry]] = {}
+        self._files: dict[str, IndexEntry] | None = None
+        self._members: dict[tuple[str, str], list[IndexEntry]] = {}
         self._dirs: dict[str, list[str]] = {}
         self._sizes: dict[str, int] = {}
-        self._footers: dict[str, _Footer] = {}
+        self._footers: dict[str, ShardFooter] = {}
         self._verified: set[str] = set()
         self._cache: OrderedDict[str, bytes] = OrderedDict()
         self._cached = 0
@@ -218,12 +141,7 @@ class BidsHfFileSystem(fsspec.AbstractFileSystem):
     # -- paths ---------------------------------------------------------------------------------
     @classmethod
     def _strip_protocol(cls, path: Any) -> Any:
-        if isinstance(path, list):
-            return [cls._strip_protocol(p) for p in path]
-        path = str(path)
-        if path.startswith("bids2hf://"):
-            path = path[len("bids2hf://") :]
-        return path.strip("/")
+        return bids_paths(path)
 
     def _obj(self, relpath: str) -> str:
         return f"{self.root}/{relpath}" if self.root else relpath
@@ -257,7 +175,7 @@ class BidsHfFileSystem(fsspec.AbstractFileSystem):
         return known
 
     # -- the index -----------------------------------------------------------------------------
-    def _index(self) -> dict[str, _Entry]:
+    def _index(self) -> dict[str, IndexEntry]:
         with self._lock:
             if self._files is None:
                 self._load()
@@ -266,7 +184,7 @@ class BidsHfFileSystem(fsspec.AbstractFileSystem):
 
     def _load(self) -> None:
         try:
-            self.root = _pin_hf_revision(self.target, self.root).rstrip("/")
+            self.root = pin_hf_revision(self.target, self.root).rstrip("/")
         except FileNotFoundError:
             raise InputError(f"{self.fo}: no such repository or revision") from None
         except OSError as exc:  # huggingface_hub's HTTP errors are OSErrors
@@ -275,61 +193,17 @@ class BidsHfFileSystem(fsspec.AbstractFileSystem):
             manifest = self._cat_whole(MANIFEST_PATH)
         except FileNotFoundError:
             manifest = None
-        entries = self._from_manifest(manifest) if manifest is not None else self._from_footers()
-        files: dict[str, _Entry] = {}
-        for e in entries:
-            safe_relpath(e.path)
-            safe_relpath(e.obj)
-            files.setdefault(e.path, e)  # the first placement wins, as in export
-        dirs: dict[str, set[str]] = {"": set()}
-        members: dict[tuple[str, str], list[_Entry]] = {}
-        for path, e in files.items():
-            parts = path.split("/")
-            parent = ""
-            for i, part in enumerate(parts):
-                dirs.setdefault(parent, set()).add(part)
-                if i < len(parts) - 1:
-                    parent = "/".join(parts[: i + 1])
-                    if parent in files:
-                        raise InputError(f"{self.fo}: {parent!r} is both a file and a folder")
-            if e.column is not None:
-                members.setdefault((e.obj, e.column), []).append(e)
-        self._members = members
-        self._dirs = {d: sorted(children) for d, children in dirs.items()}
+        entries = (
+            entries_from_manifest(manifest, f"{self.fo}/{MANIFEST_PATH}")
+            if manifest is not None
+            else self._from_footers()
+        )
+        files, self._dirs, self._members = folder_tree(entries, self.fo)
         self._files = files
 
-    def _from_manifest(self, data: bytes) -> list[_Entry]:
-        out = []
-        try:
-            for line in data.decode("utf-8").splitlines():
-                if not line.strip():
-                    continue
-                r = json.loads(line)
-                placement = r.get("placement")
-                # [issue 11] a file stored beside the shards is read like a dataset-level file
-                if placement in ("dataset_file", "beside"):
-                    out.append(_Entry(r["path"], int(r["size"]), r.get("sha256"), r["location"], 0))
-                elif placement == "row":
-                    offset = r.get("offset")
-                    out.append(
-                        _Entry(
-                            r["path"],
-                            int(r["size"]),
-                            r.get("sha256"),
-                            r["location"],
-                            None if offset is None else int(offset),
-                            r["column"],
-                            int(r["row"]),
-                            int(r["index"]) if r.get("index") is not None else -1,
-                        )
-                    )
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise InputError(f"{self.fo}/{MANIFEST_PATH}: unreadable manifest ({exc})") from None
-        return out
-
-    def _from_footers(self) -> list[_Entry]:
+    def _from_footers(self) -> list[IndexEntry]:
         """No manifest (an interrupted upload, an older tool): shard footers and ``bids/``."""
-        out: list[_Entry] = []
+        out: list[IndexEntry] = []
         try:
             listed = self.target.ls(self._obj("data"), detail=True)
         except FileNotFoundError:
@@ -342,37 +216,15 @@ class BidsHfFileSystem(fsspec.AbstractFileSystem):
                 continue
             shard = "data/" + posixpath.basename(name)  # data/ is flat
             self._sizes[shard] = int(info["size"])
-            for e in self._footer(shard).index:
-                offset = e.get("offset")
-                if e.get("location") is not None:  # [issue 11] stored beside the shards
-                    out.append(_Entry(e["path"], int(e["size"]), e.get("sha256"), e["location"], 0))
-                    continue
-                out.append(
-                    _Entry(
-                        e["path"],
-                        int(e["size"]),
-                        e.get("sha256"),
-                        shard,
-                        None if offset is None else int(offset),
-                        e["column"],
-                        int(e["row"]),
-                        int(e.get("index", -1)),
-                    )
-                )
+            out += [entry_from_footer(e, shard) for e in self._footer(shard).index]
         try:
             found = self.target.find(self._obj("bids"), detail=True)
         except FileNotFoundError:
             found = {}
-        bids_prefix = self._obj("bids") + "/"
-        for name, info in found.items():
-            if info.get("type") == "directory" or not str(name).startswith(bids_prefix):
-                continue
-            rel = str(name)[len(bids_prefix) :]
-            # No manifest, so no sha256 to check these copies against.
-            out.append(_Entry(rel, int(info["size"]), None, "bids/" + rel, 0))
+        out += bids_copies(found, self._obj("bids") + "/")
         return out
 
-    def _footer(self, shard: str) -> _Footer:
+    def _footer(self, shard: str) -> ShardFooter:
         with self._lock:
             cached = self._footers.get(shard)
         if cached is not None:
@@ -384,27 +236,15 @@ class BidsHfFileSystem(fsspec.AbstractFileSystem):
             tail = self._cat(shard, max(0, size - _FOOTER_GUESS), size)
         except FileNotFoundError:
             raise RangeError(f"{where}: listed in the index but missing") from None
-        if len(tail) < 12 or tail[-4:] != b"PAR1":
-            raise RangeError(f"{where}: not a Parquet file")
-        length = int.from_bytes(tail[-8:-4], "little") + 8
-        if length > size - 4:
-            raise RangeError(f"{where}: footer longer than the file")
+        length = footer_length(tail, size, where)
         if length > len(tail):
             tail = self._cat(shard, size - length, size - len(tail)) + tail
-        try:
-            meta = pq.read_metadata(io.BytesIO(b"PAR1" + tail[-length:]))
-        except (OSError, ValueError) as exc:
-            raise RangeError(f"{where}: unreadable footer ({exc})") from None
-        starts, n = [], 0
-        for i in range(meta.num_row_groups):
-            starts.append(n)
-            n += meta.row_group(i).num_rows
-        footer = _Footer(meta, starts, _footer_index(meta, where))
+        footer = parse_footer(tail[-length:], where)
         with self._lock:
             self._footers[shard] = footer
         return footer
 
-    def _entry(self, path: str) -> _Entry:
+    def _entry(self, path: str) -> IndexEntry:
         path = self._strip_protocol(path)
         entry = self._index().get(path)
         if entry is None:
@@ -414,19 +254,11 @@ class BidsHfFileSystem(fsspec.AbstractFileSystem):
         return entry
 
     # -- reading -------------------------------------------------------------------------------
-    def _location(self, entry: _Entry) -> int | None:
+    def _location(self, entry: IndexEntry) -> int | None:
         """The entry's offset in its object; looks in the shard footer if the manifest has none."""
         if entry.offset is not None or not entry.in_row:
             return entry.offset
-        footer = self._footer(entry.obj)
-        for e in footer.index:
-            if (e.get("column"), e.get("row"), e.get("index", -1)) == (
-                entry.column,
-                entry.row,
-                entry.index,
-            ) and e.get("offset") is not None:
-                entry.offset = int(e["offset"])
-                break
+        entry.offset = offset_in_footer(self._footer(entry.obj), entry)
         return entry.offset
 
     def _remember(self, path: str, data: bytes) -> None:
@@ -448,10 +280,10 @@ class BidsHfFileSystem(fsspec.AbstractFileSystem):
                 self._cache.move_to_end(path)
             return data
 
-    def _trusted(self, entry: _Entry) -> bool:
+    def _trusted(self, entry: IndexEntry) -> bool:
         return not self.verify or entry.sha256 is None or entry.path in self._verified
 
-    def _whole(self, entry: _Entry) -> bytes | IO[bytes]:
+    def _whole(self, entry: IndexEntry) -> bytes | IO[bytes]:
         """The whole file, sha256 checked: bytes, or a spooled temporary file if it is large.
 
         Raises:
@@ -471,42 +303,22 @@ class BidsHfFileSystem(fsspec.AbstractFileSystem):
             self._mark_verified(entry)
             self._remember(entry.path, data)
             return data
-        # Handed to the caller, who closes it.
-        spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=self.cache_file_bytes)  # noqa: SIM115
-        try:
-            sha = hashlib.sha256()
-            for start in range(0, entry.size, _CHUNK):
-                piece = self._cat(entry.obj, offset + start, offset + min(entry.size, start + _CHUNK))
-                sha.update(piece)
-                spool.write(piece)
-            if entry.sha256 is not None and sha.hexdigest() != entry.sha256:
-                raise RangeError(
-                    f"{what}: the bytes at its recorded offset do not match its sha256; "
-                    "refusing them (the index or the shard is damaged)"
-                )
-        except BaseException:
-            spool.close()
-            raise
+        spool = spool_checked(self._cat, entry, offset, self.cache_file_bytes, what)
         self._mark_verified(entry)
         spool.seek(0)
         return spool
 
-    def _mark_verified(self, entry: _Entry) -> None:
+    def _mark_verified(self, entry: IndexEntry) -> None:
         with self._lock:
             self._verified.add(entry.path)
 
-    def _from_column(self, entry: _Entry) -> bytes:
+    def _from_column(self, entry: IndexEntry) -> bytes:
         """Read the entry's row group column chunk; check and keep every file found in it."""
         assert entry.row is not None and entry.column is not None
         footer = self._footer(entry.obj)
         where = f"{self.fo}/{entry.obj}"
-        if not 0 <= entry.row < footer.meta.num_rows:
-            raise RangeError(f"{where}: has no row {entry.row}, where the index puts {entry.path!r}")
-        group = row_group_of(footer.starts, entry.row)
-        leaves = [footer.meta.schema.column(i).path for i in range(footer.meta.num_columns)]
-        if bytes_leaf(entry.column, leaves) is None:
-            raise RangeError(f"{where}: has no column {entry.column!r} for {entry.path!r}")
-        parquet = pq.ParquetFile(_RangeFile(self, entry.obj, self._size(entry.obj)), metadata=footer.meta)
+        group = row_group_in_footer(footer, entry, where)
+        parquet = pq.ParquetFile(RangeReader(self._cat, entry.obj, self._size(entry.obj)), metadata=footer.meta)
         table = parquet.read_row_group(group, columns=[entry.column])
         col = table.column(entry.column)
         start = footer.starts[group]
@@ -516,19 +328,7 @@ class BidsHfFileSystem(fsspec.AbstractFileSystem):
             assert e.row is not None
             if not start <= e.row < stop or (e is not entry and self._recall(e.path) is not None):
                 continue
-            cell = col[e.row - start]
-            item = cell if e.index is None or e.index < 0 else cell.values[e.index]
-            if item["path"].as_py() != e.path:
-                raise RangeError(
-                    f"{where}: row {e.row} column {e.column} holds {item['path'].as_py()!r}, "
-                    f"the index says {e.path!r}"
-                )
-            value = item["bytes"]
-            data = value.as_buffer().to_pybytes() if value.is_valid else b""
-            if len(data) != e.size:
-                raise RangeError(f"{self.fo}: {e.path}: {len(data)} bytes stored, {e.size} recorded")
-            if e.sha256 is not None:
-                check_range(data, e.sha256, f"{self.fo}: {e.path}")
+            data = cell_bytes(col[e.row - start], e, where, self.fo)
             self._mark_verified(e)
             if e is entry:
                 wanted = data
@@ -539,7 +339,7 @@ class BidsHfFileSystem(fsspec.AbstractFileSystem):
         self._remember(entry.path, wanted)
         return wanted
 
-    def _read(self, entry: _Entry, start: int, end: int) -> bytes:
+    def _read(self, entry: IndexEntry, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` of a file (clipped to its size), checked as the class says."""
         start, end = max(0, start), min(end, entry.size)
         if end <= start:
@@ -560,42 +360,24 @@ class BidsHfFileSystem(fsspec.AbstractFileSystem):
             whole.close()
 
     # -- fsspec API ----------------------------------------------------------------------------
-    def _dir_info(self, path: str) -> dict[str, Any]:
-        return {"name": path, "size": 0, "type": "directory"}
-
-    def _file_info(self, entry: _Entry) -> dict[str, Any]:
-        return {"name": entry.path, "size": entry.size, "type": "file", "sha256": entry.sha256}
-
     def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
         path = self._strip_protocol(path)
         files = self._index()
         if path in files:
-            return self._file_info(files[path])
+            return file_info(files[path])
         if path in self._dirs:
-            return self._dir_info(path)
+            return dir_info(path)
         raise FileNotFoundError(errno.ENOENT, "no such file in the dataset", path)
 
     def ls(self, path: str = "", detail: bool = True, **kwargs: Any) -> list[Any]:
-        path = self._strip_protocol(path)
-        files = self._index()
-        if path in files:
-            out = [self._file_info(files[path])]
-        elif path in self._dirs:
-            out = []
-            for name in self._dirs[path]:
-                child = f"{path}/{name}" if path else name
-                out.append(self._file_info(files[child]) if child in files else self._dir_info(child))
-        else:
-            raise FileNotFoundError(errno.ENOENT, "no such file or folder in the dataset", path)
+        out = listing(self._strip_protocol(path), self._index(), self._dirs)  # _index: _dirs
         return out if detail else [o["name"] for o in out]
 
     def cat_file(
         self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any
     ) -> bytes:
         entry = self._entry(path)
-        s = 0 if start is None else (start if start >= 0 else max(0, entry.size + start))
-        e = entry.size if end is None else (end if end >= 0 else entry.size + end)
-        return self._read(entry, s, e)
+        return self._read(entry, *wanted_range(start, end, entry.size))
 
     def _open(
         self,
@@ -607,7 +389,7 @@ class BidsHfFileSystem(fsspec.AbstractFileSystem):
         **kwargs: Any,
     ) -> BidsHfFile:
         if mode != "rb":
-            raise OSError(errno.EROFS, _READ_ONLY, path)
+            raise OSError(errno.EROFS, READ_ONLY, path)
         entry = self._entry(path)
         return BidsHfFile(
             self,
@@ -616,72 +398,3 @@ class BidsHfFileSystem(fsspec.AbstractFileSystem):
             cache_type=kwargs.get("cache_type", "readahead"),
             cache_options=cache_options,
         )
-
-    def created(self, path: str) -> Any:
-        raise NotImplementedError("bids2hf:// keeps no timestamps")
-
-    def modified(self, path: str) -> Any:
-        raise NotImplementedError("bids2hf:// keeps no timestamps")
-
-    def mkdir(self, path: str, create_parents: bool = True, **kwargs: Any) -> None:
-        raise OSError(errno.EROFS, _READ_ONLY, path)
-
-    def makedirs(self, path: str, exist_ok: bool = False) -> None:
-        raise OSError(errno.EROFS, _READ_ONLY, path)
-
-    def rm(self, path: Any, recursive: bool = False, maxdepth: int | None = None) -> None:
-        raise OSError(errno.EROFS, _READ_ONLY, str(path))
-
-    def pipe_file(self, path: str, value: bytes, mode: str = "overwrite", **kwargs: Any) -> None:
-        raise OSError(errno.EROFS, _READ_ONLY, path)
-
-    def cp_file(self, path1: str, path2: str, **kwargs: Any) -> None:
-        raise OSError(errno.EROFS, _READ_ONLY, path2)
-
-
-class BidsHfFile(AbstractBufferedFile):
-    """An open BIDS file: buffered reads mapped to range reads of its shard or ``bids/`` copy.
-
-    With verification pending, the first read fetches and checks the whole file and serves
-    every read of this handle from that copy.
-    """
-
-    def __init__(
-        self,
-        fs: BidsHfFileSystem,
-        entry: _Entry,
-        block_size: int,
-        cache_type: str = "readahead",
-        cache_options: dict[str, Any] | None = None,
-    ) -> None:
-        self.entry = entry
-        self._copy: bytes | IO[bytes] | None = None
-        super().__init__(
-            fs,
-            entry.path,
-            mode="rb",
-            block_size=block_size,
-            cache_type=cache_type,
-            cache_options=cache_options,
-            size=entry.size,
-        )
-
-    def _fetch_range(self, start: int, end: int) -> bytes:
-        fs: BidsHfFileSystem = self.fs
-        end = min(end, self.entry.size)
-        if end <= start:
-            return b""
-        if self._copy is None and not fs._trusted(self.entry) and fs._recall(self.entry.path) is None:
-            self._copy = fs._whole(self.entry)
-        if self._copy is None:
-            return fs._read(self.entry, start, end)
-        if isinstance(self._copy, bytes):
-            return self._copy[start:end]
-        self._copy.seek(start)
-        return self._copy.read(end - start)
-
-    def close(self) -> None:
-        if self._copy is not None and not isinstance(self._copy, bytes):
-            self._copy.close()
-        self._copy = None
-        super().close()

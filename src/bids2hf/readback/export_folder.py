@@ -1,0 +1,141 @@
+"""The export's output folder: what is refused before the first write (two paths that clash, a
+path outside the folder, a file or folder in the way) and how each file is written (atomically,
+from this run's own temporary folder, its size and sha256 checked).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import tempfile
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from bids2hf.errors import DestinationError, InputError, VerificationError
+from bids2hf.model.format import write_chunk
+from bids2hf.model.manifest import ManifestEntry
+from bids2hf.readback.published import PublishedDataset
+from bids2hf.readback.shard_cells import REFUSED
+
+__all__ = ["OutputFile", "parent_folders", "refuse_blocked", "refuse_clashes", "run_folder"]
+
+#: Each run writes into a temporary folder of its own in the output folder, named with this prefix.
+_TMP_PREFIX = ".bids2hf-export-"
+
+
+class OutputFile:
+    """Writes one output file atomically and checks its checksum."""
+
+    def __init__(self, out: Path, tmp: Path, entry: ManifestEntry) -> None:
+        self.entry = entry
+        self.final = out / entry.path
+        # A name of its own in this run's own folder (O_EXCL below): no other run, and no other
+        # file of this run, can write or remove it.
+        self.tmp = tmp / uuid.uuid4().hex
+
+    def write(self, chunks: Iterable[memoryview | bytes]) -> int:
+        """Write ``chunks``, check them and rename the file into place.
+
+        Raises:
+            VerificationError: the bytes differ from the recorded size or sha256.
+            DestinationError: the file cannot be put in place (its folder became a file).
+        """
+        sha = hashlib.sha256()
+        size = 0
+        fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with open(fd, "wb") as f:
+                for chunk in chunks:
+                    sha.update(chunk)
+                    size += write_chunk(f, chunk)  # a hole stays a hole [issue 11]
+                    if size > self.entry.size:
+                        break  # already wrong: do not fill the disk with a crafted stream
+                f.truncate()  # the size, if it ends with a hole
+                f.flush()
+                os.fsync(f.fileno())
+            if size != self.entry.size or (
+                self.entry.sha256 and sha.hexdigest() != self.entry.sha256
+            ):
+                raise VerificationError(
+                    f"{self.entry.path}: stored bytes do not match the recorded size/sha256; "
+                    "the published copy is damaged"
+                )
+            try:
+                self.final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(self.tmp, self.final)
+            except OSError as exc:  # checked before writing began: changed since
+                raise DestinationError(
+                    f"{self.final}: cannot be written ({exc.strerror or exc}); something in the "
+                    "output folder is in the way"
+                ) from None
+        except BaseException:
+            self.tmp.unlink(missing_ok=True)
+            raise
+        return size
+
+
+def parent_folders(path: str) -> Iterator[str]:
+    """The folders ``path`` sits in, innermost first (``a/b/c`` → ``a/b``, ``a``)."""
+    while path := posixpath.dirname(path):
+        yield path
+
+
+def refuse_clashes(dataset: PublishedDataset, chosen: dict[str, ManifestEntry]) -> None:
+    """Refuse a path that is also a folder of another chosen path: both cannot be written.
+
+    Raises:
+        InputError: naming both paths (a crafted or damaged dataset).
+    """
+    for path in sorted(chosen):
+        for folder in parent_folders(path):
+            if folder in chosen:
+                raise InputError(
+                    f"{dataset.url}: {folder!r} is both a file and the folder of {path!r}; "
+                    f"{REFUSED}"
+                )
+
+
+def refuse_blocked(out: Path, chosen: Iterable[str], overwrite: bool) -> None:
+    """Refuse before writing when ``out`` holds something no file can be written over.
+
+    Raises:
+        InputError: a path resolves outside ``out`` (a symlinked folder inside it).
+        DestinationError: a file would be replaced without ``overwrite``; a folder stands where
+            a file goes; a file (or anything but a folder) stands where a folder goes.
+    """
+    if out.exists() and not out.is_dir():
+        raise DestinationError(f"{out}: exists and is no folder; choose another output folder")
+    resolved_out = out.resolve()
+    folders: set[str] = set()
+    for path in chosen:
+        if not (resolved_out / path).resolve().is_relative_to(resolved_out):
+            raise InputError(f"refusing stored path {path!r}: it resolves outside {out}")
+        target = out / path
+        if target.is_dir():
+            raise DestinationError(
+                f"{target}: is a folder where export writes a file; move it away"
+            )
+        if target.exists() and not overwrite:
+            raise DestinationError(f"{target}: already exists; pass --overwrite to replace it")
+        folders.update(parent_folders(path))
+    for folder in sorted(folders):
+        where = out / folder
+        if os.path.lexists(where) and not where.is_dir():
+            raise DestinationError(
+                f"{where}: is no folder, where export writes files into a folder; move it away"
+            )
+
+
+def run_folder(out: Path) -> Path:
+    """Create ``out`` and, in it, this run's own temporary folder (no other run shares it).
+
+    Raises:
+        DestinationError: ``out`` cannot be created or written to.
+    """
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(dir=out, prefix=_TMP_PREFIX))
+    except OSError as exc:  # a file on its path, no permission, ...
+        raise DestinationError(f"{out}: cannot be written to ({exc.strerror or exc})") from None
