@@ -59,11 +59,7 @@ LONG_MODULES = {
     "bids2hf.bids.source_fsspec": "one fsspec Source class (issue 15)",
 }
 #: functions over 60 lines with no ``# long because:`` comment, each with the reason it stays
-LONG_FUNCTIONS = {
-    "bids2hf.cli.options.input_options": BEING_SPLIT,
-    "bids2hf.readback.export._choose": BEING_SPLIT,
-    "bids2hf.readback.mount._operations": BEING_SPLIT,
-}
+LONG_FUNCTIONS: dict[str, str] = {}
 #: public functions that raise with no "Raises" in their docstring, each with its reason
 UNDOCUMENTED_RAISES = {
     "bids2hf.cli.commands.demo": BEING_SPLIT,

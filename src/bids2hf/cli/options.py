@@ -91,6 +91,7 @@ def common(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+# long because: a table of click options, one entry each, read top to bottom as --help lists them
 def input_options(func: F) -> F:
     """Options that decide what is read and how it is laid out (shared by inspect and convert)."""
     options = [

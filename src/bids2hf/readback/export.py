@@ -110,6 +110,28 @@ def _wanted(path: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
     return not any(fnmatch.fnmatchcase(path, p) for p in exclude)
 
 
+def _refuse_lost_required(
+    dataset: PublishedDataset,
+    chosen: dict[str, ManifestEntry],
+    include: Sequence[str],
+    exclude: Sequence[str],
+    has_bids_files: bool,
+) -> None:
+    """Without a manifest, the dataset-level files BIDS requires must be found in ``bids/``.
+
+    Raises:
+        VerificationError: one is missing (with the --exclude that exports the rest anyway).
+    """
+    lost = [p for p in _REQUIRED if p not in chosen and _wanted(p, include, exclude)]
+    if lost:
+        where = "not in bids/" if has_bids_files else "bids/ holds no dataset-level files"
+        raise VerificationError(
+            f"{dataset.url}: without {MANIFEST_PATH}, {', '.join(lost)} cannot be restored "
+            f"({where}; an interrupted upload? re-run the convert or push to complete it); "
+            f"to export the rest anyway, add --exclude {' --exclude '.join(lost)}"
+        )
+
+
 def _choose(
     dataset: PublishedDataset,
     include: Sequence[str],
@@ -141,14 +163,7 @@ def _choose(
                 "remove the stale copy or restore the manifest"
             )
     if not listed:
-        lost = [p for p in _REQUIRED if p not in chosen and _wanted(p, include, exclude)]
-        if lost:
-            where = "bids/ holds no dataset-level files" if not bids_files else "not in bids/"
-            raise VerificationError(
-                f"{dataset.url}: without {MANIFEST_PATH}, {', '.join(lost)} cannot be restored "
-                f"({where}; an interrupted upload? re-run the convert or push to complete it); "
-                f"to export the rest anyway, add --exclude {' --exclude '.join(lost)}"
-            )
+        _refuse_lost_required(dataset, chosen, include, exclude, bool(bids_files))
     refuse_clashes(dataset, chosen)
     by_shard: dict[str, list[ManifestEntry]] = defaultdict(list)
     for e in chosen.values():

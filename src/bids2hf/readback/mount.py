@@ -58,6 +58,7 @@ def _fuse() -> Any:
     return mfusepy
 
 
+# long because: one class of FUSE callbacks, defined here since it subclasses the lazily imported mfusepy
 def _operations(fs: Any, fuse: Any) -> Any:
     """FUSE callbacks over a BidsHfFileSystem (read-only)."""
     from bids2hf.model.ranges import RangeError
