@@ -21,7 +21,11 @@ _UNITS = {
 
 
 def parse_size(text: str) -> int:
-    """``500MB`` → 500_000_000, ``1GiB`` → 2**30, ``1000`` → 1000; ValueError otherwise."""
+    """``500MB`` → 500_000_000, ``1GiB`` → 2**30, ``1000`` → 1000.
+
+    Raises:
+        ValueError: ``text`` is no size.
+    """
     m = _SIZE.match(text)
     unit = (m.group(2) or "").lower().removesuffix("b") if m else None
     if m is None or unit not in _UNITS:

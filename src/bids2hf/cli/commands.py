@@ -226,6 +226,9 @@ def demo(directory: str, subjects: int, quiet: bool) -> None:
     """Generate a small synthetic BIDS dataset in DIRECTORY/bids and convert it to DIRECTORY/hf.
 
     DIRECTORY must be new or empty: the demo never deletes or replaces anything.
+    \f
+    Raises:
+        DestinationError: DIRECTORY is no folder, cannot be listed, or is not empty.
     """
     from bids2hf.api import convert as run
     from bids2hf.errors import DestinationError

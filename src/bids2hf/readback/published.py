@@ -101,7 +101,11 @@ def _refuse(where: str, what: str) -> InputError:
 
 
 def check_entry(e: ManifestEntry, where: str) -> ManifestEntry:
-    """``e`` if every field has the right type and range; see :func:`parse_manifest`."""
+    """``e`` if every field has the right type and range; see :func:`parse_manifest`.
+
+    Raises:
+        InputError: a field is of the wrong type or out of range (a damaged or crafted entry).
+    """
     if not isinstance(e.path, str) or not e.path:
         raise _refuse(where, f"path {_show.repr(e.path)} is no file path")
     if e.placement not in PLACEMENTS:
@@ -183,7 +187,11 @@ def parse_manifest(data: bytes, where: str = MANIFEST_PATH) -> list[ManifestEntr
 
 
 def check_embedded(e: EmbeddedFile, where: str) -> EmbeddedFile:
-    """``e`` (an entry of a shard's footer index) if its types, ranges and path are sound."""
+    """``e`` (an entry of a shard's footer index) if its types, ranges and path are sound.
+
+    Raises:
+        InputError: they are not (a damaged or crafted index).
+    """
     if e.location is None:
         stored = ManifestEntry(
             e.path, e.size, "row", e.sha256, "data/shard", e.column, e.row, e.index,

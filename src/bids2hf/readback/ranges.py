@@ -36,7 +36,11 @@ __all__ = ["Span", "cat_range", "check_range", "coalesce", "fetch_ranges", "read
 
 
 def check_range(data: bytes | bytearray | memoryview, sha256: str, what: str) -> None:
-    """Raise :class:`RangeError` unless ``data`` hashes to ``sha256``."""
+    """Check that ``data`` hashes to ``sha256``.
+
+    Raises:
+        RangeError: it does not (``what`` names the file in the message).
+    """
     if hashlib.sha256(data).hexdigest() != sha256:
         raise RangeError(
             f"{what}: the bytes at its recorded offset do not match its sha256; refusing them "
@@ -64,6 +68,9 @@ def cat_range(fs: fsspec.AbstractFileSystem, path: str, start: int, end: int) ->
     Filesystems that keep fsspec's generic ``cat_file`` (``hf://`` among them) would read
     through a read-ahead cache and fetch a block more than asked, so their file is opened
     without cache instead.
+
+    Raises:
+        RangeError: the file holds fewer bytes there than asked.
     """
     if end <= start:
         return b""

@@ -40,6 +40,11 @@ class FsspecTarget:
         return posixpath.join(self.root, path)
 
     def ensure(self) -> None:
+        """Create the destination folder if needed.
+
+        Raises:
+            DestinationError: it cannot be created.
+        """
         try:
             self.fs.makedirs(self.root, exist_ok=True)
         except (PermissionError, OSError) as exc:
