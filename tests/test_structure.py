@@ -53,9 +53,6 @@ BEING_SPLIT = "being split by the publisher/readback work"
 LONG_MODULES = {
     "bids2hf.readback.bids_fs": "one fsspec filesystem class (issue 12, not wired yet)",
     "bids2hf.readback.export": BEING_SPLIT,
-    # 421 lines: the check mirrors nib.load step by step (stream, extension walk, data spec) and
-    # tests monkeypatch its _full_length; splitting the stream/extension walk out is still open
-    "bids2hf.bids.nifti": "header checks as nibabel reads them (issue 9); stream split open",
     # [issue 15] 450 lines: one class whose listing, prefetch and change checks share its state
     # (the stateless pieces are in bids/remote_files)
     "bids2hf.bids.source_fsspec": "one fsspec Source class (issue 15)",
