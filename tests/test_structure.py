@@ -53,9 +53,6 @@ BEING_SPLIT = "being split by the publisher/readback work"
 LONG_MODULES = {
     "bids2hf.readback.bids_fs": "one fsspec filesystem class (issue 12, not wired yet)",
     "bids2hf.readback.export": BEING_SPLIT,
-    # [issue 15] 450 lines: one class whose listing, prefetch and change checks share its state
-    # (the stateless pieces are in bids/remote_files)
-    "bids2hf.bids.source_fsspec": "one fsspec Source class (issue 15)",
 }
 #: functions over 60 lines with no ``# long because:`` comment, each with the reason it stays
 LONG_FUNCTIONS = {
