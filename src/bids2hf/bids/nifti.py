@@ -60,11 +60,11 @@ from bids2hf.bids.nifti_stream import (
     NiftiRefused,
     NiftiStream,
     header_class,
-    is_cifti_intent,
     walk_extensions,
 )
 from bids2hf.bids.options import CheckLevel
 from bids2hf.model.image_header import HeaderFacts, NiftiDecodeError, facts_from_header
+from bids2hf.model.nifti_bytes import HEADER_SIZE, is_cifti_intent, is_gzip
 
 if TYPE_CHECKING:
     from bids2hf.model.source import NiftiInput
@@ -72,9 +72,6 @@ if TYPE_CHECKING:
 # load_nifti lives in bids/nifti_reader; it is re-exported here, where it was first published.
 __all__ = ["NiftiCheck", "check_nifti", "load_nifti"]
 
-_NIFTI1_HEADER = 348
-_NIFTI2_HEADER = 540
-_GZIP_MAGIC = b"\x1f\x8b"
 _TEXT_FIELDS = ("descrip", "aux_file", "db_name", "intent_name")
 
 # nibabel reports header problems on its own "nibabel.global" logger, which prints to stderr
@@ -173,7 +170,7 @@ def _check(path: NiftiInput, level: CheckLevel, result: NiftiCheck) -> None:
         raise NiftiRefused("empty file (a placeholder or an interrupted copy)")
     try:
         with path.open() as raw:
-            if gz and raw.read(2) != _GZIP_MAGIC:
+            if gz and not is_gzip(raw.read(2)):
                 raise NiftiRefused("named .nii.gz but not gzip-compressed")
             raw.seek(0)
             stream = NiftiStream(raw, gz, size)
@@ -243,10 +240,10 @@ def _check_header(
     stream: NiftiStream, gz: bool, level: CheckLevel, result: NiftiCheck
 ) -> tuple[nib.Nifti1Header, bytes | None]:
     """Parse the header and its extensions as nib.load does; return them (and the CIFTI XML)."""
-    head = stream.read(_NIFTI1_HEADER)
+    head = stream.read(HEADER_SIZE[1])
     found = header_class(head)
     if found is None:
-        if head[:2] == _GZIP_MAGIC:
+        if is_gzip(head):
             raise NiftiRefused("not a NIfTI-1/NIfTI-2 file (gzip-compressed: name it .nii.gz)")
         if len(head) < 4:
             raise NiftiRefused(f"not a NIfTI-1/NIfTI-2 file (only {len(head)} bytes)")
@@ -255,7 +252,7 @@ def _check_header(
             f"not a NIfTI-1/NIfTI-2 file (header size field {field_value}, neither 348 nor 540)"
         )
     result.version, header_cls = found
-    header_size = _NIFTI1_HEADER if result.version == 1 else _NIFTI2_HEADER
+    header_size = HEADER_SIZE[result.version]
     head += stream.read(header_size - len(head))
     if len(head) < header_size:
         raise NiftiRefused(

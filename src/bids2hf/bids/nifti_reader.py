@@ -14,12 +14,10 @@ from typing import Any
 import nibabel as nib
 from nibabel.filebasedimages import FileBasedImage
 
-from bids2hf.bids.nifti_stream import CIFTI_EXTENSION, header_class, is_cifti_intent
+from bids2hf.bids.nifti_stream import CIFTI_EXTENSION, header_class
+from bids2hf.model.nifti_bytes import HEADER_SIZE, is_cifti_intent, is_gzip
 
 __all__ = ["load_nifti"]
-
-_NIFTI2_HEADER = 540
-_GZIP_MAGIC = b"\x1f\x8b"
 
 
 def _load_beside(path: str) -> Any:
@@ -80,7 +78,7 @@ def load_nifti(value: Any) -> Any:
     if data is None:
         raise ValueError("this value holds no embedded bytes")
     data = bytes(data)
-    gz = data[:2] == _GZIP_MAGIC
+    gz = is_gzip(data)
     if gz:
         data = gzip.decompress(data)
     # The classes nib.load tries, in its order: NIfTI-1 by magic, CIFTI-2, then NIfTI-2.
@@ -89,7 +87,7 @@ def load_nifti(value: Any) -> Any:
     found = header_class(data)
     if found is None or found[0] != 2:
         raise ValueError("not a NIfTI-1/NIfTI-2 image")
-    header = nib.Nifti2Header(data[:_NIFTI2_HEADER], check=False)
+    header = nib.Nifti2Header(data[: HEADER_SIZE[2]], check=False)
     if is_cifti_intent(header):
         if not gz:
             return nib.Cifti2Image.from_bytes(data)

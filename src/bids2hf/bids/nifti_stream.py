@@ -3,7 +3,8 @@ class from the size field, a stream over plain or gzip-compressed input, and the
 extension blocks that follow the header.
 
 The check in :mod:`bids2hf.bids.nifti` is built on these; they read files (local, or remote with
-range requests), where :mod:`bids2hf.model.nifti_bytes` reads bytes held in memory.
+range requests), where :mod:`bids2hf.model.nifti_bytes` reads bytes held in memory. What the first
+bytes say (NIfTI-1 or NIfTI-2, gzip or not, CIFTI-2 intent) is decided there, for both.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import BinaryIO
 
 import nibabel as nib
 
+from bids2hf.model.nifti_bytes import nifti_version
+
 __all__ = [
     "CIFTI_EXTENSION",
     "EXT_FLAG",
@@ -22,12 +25,9 @@ __all__ = [
     "NiftiRefused",
     "NiftiStream",
     "header_class",
-    "is_cifti_intent",
     "walk_extensions",
 ]
 
-_NIFTI1_HEADER = 348
-_NIFTI2_HEADER = 540
 #: The 4 bytes after the header; a non-zero first byte announces extensions.
 EXT_FLAG = 4
 #: The extension code of the CIFTI-2 XML.
@@ -40,22 +40,10 @@ class NiftiRefused(Exception):
 
 def header_class(first: bytes) -> tuple[int, type[nib.Nifti1Header]] | None:
     """NIfTI version and nibabel header class, from the header size field (either byte order)."""
-    if len(first) < 4:
+    version = nifti_version(first)
+    if version is None:
         return None
-    for endian in "<>":
-        (sizeof_hdr,) = struct.unpack(endian + "i", first[:4])
-        if sizeof_hdr == _NIFTI1_HEADER:
-            return 1, nib.Nifti1Header
-        if sizeof_hdr == _NIFTI2_HEADER:
-            return 2, nib.Nifti2Header
-    return None
-
-
-def is_cifti_intent(header: nib.Nifti1Header) -> bool:
-    """Whether ``nib.load`` opens a file with this header as CIFTI-2 (given its extension)."""
-    # nib.load opens a NIfTI-2 .nii as CIFTI-2 when its intent code is one of the CIFTI-2
-    # connectivity codes (NIFTI_INTENT_CONNECTIVITY_*, 3000-3099).
-    return isinstance(header, nib.Nifti2Header) and 3000 <= int(header["intent_code"]) < 3100
+    return version, nib.Nifti1Header if version == 1 else nib.Nifti2Header
 
 
 class NiftiStream:
