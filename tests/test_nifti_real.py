@@ -29,6 +29,7 @@ from datasets import List, Nifti, load_dataset
 import bids2hf
 import bids2hf.bids.nifti as nifti_header
 from bids2hf.bids.nifti import check_nifti
+from bids2hf.bids.nifti_stream import header_class
 from helpers import Cli, sha256
 
 # package → folder of real NIfTI files inside it
@@ -97,7 +98,7 @@ def _declares_more_than_it_holds(path: Path) -> bool:
             raw = zlib.decompressobj(wbits=31).decompress(raw)
         except zlib.error:
             return False
-    found = nifti_header._header_class(raw[:4])
+    found = header_class(raw[:4])
     if found is None or len(raw) < (348 if found[0] == 1 else 540):
         return False
     header = found[1](raw[: 348 if found[0] == 1 else 540], check=False)

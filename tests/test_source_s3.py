@@ -513,12 +513,12 @@ def test_read_files_refuses_an_object_changed_since_the_listing(
     large ones by asking for the current ETag after reading. Both see a replaced object."""
     import numpy as np
 
-    import bids2hf.bids.source_fsspec as source_module
+    import bids2hf.bids.remote_reads as remote_reads
     from bids2hf.errors import SourceChangedError
     from bids2hf.model.rows import FileRef
 
     if not md5:
-        monkeypatch.setattr(source_module, "_MD5_MAX", 0)
+        monkeypatch.setattr(remote_reads, "_MD5_MAX", 0)
     bucket = _bucket(server, f"replaced-{'md5' if md5 else 'etag'}")
     client = _client(server)
     client.put_object(Bucket=bucket, Key="ds/a.bin", Body=b"a" * 1000)

@@ -24,7 +24,7 @@ from bids2hf._version import __version__
 if TYPE_CHECKING:
     from bids2hf.api import convert, push
     from bids2hf.api import scan_and_plan as inspect
-    from bids2hf.bids.nifti import load_nifti
+    from bids2hf.bids.nifti_reader import load_nifti
     from bids2hf.readback.export import export
     from bids2hf.readback.verify import verify
 
@@ -36,7 +36,7 @@ _API = {
     "push": ("bids2hf.api", "push"),
     "export": ("bids2hf.readback.export", "export"),
     "verify": ("bids2hf.readback.verify", "verify"),
-    "load_nifti": ("bids2hf.bids.nifti", "load_nifti"),
+    "load_nifti": ("bids2hf.bids.nifti_reader", "load_nifti"),
 }
 
 __all__ = ["__version__", "convert", "export", "inspect", "load_nifti", "push", "verify"]

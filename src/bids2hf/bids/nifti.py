@@ -42,9 +42,8 @@ import math
 import os
 import struct
 import zlib
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
 import numpy as np
@@ -52,21 +51,27 @@ from nibabel import imageglobals
 from nibabel.arrayproxy import ArrayProxy, reshape_dataobj
 from nibabel.cifti2 import Cifti2Extension, parse_cifti2
 from nibabel.cifti2.cifti2 import LimitedNifti2Header
-from nibabel.filebasedimages import FileBasedImage
 
+from bids2hf.bids.nifti_reader import load_nifti
+from bids2hf.bids.nifti_stream import (
+    CIFTI_EXTENSION,
+    EXT_FLAG,
+    LocalFile,
+    NiftiRefused,
+    NiftiStream,
+    header_class,
+    walk_extensions,
+)
 from bids2hf.bids.options import CheckLevel
 from bids2hf.model.image_header import HeaderFacts, NiftiDecodeError, facts_from_header
+from bids2hf.model.nifti_bytes import HEADER_SIZE, is_cifti_intent, is_gzip
 
 if TYPE_CHECKING:
     from bids2hf.model.source import NiftiInput
 
+# load_nifti lives in bids/nifti_reader; it is re-exported here, where it was first published.
 __all__ = ["NiftiCheck", "check_nifti", "load_nifti"]
 
-_NIFTI1_HEADER = 348
-_NIFTI2_HEADER = 540
-_EXT_FLAG = 4  # the 4 bytes after the header; a non-zero first byte announces extensions
-_CIFTI_EXTENSION = 32
-_GZIP_MAGIC = b"\x1f\x8b"
 _TEXT_FIELDS = ("descrip", "aux_file", "db_name", "intent_name")
 
 # nibabel reports header problems on its own "nibabel.global" logger, which prints to stderr
@@ -96,95 +101,6 @@ class NiftiCheck:
     facts: HeaderFacts | None = None  # shape, voxel size, TR: for the card (no extra read)
 
 
-class _Refused(Exception):
-    """The one-line reason why a file is refused."""
-
-
-def _header_class(first: bytes) -> tuple[int, type[nib.Nifti1Header]] | None:
-    """NIfTI version and nibabel header class, from the header size field (either byte order)."""
-    if len(first) < 4:
-        return None
-    for endian in "<>":
-        (sizeof_hdr,) = struct.unpack(endian + "i", first[:4])
-        if sizeof_hdr == _NIFTI1_HEADER:
-            return 1, nib.Nifti1Header
-        if sizeof_hdr == _NIFTI2_HEADER:
-            return 2, nib.Nifti2Header
-    return None
-
-
-def _is_cifti_intent(header: nib.Nifti1Header) -> bool:
-    # nib.load opens a NIfTI-2 .nii as CIFTI-2 when its intent code is one of the CIFTI-2
-    # connectivity codes (NIFTI_INTENT_CONNECTIVITY_*, 3000-3099).
-    return isinstance(header, nib.Nifti2Header) and 3000 <= int(header["intent_code"]) < 3100
-
-
-class _Stream:
-    """Sequential reads of a plain or gzip-compressed file, with the (decompressed) position."""
-
-    def __init__(self, raw: BinaryIO, gz: bool, size: int) -> None:
-        self._f: BinaryIO = gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw  # type: ignore[assignment]
-        self._gz = gz
-        self._size = size
-        self.pos = 0
-
-    def read(self, n: int) -> bytes:
-        data = self._f.read(n)
-        self.pos += len(data)
-        return data
-
-    def skip(self, n: int) -> int:
-        """Move ``n`` bytes ahead (fewer at the end of the file); return how many were skipped."""
-        if not self._gz:
-            step = max(0, min(n, self._size - self.pos))
-            self._f.seek(step, os.SEEK_CUR)
-            self.pos += step
-            return step
-        done = 0
-        while done < n:
-            chunk = self._f.read(min(n - done, 1 << 20))
-            if not chunk:
-                break
-            done += len(chunk)
-        self.pos += done
-        return done
-
-
-def _walk_extensions(stream: _Stream, size: float, endian: str) -> bytes | None:
-    """Walk the extension blocks the way nibabel's ``Nifti1Extensions.from_fileobj`` does.
-
-    ``size`` is the number of bytes the blocks may take (``vox_offset`` minus the position),
-    negative for "up to the end of the file", which is what nibabel does when ``vox_offset`` is
-    0. Contents are skipped, not held, except the first CIFTI-2 extension's, which is returned.
-    """
-    cifti: bytes | None = None
-    number = 0
-    while size >= 16 or size < 0:
-        number += 1
-        start = stream.pos
-        ext_def = stream.read(8)
-        if not ext_def and size < 0:
-            break
-        if len(ext_def) != 8:
-            raise _Refused(f"extension {number} at byte {start} is cut off by the end of the file")
-        esize, ecode = struct.unpack(endian + "ii", ext_def)
-        if esize < 8:
-            raise _Refused(f"extension {number} at byte {start} has an invalid size ({esize})")
-        if ecode == _CIFTI_EXTENSION and cifti is None:
-            content = stream.read(esize - 8)
-            got = len(content)
-            cifti = content.rstrip(b"\x00")
-        else:
-            got = stream.skip(esize - 8)
-        if got != esize - 8:
-            raise _Refused(
-                f"extension {number} at byte {start} runs past the end of the file "
-                f"({esize} bytes, {got + 8} left)"
-            )
-        size -= esize
-    return cifti
-
-
 def _data_spec(header: nib.Nifti1Header, cifti_xml: bytes | None) -> tuple[int, int]:
     """(offset, size in bytes) of the data, as nibabel's array proxy would read them.
 
@@ -197,7 +113,7 @@ def _data_spec(header: nib.Nifti1Header, cifti_xml: bytes | None) -> tuple[int, 
     header.get_best_affine()
     if cifti_xml is not None:
         # What Cifti2Image.from_file_map and Cifti2Image.__init__ do on top of the NIfTI-2 image.
-        matrix = Cifti2Extension(_CIFTI_EXTENSION, cifti_xml).get_content().matrix
+        matrix = Cifti2Extension(CIFTI_EXTENSION, cifti_xml).get_content().matrix
         proxy = reshape_dataobj(proxy, proxy.shape[4:])
         limited = LimitedNifti2Header.from_header(header, check=False)
         limited.check_fix(logger=_QUIET, error_level=imageglobals.error_level)
@@ -211,22 +127,6 @@ def _data_spec(header: nib.Nifti1Header, cifti_xml: bytes | None) -> tuple[int, 
         ArrayProxy(io.BytesIO(bytes(dtype.itemsize)), ((1,), dtype, 0, proxy.slope, proxy.inter))
     )
     return int(proxy.offset), math.prod(shape) * dtype.itemsize
-
-
-class _LocalFile:
-    """[issue 15] A local file as a :class:`~bids2hf.model.source.NiftiInput`."""
-
-    def __init__(self, path: str) -> None:
-        self.name = path
-
-    def size(self) -> int:
-        return os.path.getsize(self.name)
-
-    def open(self, whole: bool = False) -> BinaryIO:
-        return open(self.name, "rb")
-
-    def __str__(self) -> str:
-        return self.name
 
 
 def _full_length(path: NiftiInput) -> int:
@@ -253,8 +153,8 @@ def check_nifti(path: str | NiftiInput, level: CheckLevel = "header") -> NiftiCh
     """
     result = NiftiCheck()
     try:
-        _check(_LocalFile(path) if isinstance(path, str) else path, level, result)
-    except _Refused as refused:
+        _check(LocalFile(path) if isinstance(path, str) else path, level, result)
+    except NiftiRefused as refused:
         if level != "none":
             result.error = str(refused)
     return result
@@ -265,44 +165,44 @@ def _check(path: NiftiInput, level: CheckLevel, result: NiftiCheck) -> None:
     try:
         size = path.size()
     except OSError as exc:
-        raise _Refused(f"cannot be read ({exc.strerror or exc})") from None
+        raise NiftiRefused(f"cannot be read ({exc.strerror or exc})") from None
     if size == 0:
-        raise _Refused("empty file (a placeholder or an interrupted copy)")
+        raise NiftiRefused("empty file (a placeholder or an interrupted copy)")
     try:
         with path.open() as raw:
-            if gz and raw.read(2) != _GZIP_MAGIC:
-                raise _Refused("named .nii.gz but not gzip-compressed")
+            if gz and not is_gzip(raw.read(2)):
+                raise NiftiRefused("named .nii.gz but not gzip-compressed")
             raw.seek(0)
-            stream = _Stream(raw, gz, size)
+            stream = NiftiStream(raw, gz, size)
             header, cifti_xml = _check_header(stream, gz, level, result)
             # A header nibabel cannot interpret: the card shows "-"; the check below says why.
             with contextlib.suppress(NiftiDecodeError):
                 result.facts = facts_from_header(header)
     except PermissionError:
-        raise _Refused("cannot be read (permission denied)") from None
+        raise NiftiRefused("cannot be read (permission denied)") from None
     except (OSError, zlib.error, EOFError) as exc:
         if not gz:
-            raise _Refused(f"cannot be read ({exc})") from None
-        raise _Refused(f"corrupt gzip stream ({exc})") from None
+            raise NiftiRefused(f"cannot be read ({exc})") from None
+        raise NiftiRefused(f"corrupt gzip stream ({exc})") from None
     if level == "none":
         return
     try:
         offset, nbytes = _data_spec(header, cifti_xml)
     except Exception as exc:  # nibabel's own reasons for not reading the data
         kind = "CIFTI-2 file" if result.cifti else f"NIfTI-{result.version} header"
-        raise _Refused(f"invalid {kind} ({exc})") from None
+        raise NiftiRefused(f"invalid {kind} ({exc})") from None
     if nbytes == 0:
         return  # nibabel reads nothing, so nothing can be missing
     # vox_offset 0 means "unset"; the data still have to fit after the header.
-    expected = max(offset, int(header["sizeof_hdr"]) + _EXT_FLAG) + nbytes
+    expected = max(offset, int(header["sizeof_hdr"]) + EXT_FLAG) + nbytes
     try:
         if not gz:
             if size < expected:
-                raise _Refused(f"truncated: {size} bytes, the header needs {expected}")
+                raise NiftiRefused(f"truncated: {size} bytes, the header needs {expected}")
         elif level == "full":
             actual = _full_length(path)
             if actual < expected:
-                raise _Refused(
+                raise NiftiRefused(
                     f"truncated: {actual} bytes uncompressed, the header needs {expected}"
                 )
         else:
@@ -312,11 +212,11 @@ def _check(path: NiftiInput, level: CheckLevel, result: NiftiCheck) -> None:
             # ISIZE is the length mod 2**32 of the last gzip member only; on a mismatch
             # decompress fully before calling the file broken (multi-member files are valid).
             if isize != expected % 2**32 and _full_length(path) < expected:
-                raise _Refused(
+                raise NiftiRefused(
                     f"truncated: the data end before the {expected} bytes the header needs"
                 )
     except (OSError, zlib.error, EOFError) as exc:
-        raise _Refused(f"corrupt or truncated gzip stream ({exc})") from None
+        raise NiftiRefused(f"corrupt or truncated gzip stream ({exc})") from None
 
 
 def _text_fields(header: nib.Nifti1Header) -> dict[str, str]:
@@ -337,31 +237,31 @@ def _text_fields(header: nib.Nifti1Header) -> dict[str, str]:
 
 
 def _check_header(
-    stream: _Stream, gz: bool, level: CheckLevel, result: NiftiCheck
+    stream: NiftiStream, gz: bool, level: CheckLevel, result: NiftiCheck
 ) -> tuple[nib.Nifti1Header, bytes | None]:
     """Parse the header and its extensions as nib.load does; return them (and the CIFTI XML)."""
-    head = stream.read(_NIFTI1_HEADER)
-    found = _header_class(head)
+    head = stream.read(HEADER_SIZE[1])
+    found = header_class(head)
     if found is None:
-        if head[:2] == _GZIP_MAGIC:
-            raise _Refused("not a NIfTI-1/NIfTI-2 file (gzip-compressed: name it .nii.gz)")
+        if is_gzip(head):
+            raise NiftiRefused("not a NIfTI-1/NIfTI-2 file (gzip-compressed: name it .nii.gz)")
         if len(head) < 4:
-            raise _Refused(f"not a NIfTI-1/NIfTI-2 file (only {len(head)} bytes)")
+            raise NiftiRefused(f"not a NIfTI-1/NIfTI-2 file (only {len(head)} bytes)")
         (field_value,) = struct.unpack("<i", head[:4])
-        raise _Refused(
+        raise NiftiRefused(
             f"not a NIfTI-1/NIfTI-2 file (header size field {field_value}, neither 348 nor 540)"
         )
     result.version, header_cls = found
-    header_size = _NIFTI1_HEADER if result.version == 1 else _NIFTI2_HEADER
+    header_size = HEADER_SIZE[result.version]
     head += stream.read(header_size - len(head))
     if len(head) < header_size:
-        raise _Refused(
+        raise NiftiRefused(
             f"truncated: {len(head)} bytes, shorter than a NIfTI-{result.version} header"
         )
     try:
         header = header_cls(head, check=False)
         result.text_fields = _text_fields(header)
-        cifti_intent = _is_cifti_intent(header)
+        cifti_intent = is_cifti_intent(header)
         if level == "none":
             result.cifti = cifti_intent
             return header, None
@@ -369,18 +269,18 @@ def _check_header(
         # quiet because the problems that stop a load come back as the exception's message.
         header.check_fix(logger=_QUIET, error_level=imageglobals.error_level)
     except Exception as exc:
-        raise _Refused(f"invalid NIfTI-{result.version} header ({exc})") from None
+        raise NiftiRefused(f"invalid NIfTI-{result.version} header ({exc})") from None
     cifti_xml = None
-    flag = stream.read(_EXT_FLAG)
-    if len(flag) == _EXT_FLAG and flag[:1] != b"\x00":
+    flag = stream.read(EXT_FLAG)
+    if len(flag) == EXT_FLAG and flag[:1] != b"\x00":
         room = float(header["vox_offset"]) - stream.pos
         try:
-            cifti_xml = _walk_extensions(stream, room, header.endianness)
-        except _Refused as refused:
-            raise _Refused(f"invalid NIfTI-{result.version} header ({refused})") from None
+            cifti_xml = walk_extensions(stream, room, header.endianness)
+        except NiftiRefused as refused:
+            raise NiftiRefused(f"invalid NIfTI-{result.version} header ({refused})") from None
     if cifti_intent and cifti_xml is None and not gz:
         # nib.load opens such a .nii as CIFTI-2 and fails without the extension.
-        raise _Refused(
+        raise NiftiRefused(
             f"invalid CIFTI-2 file (intent code {int(header['intent_code'])} "
             "but no CIFTI-2 extension)"
         )
@@ -394,76 +294,3 @@ def _check_header(
     header = _CiftiNiftiHeader(head, check=False)
     header.check_fix(logger=_QUIET, error_level=imageglobals.error_level)
     return header, cifti_xml
-
-
-def _load_beside(path: str) -> Any:
-    """A file stored beside the shards, by the path its cell holds: a local path is opened by
-    ``nibabel.load`` (which reads only what is asked of it), a URL (``hf://``, ``s3://``) read
-    whole through fsspec."""
-    if "://" not in path:
-        if not os.path.isfile(path):
-            raise ValueError(
-                f"this value holds no embedded bytes, and its path {path!r} is no file (stored "
-                "beside the shards of an output that was moved? read it with bids2hf export)"
-            )
-        return nib.load(path)
-    import fsspec  # only for URLs: a local read imports nothing more
-
-    with fsspec.open(path, "rb") as f:
-        return load_nifti(f.read())
-
-
-def load_nifti(value: Any) -> Any:
-    """Open an embedded NIfTI-1, NIfTI-2 or CIFTI-2 image with nibabel.
-
-    ``datasets``' own ``Nifti`` feature only decodes NIfTI-1; columns that hold NIfTI-2 files
-    (HCP outputs, CIFTI-2 ``.dtseries.nii``/``.dscalar.nii``/...) are published with
-    ``Nifti(decode=False)`` and read with this function::
-
-        ds = load_dataset("ORG/NAME", split="train")
-        img = bids2hf.load_nifti(ds[0]["func_bold"][0])
-
-    Returns what ``nibabel.load`` returns for the file: a ``Nifti1Image``, a ``Nifti2Image``, or a
-    ``Cifti2Image`` for NIfTI-2 files with a CIFTI-2 intent code and extension (for embedded
-    bytes also when gzip-compressed, which ``nibabel.load`` opens as plain NIfTI-2). A local path
-    is opened with ``nibabel.load`` itself; a value that is already a nibabel image (a column
-    that ``datasets`` decoded) is returned as it is. A value without bytes (a file stored beside
-    the shards) is opened from its ``path``: a local path, or a URL read through fsspec.
-
-    Args:
-        value: a ``{"bytes": ..., "path": ...}`` dict as stored, raw bytes, a local path, or a
-            nibabel image.
-
-    Raises:
-        ValueError: the value holds no bytes, or they are not a NIfTI-1/NIfTI-2 image.
-        nibabel.filebasedimages.ImageFileError, HeaderDataError, ...: what nibabel raises for a
-            damaged file.
-    """
-    if isinstance(value, FileBasedImage):
-        return value
-    if isinstance(value, (str, os.PathLike)):
-        return nib.load(os.fspath(value))
-    data = value.get("bytes") if isinstance(value, Mapping) else value
-    if data is None and isinstance(value, Mapping) and isinstance(value.get("path"), str):
-        # [issue 11] a file stored beside the shards: the cell holds its location only
-        return _load_beside(value["path"])
-    if data is None:
-        raise ValueError("this value holds no embedded bytes")
-    data = bytes(data)
-    gz = data[:2] == _GZIP_MAGIC
-    if gz:
-        data = gzip.decompress(data)
-    # The classes nib.load tries, in its order: NIfTI-1 by magic, CIFTI-2, then NIfTI-2.
-    if nib.Nifti1Header.may_contain_header(data):
-        return nib.Nifti1Image.from_bytes(data)
-    found = _header_class(data)
-    if found is None or found[0] != 2:
-        raise ValueError("not a NIfTI-1/NIfTI-2 image")
-    header = nib.Nifti2Header(data[:_NIFTI2_HEADER], check=False)
-    if _is_cifti_intent(header):
-        if not gz:
-            return nib.Cifti2Image.from_bytes(data)
-        with_extensions = nib.Nifti2Header.from_fileobj(io.BytesIO(data), check=False)
-        if any(e.get_code() == _CIFTI_EXTENSION for e in with_extensions.extensions):
-            return nib.Cifti2Image.from_bytes(data)
-    return nib.Nifti2Image.from_bytes(data)

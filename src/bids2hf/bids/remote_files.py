@@ -1,28 +1,37 @@
-"""[issue 15] The pieces of an fsspec source that hold no state: what a listing entry says
-(modification time, version), the AWS credentials question, and range-read files for the NIfTI
-header check (:class:`RemoteNifti` over :class:`RangeFile`).
+"""[issue 15] The pieces of an fsspec source that hold no state: the file system's options,
+what a listing says (size, modification time, version; the walk it gives), the AWS credentials
+question and the hint for a refused access, and range-read files for the NIfTI header check
+(:class:`RemoteNifti` over :class:`RangeFile`). The reads of the files themselves are planned in
+:mod:`bids2hf.bids.remote_reads`.
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from bids2hf.errors import InputError
-from bids2hf.model.source import CHUNK
+from bids2hf.model.format import VCS_DIRS
+from bids2hf.model.source import CHUNK, Walked
 
 if TYPE_CHECKING:
     from bids2hf.bids.source_fsspec import FsspecSource
 
 __all__ = [
+    "Listed",
     "RangeFile",
     "RemoteNifti",
+    "access_hint",
     "as_os_error",
     "aws_credentials_configured",
+    "listing_from_find",
     "mtime_ns",
+    "storage_options_for",
     "version_of",
+    "walked_from_listing",
 ]
 
 #: Bytes fetched at least per range request of a NIfTI check (header and extensions).
@@ -71,6 +80,89 @@ def aws_credentials_configured() -> bool:
         return botocore.session.Session().get_credentials() is not None
     except Exception as exc:  # botocore's ProfileNotFound, a bad config file, ...
         raise InputError(f"AWS configuration: {exc}; fix it, or pass --source-anon") from None
+
+
+def storage_options_for(
+    url: str, storage_options: dict[str, Any] | None, anon: bool | None, connections: int
+) -> dict[str, Any]:
+    """The fsspec options a source opens ``url`` with: no listing or instance cache, and for S3
+    anonymous access when asked or when no credentials are configured, and ``connections``
+    connections in the pool; ``storage_options`` override them.
+
+    Raises:
+        InputError: the AWS configuration is broken (S3 only, when ``anon`` is not given).
+    """
+    protocol = url.split("://", 1)[0]
+    options: dict[str, Any] = {
+        # Each call must see the remote as it is now: a cached listing would hide a change.
+        "use_listings_cache": False,
+        "skip_instance_cache": True,
+    }
+    if protocol in ("s3", "s3a"):
+        import fsspec.config
+
+        configured = fsspec.config.conf.get(protocol, {})
+        if "anon" not in configured and "anon" not in (storage_options or {}):
+            options["anon"] = anon if anon is not None else not aws_credentials_configured()
+        # Enough connections for the requests this source keeps in flight.
+        options["config_kwargs"] = {"max_pool_connections": connections}
+    options.update(storage_options or {})
+    return options
+
+
+def access_hint(anonymous: bool, anon_asked: bool) -> str:
+    """What to try when a remote source refuses access, given how it was read."""
+    if anonymous and anon_asked:
+        return "read anonymously (--source-anon): drop it if the bucket is not public"
+    if anonymous:
+        return (
+            "read anonymously (no AWS credentials configured): configure credentials "
+            "(AWS_PROFILE, AWS_ACCESS_KEY_ID, ...) if the bucket is not public"
+        )
+    return "check the credentials and the URL, or pass --source-anon for a public bucket"
+
+
+@dataclass(frozen=True)
+class Listed:
+    """A file as the listing shows it."""
+
+    size: int
+    mtime_ns: int
+    version: str
+
+
+def listing_from_find(found: dict[str, Any], root: str) -> dict[str, Listed]:
+    """The files of a recursive ``find(root, detail=True)`` by path relative to ``root``."""
+    prefix = root + "/"
+    listing: dict[str, Listed] = {}
+    for name, info in found.items():
+        name = str(name)
+        # Folder placeholders ("folder/" keys written by consoles) hold nothing.
+        if not name.startswith(prefix) or name.endswith("/"):
+            continue
+        if info.get("type", "file") != "file":
+            continue
+        listing[name[len(prefix) :]] = Listed(int(info["size"]), mtime_ns(info), version_of(info))
+    return listing
+
+
+def walked_from_listing(listing: dict[str, Listed]) -> list[Walked]:
+    """A listing as a walk sees it, sorted by path: version-control folders not entered."""
+    out: list[Walked] = []
+    vcs: set[str] = set()
+    for rel, info in listing.items():
+        parts = rel.split("/")
+        # Version-control folders are not read, as in a local walk: one entry per folder.
+        at = next((i for i, p in enumerate(parts[:-1]) if p in VCS_DIRS), None)
+        if at is not None:
+            folder = "/".join(parts[: at + 1]) + "/"
+            if folder not in vcs:
+                vcs.add(folder)
+                out.append(Walked(folder, vcs_dir=True))
+            continue
+        out.append(Walked(rel, info.size, info.mtime_ns, version=info.version))
+    out.sort(key=lambda w: w.relpath)
+    return out
 
 
 def as_os_error(exc: Exception) -> OSError:

@@ -16,24 +16,23 @@ as OpenNeuro's need. ``fsspec`` is imported only when the file system is opened.
 
 from __future__ import annotations
 
-import hashlib
 import io
-import string
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_all
-from dataclasses import dataclass
 from typing import Any
 
 from bids2hf.bids.remote_files import (
+    Listed,
     RemoteNifti,
+    access_hint,
     as_os_error,
-    aws_credentials_configured,
-    mtime_ns,
-    version_of,
+    listing_from_find,
+    storage_options_for,
+    walked_from_listing,
 )
+from bids2hf.bids.remote_reads import differs, is_listed_version, md5_for, prefetch_ranges, ranges
 from bids2hf.errors import RERUN_HINT, InputError, SourceChangedError
-from bids2hf.model.format import VCS_DIRS
 from bids2hf.model.rows import FileRef
 from bids2hf.model.source import CHUNK, OnChunk, OnFile, Walked
 
@@ -51,33 +50,6 @@ REMOTE_CONCURRENCY = 8
 REMOTE_PREFETCH = 64 * 1024 * 1024
 #: Small reads (sidecars, NIfTI headers) in flight per remote source while scanning.
 REMOTE_SCAN_CONCURRENCY = 16
-#: Files up to this size are checked against their ETag by MD5 (see _md5_for).
-_MD5_MAX = 16 * 1024 * 1024
-
-
-def _md5_for(ref: FileRef) -> Any:
-    """An MD5 to check a small file's bytes against its ETag, where the ETag is an MD5.
-
-    An S3 object uploaded in one part (most BIDS files) has the MD5 of its bytes as its ETag:
-    bytes with that MD5 are the listed version, which needs no further request. Large files
-    (multipart ETags, and MD5 costs CPU) are checked with a request for the current ETag.
-    """
-    tag = ref.version.strip('"')
-    if ref.size > _MD5_MAX or len(tag) != 32 or not all(c in string.hexdigits for c in tag):
-        return None
-    return hashlib.md5(usedforsecurity=False)
-
-
-def _is_listed_version(ref: FileRef, md5: Any) -> bool:
-    # A mismatch is no proof of a change (encrypted objects have other ETags): it is asked then.
-    return md5 is not None and md5.hexdigest() == ref.version.strip('"').lower()
-
-
-@dataclass(frozen=True)
-class _Listed:
-    size: int
-    mtime_ns: int
-    version: str
 
 
 class FsspecSource:
@@ -95,26 +67,13 @@ class FsspecSource:
     ) -> None:
         self.location = url.rstrip("/")
         self.scan_threads = REMOTE_SCAN_CONCURRENCY
-        protocol = url.split("://", 1)[0]
-        options: dict[str, Any] = {
-            # Each call must see the remote as it is now: a cached listing would hide a change.
-            "use_listings_cache": False,
-            "skip_instance_cache": True,
-        }
-        if protocol in ("s3", "s3a"):
-            import fsspec.config
-
-            configured = fsspec.config.conf.get(protocol, {})
-            if "anon" not in configured and "anon" not in (storage_options or {}):
-                options["anon"] = anon if anon is not None else not aws_credentials_configured()
-            # Enough connections for the requests this source keeps in flight.
-            options["config_kwargs"] = {"max_pool_connections": 2 * REMOTE_SCAN_CONCURRENCY}
-        options.update(storage_options or {})
-        self._options = options
+        self._options = storage_options_for(
+            url, storage_options, anon, connections=2 * REMOTE_SCAN_CONCURRENCY
+        )
         self._anon_asked = anon is True
         self._fs: Any = None
         self._root = ""
-        self._listing: dict[str, _Listed] | None = None
+        self._listing: dict[str, Listed] | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._next: list[FileRef] = []  # files of the next row group (will_need)
         self._ahead: dict[tuple[FileRef, int, int], Future[bytes]] = {}  # ranges fetched ahead
@@ -175,16 +134,9 @@ class FsspecSource:
         return self._hint()
 
     def _hint(self) -> str:
-        if self.anonymous and self._anon_asked:
-            return "read anonymously (--source-anon): drop it if the bucket is not public"
-        if self.anonymous:
-            return (
-                "read anonymously (no AWS credentials configured): configure credentials "
-                "(AWS_PROFILE, AWS_ACCESS_KEY_ID, ...) if the bucket is not public"
-            )
-        return "check the credentials and the URL, or pass --source-anon for a public bucket"
+        return access_hint(self.anonymous, self._anon_asked)
 
-    def listing(self) -> dict[str, _Listed]:
+    def listing(self) -> dict[str, Listed]:
         """Every file under the URL (relative path → size, mtime, version): one recursive listing.
 
         Raises:
@@ -201,20 +153,8 @@ class FsspecSource:
             raise InputError(
                 f"{self.location}: cannot be listed ({type(exc).__name__}: {exc}); {self._hint()}"
             ) from None
-        prefix = self._root + "/"
-        listing: dict[str, _Listed] = {}
-        for name, info in found.items():
-            name = str(name)
-            # Folder placeholders ("folder/" keys written by consoles) hold nothing.
-            if not name.startswith(prefix) or name.endswith("/"):
-                continue
-            if info.get("type", "file") != "file":
-                continue
-            listing[name[len(prefix) :]] = _Listed(
-                int(info["size"]), mtime_ns(info), version_of(info)
-            )
-        self._listing = listing
-        return listing
+        self._listing = listing_from_find(found, self._root)
+        return self._listing
 
     def exists(self) -> bool:
         return bool(self.listing())
@@ -223,21 +163,7 @@ class FsspecSource:
         return self.exists()
 
     def walk(self, details: dict[str, str] | None = None) -> list[Walked]:
-        out: list[Walked] = []
-        vcs: set[str] = set()
-        for rel, info in self.listing().items():
-            parts = rel.split("/")
-            # Version-control folders are not read, as in a local walk: one entry per folder.
-            at = next((i for i, p in enumerate(parts[:-1]) if p in VCS_DIRS), None)
-            if at is not None:
-                folder = "/".join(parts[: at + 1]) + "/"
-                if folder not in vcs:
-                    vcs.add(folder)
-                    out.append(Walked(folder, vcs_dir=True))
-                continue
-            out.append(Walked(rel, info.size, info.mtime_ns, version=info.version))
-        out.sort(key=lambda w: w.relpath)
-        return out
+        return walked_from_listing(self.listing())
 
     def is_file(self, relpath: str) -> bool:
         return relpath in self.listing()
@@ -301,16 +227,10 @@ class FsspecSource:
     def _prefetch(self) -> None:
         refs, self._next = self._next, []
         pool = self._executor()
-        for ref in refs:
-            for start in range(0, ref.size, CHUNK):
-                end = min(ref.size, start + CHUNK)
-                key = (ref, start, end)
-                if key in self._ahead:
-                    continue
-                if self._ahead_bytes + end - start > REMOTE_PREFETCH:
-                    return
-                self._ahead[key] = pool.submit(self._fetch, ref, start, end)
-                self._ahead_bytes += end - start
+        for key in prefetch_ranges(refs, self._ahead, self._ahead_bytes, REMOTE_PREFETCH, CHUNK):
+            ref, start, end = key
+            self._ahead[key] = pool.submit(self._fetch, ref, start, end)
+            self._ahead_bytes += end - start
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -346,7 +266,7 @@ class FsspecSource:
                 f"{self.display(ref.relpath)}: cannot be read ({as_os_error(exc)}); "
                 f"{self._hint()}, or --exclude it"
             ) from None
-        if int(info["size"]) != ref.size or (ref.version and version_of(info) != ref.version):
+        if differs(info, ref):
             raise SourceChangedError(
                 f"{self.display(ref.relpath)}: changed after planning (size or ETag); {RERUN_HINT}"
             )
@@ -386,8 +306,7 @@ class FsspecSource:
         jobs: list[tuple[FileRef, memoryview, list[tuple[int, Future[Any]]]]] = []
         for ref, out in items:
             spans: list[tuple[int, Future[Any]]] = []
-            for start in range(0, ref.size, CHUNK):
-                end = min(ref.size, start + CHUNK)
+            for start, end in ranges(ref.size, CHUNK):
                 ahead = self._ahead.pop((ref, start, end), None)
                 if ahead is not None:
                     self._ahead_bytes -= end - start
@@ -398,7 +317,7 @@ class FsspecSource:
         checks: list[Future[None]] = []
         try:
             for i, (ref, out, spans) in enumerate(jobs):
-                md5 = _md5_for(ref)
+                md5 = md5_for(ref)
                 for start, fut in spans:
                     chunk = out[start : min(ref.size, start + CHUNK)]
                     data = fut.result()
@@ -409,7 +328,7 @@ class FsspecSource:
                     on_chunk(i, chunk)
                 # Checked once all of it arrived: bytes whose MD5 is the listed ETag are the
                 # listed version; otherwise a change since the listing shows in the ETag.
-                if not _is_listed_version(ref, md5):
+                if not is_listed_version(ref, md5):
                     checks.append(pool.submit(self.check_unchanged, ref))
                 on_file(i)
             for fut in checks:
@@ -441,15 +360,14 @@ class FsspecSource:
                 listed.size if listed is not None else int(self.fs.info(self.key(relpath))["size"])
             )
         pool = self._executor()
-        starts = list(range(0, size, CHUNK))
+        spans = list(ranges(size, CHUNK))
         ahead: list[Future[bytes]] = []
-        md5 = None if planned is None else _md5_for(planned)
+        md5 = None if planned is None else md5_for(planned)
         try:
-            for n, start in enumerate(starts):
+            for n, (start, end) in enumerate(spans):
                 # A few ranges ahead of the consumer: bounded memory, the link kept busy.
-                while len(ahead) < REMOTE_CONCURRENCY and n + len(ahead) < len(starts):
-                    s = starts[n + len(ahead)]
-                    ahead.append(pool.submit(self._cat, relpath, s, min(size, s + CHUNK)))
+                while len(ahead) < REMOTE_CONCURRENCY and n + len(ahead) < len(spans):
+                    ahead.append(pool.submit(self._cat, relpath, *spans[n + len(ahead)]))
                 try:
                     chunk = ahead.pop(0).result()
                 except FileNotFoundError:
@@ -465,7 +383,7 @@ class FsspecSource:
                     raise InputError(
                         f"{self.display(relpath)}: cannot be read ({exc}); {self._hint()}"
                     ) from None
-                if len(chunk) != min(size, start + CHUNK) - start:
+                if len(chunk) != end - start:
                     if planned is None:
                         raise OSError(f"{self.display(relpath)}: shorter than listed")
                     self.check_unchanged(planned)
@@ -478,5 +396,5 @@ class FsspecSource:
         finally:
             for fut in ahead:
                 fut.cancel()
-        if planned is not None and not _is_listed_version(planned, md5):
+        if planned is not None and not is_listed_version(planned, md5):
             self.check_unchanged(planned)

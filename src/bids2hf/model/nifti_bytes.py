@@ -4,6 +4,11 @@
 The writer holds each file's bytes in its row-group buffer; thumbnails and header facts are read
 from that buffer, never from a second read of the file. nibabel is imported on first use only
 (shard-writing workers import this module without loading nibabel until a thumbnail is made).
+
+What a NIfTI file's first bytes say is decided here for every reader, the check of
+:mod:`bids2hf.bids.nifti` included: gzip or not (:func:`is_gzip`), NIfTI-1 or NIfTI-2 by the header
+size field in either byte order (:func:`nifti_version`, :data:`HEADER_SIZE`), and whether the
+header announces CIFTI-2 (:func:`is_cifti_intent`).
 """
 
 from __future__ import annotations
@@ -19,21 +24,54 @@ import numpy as np
 from bids2hf.model.image_header import NiftiDecodeError
 
 __all__ = [
+    "GZIP_MAGIC",
+    "HEADER_SIZE",
     "NiftiDecodeError",
     "Volume",
     "as_float",
     "first_bytes",
     "image_volume",
+    "is_cifti_intent",
+    "is_gzip",
+    "nifti_version",
     "parse_header",
     "read_volume",
 ]
 
-_GZIP_MAGIC = b"\x1f\x8b"
+#: The first two bytes of a gzip stream.
+GZIP_MAGIC = b"\x1f\x8b"
 _NIFTI1_HEADER = 348
 _NIFTI2_HEADER = 540
+#: NIfTI version → size of its header in bytes (its ``sizeof_hdr`` field).
+HEADER_SIZE = {1: _NIFTI1_HEADER, 2: _NIFTI2_HEADER}
 _IN_CHUNK = 1 << 20  # compressed bytes handed to zlib at a time
 _OUT_CHUNK = 4 << 20  # decompressed bytes produced (and dropped, when skipping) at a time
 _MAX_VOLUME_BYTES = 2 << 30  # larger single volumes are not decoded
+
+
+def is_gzip(data: bytes | bytearray | memoryview) -> bool:
+    """Whether ``data`` (a file's first bytes at least) begin a gzip stream."""
+    return bytes(data[:2]) == GZIP_MAGIC
+
+
+def nifti_version(first: bytes | bytearray | memoryview) -> int | None:
+    """1 or 2 from the header size field (348 or 540, in either byte order) of a file's first
+    (decompressed) bytes; None when they are fewer than 4 or hold another size."""
+    if len(first) < 4:
+        return None
+    for endian in "<>":
+        (size,) = struct.unpack(endian + "i", bytes(first[:4]))
+        if size == _NIFTI1_HEADER:
+            return 1
+        if size == _NIFTI2_HEADER:
+            return 2
+    return None
+
+
+def is_cifti_intent(header: Any) -> bool:
+    """Whether a nibabel header announces CIFTI-2: NIfTI-2 with one of the CIFTI-2 connectivity
+    intent codes (NIFTI_INTENT_CONNECTIVITY_*, 3000-3099), the test of ``nib.load``."""
+    return int(header["sizeof_hdr"]) == _NIFTI2_HEADER and 3000 <= int(header["intent_code"]) < 3100
 
 
 def first_bytes(data: bytes | bytearray | memoryview, n: int = _NIFTI2_HEADER) -> bytes:
@@ -43,7 +81,7 @@ def first_bytes(data: bytes | bytearray | memoryview, n: int = _NIFTI2_HEADER) -
         NiftiDecodeError: a corrupt gzip stream.
     """
     view = memoryview(data).cast("B")
-    stream = _Inflater(view) if bytes(view[:2]) == _GZIP_MAGIC else _Plain(view)
+    stream = _Inflater(view) if is_gzip(view) else _Plain(view)
     try:
         return bytes(stream.read(n))
     except zlib.error as exc:
@@ -145,13 +183,11 @@ def parse_header(head: bytes) -> Any:
 
     if len(head) < 4:
         raise NiftiDecodeError(f"not a NIfTI file (only {len(head)} bytes)")
-    for endian in "<>":
-        (size,) = struct.unpack(endian + "i", head[:4])
-        if size in (_NIFTI1_HEADER, _NIFTI2_HEADER):
-            break
-    else:
+    version = nifti_version(head)
+    if version is None:
         raise NiftiDecodeError("not a NIfTI-1/NIfTI-2 file (bad header size field)")
-    cls = nib.Nifti1Header if size == _NIFTI1_HEADER else nib.Nifti2Header
+    size = HEADER_SIZE[version]
+    cls = nib.Nifti1Header if version == 1 else nib.Nifti2Header
     if len(head) < size:
         raise NiftiDecodeError(f"truncated: {len(head)} bytes, shorter than the header")
     try:
@@ -171,7 +207,7 @@ def read_volume(data: bytes | bytearray | memoryview, max_decompressed: int) -> 
             volume larger than the file can hold.
     """
     view = memoryview(data).cast("B")
-    stream: _Inflater | _Plain = _Inflater(view) if bytes(view[:2]) == _GZIP_MAGIC else _Plain(view)
+    stream: _Inflater | _Plain = _Inflater(view) if is_gzip(view) else _Plain(view)
     head, header, shape, dtype, offset, (slope, inter) = _read_header(stream)
     if not shape or any(d <= 0 for d in shape):
         raise NiftiDecodeError(f"no voxels (data shape {shape})")
@@ -217,10 +253,7 @@ def _read_header(
     try:
         head = bytes(stream.read(_NIFTI2_HEADER))  # enough for either version
         header = parse_header(head)
-        if (
-            3000 <= int(header["intent_code"]) < 3100
-            and int(header["sizeof_hdr"]) == _NIFTI2_HEADER
-        ):
+        if is_cifti_intent(header):
             raise NiftiDecodeError("a CIFTI-2 file (surface/grayordinate data, not a volume)")
         shape = tuple(int(d) for d in header.get_data_shape())
         dtype = np.dtype(header.get_data_dtype())
