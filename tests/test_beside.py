@@ -73,6 +73,23 @@ def test_placement_in_list_order() -> None:
     assert row2.beside == {"huge.nii": "files/huge.nii"}
 
 
+def test_a_cell_of_other_files_never_reaches_2_gib() -> None:
+    """Sidecars and tables stay in their row whatever the row budget, but a cell (one row's list
+    in one column) must stay under one Parquet list's 2 GiB: three 900 MB EEG runs in ``files``
+    keep two, and the third goes beside (before, nothing stopped the cell: its int32 offsets
+    would have wrapped). A NIfTI in that column counts toward the cell too."""
+    edf = [FileRef(f"sub-01/eeg/run-{i}_eeg.edf", 900 * 10**6, 0) for i in range(1, 4)]
+    small = FileRef("sub-01/eeg/run-1_eeg.json", 2_000, 0)
+    row = RowPlan("sub-01", {}, {"files": [*edf, small]})
+    place_beside([row], ["files"], PlanOptions().max_row_bytes, "")
+    assert sorted(row.beside) == [edf[2].relpath]
+    assert "column files would hold over" in row.beside_reasons[edf[2].relpath]
+    nifti = FileRef("sub-01/anat/x_T1w.nii.gz", 400 * 10**6, 0)
+    row = RowPlan("sub-01", {}, {"files": [*edf[:2], nifti]})
+    place_beside([row], ["files"], PlanOptions().max_row_bytes, "")
+    assert sorted(row.beside) == [nifti.relpath]  # 1.8 GB + 0.4 GB would not fit in the cell
+
+
 def test_four_1_gb_runs_default_limit() -> None:
     """Four 1 GB runs of one session: each is over the default 512 MiB a row embeds, so all four
     are stored beside; the row's smaller files stay embedded, in column and list order."""
@@ -342,3 +359,42 @@ def test_hub_round_trip(emu: Any, hub_env: dict[str, str], bids_copy: Path, tmp_
     assert tree(tmp_path / "back") == tree(bids_copy)
     staging = next((Path(hub_env["BIDS2HF_CACHE"]) / "staging").iterdir())
     assert not (staging / "files").exists()  # uploaded, then removed from the staging folder
+
+
+def test_copies_share_the_staging_bound_with_shards(
+    emu: Any, hub_env: dict[str, str], bids_copy: Path, tmp_path: Path
+) -> None:
+    """A copy takes its staging slot before it is made: with slow uploads and many files stored
+    beside, shards and copies together never exceed ``--max-staged`` in the staging folder (a
+    copy used to take its slot only once written, one more than the bound each time)."""
+    import contextlib
+    import threading
+    import time
+
+    emu.upload_bandwidth = 150_000  # slow LFS uploads: the copies must wait for room
+    staging = tmp_path / "staging"
+    stop, peak = threading.Event(), [0]
+
+    def watch() -> None:
+        while not stop.is_set():
+            count = 0
+            for folder in ("data", "files"):
+                with contextlib.suppress(FileNotFoundError):
+                    count += sum(1 for p in (staging / folder).rglob("*") if p.is_file())
+            peak[0] = max(peak[0], count)
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "bids2hf", "convert", str(bids_copy), "hf://datasets/org/ds",
+             *FAST, "--max-row-size", "1kB", "--max-staged", "2", "--staging", str(staging)],
+            env=hub_env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    finally:
+        stop.set()
+        watcher.join()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sum(1 for p in emu.files("org/ds") if p.startswith("files/")) > 10
+    assert 1 <= peak[0] <= 2, f"at most 2 files may be staged, saw {peak[0]}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -437,3 +438,38 @@ def test_regular_files_holding_every_slot_are_committed(tmp_path: Path) -> None:
     assert not alive, "the writer waited for a staging slot that regular files never freed"
     publisher.finish([], [], "last")
     assert [p for batch in commits for p in batch] == paths
+
+
+# -- a picture someone put under images/ is theirs, even where bids2hf would write pictures ------
+def test_foreign_picture_on_the_hub_is_kept_without_local_state(
+    bids_copy: Path, hub_env: dict[str, str]
+) -> None:
+    """After a run with ``--previews 0`` (no pictures), the maintainer adds their own
+    ``images/func_bold.png`` for the card. A later run from another machine (no staging state)
+    must not take it for bids2hf's: it used to, since the manifest names a func_bold column.
+    It is kept by a ``--previews 0`` run, and a run with previews refuses to replace it."""
+    import shutil
+
+    url = "hf://datasets/org/pictures"
+    args = ("convert", bids_copy, url, *FAST, "--previews", "0")
+    run_bids2hf(*args, env=hub_env)
+    put = (
+        "from huggingface_hub import HfApi\n"
+        "HfApi().upload_file(path_or_fileobj=b'not bids2hf', path_in_repo='images/func_bold.png',"
+        " repo_id='org/pictures', repo_type='dataset')\n"
+    )
+    _python(hub_env, put)
+    shutil.rmtree(Path(hub_env["BIDS2HF_CACHE"]) / "staging")
+    run_bids2hf(*args, env=hub_env)
+    files = (
+        "import json\nfrom huggingface_hub import HfApi\n"
+        "print(json.dumps(HfApi().list_repo_files('org/pictures', repo_type='dataset')))\n"
+    )
+    listed = subprocess.run(
+        [sys.executable, "-c", files], env=hub_env, capture_output=True, text=True, timeout=300
+    )
+    assert "images/func_bold.png" in json.loads(listed.stdout), listed.stderr[-2000:]
+    shutil.rmtree(Path(hub_env["BIDS2HF_CACHE"]) / "staging")
+    refused = run_bids2hf("convert", bids_copy, url, *FAST, env=hub_env, check=False)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "images/func_bold.png" in refused.stderr

@@ -221,8 +221,9 @@ def _check_space(run: ConversionRun, work: Classified) -> None:
         needed = max((s.nbytes for s in todo), default=0) * (staged_bound(run) + run.workers)
     needed += sum(f.size for f in run.plan.dataset_files)
     beside = [f.size for f in beside_files(run.plan.shards).values()]
-    # Locally every file stored beside; when publishing, one at a time next to the shards.
-    needed += sum(beside) if run.remote is None else max(beside, default=0)
+    # Locally every file stored beside; when publishing, copies share the staging slots with
+    # the shards: as many at once as there are slots.
+    needed += sum(beside) if run.remote is None else max(beside, default=0) * staged_bound(run)
     run.out.check_space(int(needed * 1.02) + (1 << 20))
 
 

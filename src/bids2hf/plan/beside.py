@@ -58,26 +58,34 @@ def place_beside(
 ) -> None:
     """Mark, in each row, the files that go beside the shards (``row.beside``), with why.
 
-    A file over :data:`MAX_VALUE_BYTES` always goes; then, in column order and list order, a
-    NIfTI file goes when the row's embedded NIfTI bytes would exceed ``max_row_bytes`` with it
-    (other files are small and compressed: they stay in their cell). A file
-    placed beside in one column is beside in every column of the row that lists it.
+    In column order and list order, a file goes beside when it is over :data:`MAX_VALUE_BYTES`,
+    when its cell (the row's list in that column) would hold over :data:`MAX_VALUE_BYTES` with
+    it, or, for a NIfTI, when the row's embedded NIfTI bytes would exceed ``max_row_bytes`` with
+    it (other files are small and compressed as a rule: only a cell's limit moves them, e.g. an
+    EEG session of several 900 MB ``.edf`` runs). A file placed beside in one column is beside
+    in every column of the row that lists it.
     """
     limit = min(max_row_bytes, MAX_VALUE_BYTES)
     for row in rows:
         total = 0
         for column in file_columns:
+            cell = 0
             for ref in row.files.get(column, []):
                 if ref.relpath in row.beside:
                     continue
+                nifti = ref.relpath.endswith(NIFTI_EXTENSIONS)
                 if ref.size > MAX_VALUE_BYTES:
                     reason = f"over the {human_bytes(MAX_VALUE_BYTES)} one Parquet value holds"
-                elif not ref.relpath.endswith(NIFTI_EXTENSIONS):
-                    continue  # sidecars, tables: small and compressed, they stay with their row
-                elif total + ref.size > limit:
+                elif cell + ref.size > MAX_VALUE_BYTES:
+                    reason = (
+                        f"column {column} would hold over {human_bytes(MAX_VALUE_BYTES)} in one "
+                        "row (one Parquet list holds less than 2 GiB)"
+                    )
+                elif nifti and total + ref.size > limit:
                     reason = f"the row would embed over {human_bytes(limit)} (--max-row-size)"
                 else:
-                    total += ref.size
+                    cell += ref.size
+                    total += ref.size if nifti else 0
                     continue
                 row.beside[ref.relpath] = beside_url(files_url, ref.relpath)
                 row.beside_reasons[ref.relpath] = reason

@@ -33,8 +33,8 @@ def copy_and_stage_beside(
 ) -> list[BesideCopy]:
     """Copy the files the shards store beside into ``out`` and, when publishing, upload them.
 
-    A local staged copy takes one of the publisher's slots (so at most one more than
-    ``--max-staged`` files are staged at once) and is deleted once uploaded.
+    A copy takes one of the publisher's slots before it is made (shards and copies together,
+    at most ``--max-staged`` files are staged at once) and is deleted once uploaded.
 
     Raises:
         SourceChangedError, InputError, OSError: see :func:`copy_beside`; and the publisher's
@@ -52,11 +52,17 @@ def copy_and_stage_beside(
 
     def on_copy(copy: BesideCopy) -> None:
         rec = copy.record
-        if same_content(held.get(copy.path), rec.size, rec.sha256):
-            return  # the destination holds it: nothing to stage
-        publisher.acquire(True)
+        if not copy.copied:  # a copy staged by an earlier run: room for it is taken now
+            if same_content(held.get(copy.path), rec.size, rec.sha256):
+                return  # the destination holds it: nothing to stage
+            publisher.acquire(True)
+        # A fresh copy took its slot before it was made (room); the uploader frees it, also for
+        # a file the destination turns out to hold already.
         publisher.submit(
             StagedFile(copy.path, out.root / copy.path, rec.size, rec.sha256), holds_slot=True
         )
 
-    return copy_beside(out, source, shards, progress, done, on_copy)
+    def room() -> None:
+        publisher.acquire(True)
+
+    return copy_beside(out, source, shards, progress, done, on_copy, room)

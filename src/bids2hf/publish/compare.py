@@ -203,9 +203,17 @@ def recorded_paths(target: Target, remote: dict[str, RemoteFile]) -> set[str]:
     owned.update((MANIFEST_PATH, "README.md"))
     owned.update(e.location for e in entries if e.location)
     # [issue 13] the previews file and the pictures of the image columns the manifest names,
-    # committed with it (the card links them)
+    # committed with it: bids2hf's only where the remote card links them (a picture someone put
+    # there after a run with --previews 0, or before previews existed, is theirs).
     images = {e.column for e in entries if e.column and e.path.endswith((".nii", ".nii.gz"))}
-    owned.update([PREVIEWS_PATH, *(picture_path(c) for c in images)])
+    previews = [p for p in (PREVIEWS_PATH, *(picture_path(c) for c in images)) if p in remote]
+    if previews and "README.md" in remote:
+        try:
+            card = _read_remote(target, "README.md").decode("utf-8", errors="replace")
+        except Exception as exc:  # unreadable: none of them counts as bids2hf's
+            log.debug("reading the remote card failed: %s", exc)
+            card = ""
+        owned.update(p for p in previews if p in card)
     return owned
 
 

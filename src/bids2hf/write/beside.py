@@ -60,6 +60,7 @@ def copy_beside(
     progress: Callable[[int, int], None],
     done: Callable[[str, DatasetFileRecord], bool] | None = None,
     on_copy: Callable[[BesideCopy], None] | None = None,
+    before_copy: Callable[[], None] | None = None,
 ) -> list[BesideCopy]:
     """Copy the shards' files stored beside into ``out`` (those not already there) and give each
     shard their sha256 (:attr:`ShardPlan.beside_sha256`).
@@ -67,7 +68,8 @@ def copy_beside(
     A file is already there when the journal records a copy of this very source file (size,
     mtime, version) and ``done(path, record)`` says the copy is still where it goes (default:
     the local file has the recorded size; a publication asks the destination). ``on_copy`` gets
-    every file, copied or reused, in order (a publication uploads the copies).
+    every file, copied or reused, in order (a publication uploads the copies); ``before_copy``
+    is called before each copy is made (a publication waits there for room in its staging).
 
     Raises:
         SourceChangedError: a source file is not the planned one (its copy is not kept).
@@ -88,6 +90,8 @@ def copy_beside(
         rec = store.state.beside.get(relpath)
         copied = not (rec is not None and _current(rec, ref) and done(path, rec))
         if copied:
+            if before_copy is not None:
+                before_copy()
             sha = copy_in(out, source, ref, path, lambda n: progress(n, 0))
             rec = DatasetFileRecord(relpath, ref.size, ref.mtime_ns, sha, ref.version)
             store.put_beside(rec)

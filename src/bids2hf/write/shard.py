@@ -49,6 +49,9 @@ __all__ = [
     "write_shard",
 ]
 
+#: Most bytes one Arrow binary array (int32 offsets) holds.
+MAX_BINARY_CHUNK = 2**31 - 1
+
 
 @dataclass
 class ShardResult:
@@ -171,6 +174,8 @@ def _file_array(column: _FileColumn, typ: pa.DataType) -> pa.Array:
     """The column's files, already read into its slice of the row group's buffer, zero-copy."""
     spec, cells, slots, offsets = column.spec, column.cells, column.slots, column.offsets
     total = int(offsets[-1])
+    if total > MAX_BINARY_CHUNK:  # plan/beside.py keeps cells smaller: int32 offsets would wrap
+        raise RuntimeError(f"column {spec.name}: {total} bytes in one row group, over int32")
     data = pa.py_buffer(column.arena[:total])
     bytes_arr = pa.Array.from_buffers(
         pa.binary(),
