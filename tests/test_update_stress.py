@@ -266,6 +266,13 @@ def hub_files(emu: HubEmulator, repo: str) -> dict[str, str]:
     }
 
 
+def _convert(
+    source: Source, dest: str, env: dict[str, str], *extra: str
+) -> subprocess.CompletedProcess[str]:
+    """``bids2hf convert`` of the stress source into ``dest`` with the stress test's shard sizes."""
+    return run_bids2hf("convert", str(source.root), dest, *SHARD_ARGS, *extra, env=env, check=False)
+
+
 def test_hub_update_cycles(emu: HubEmulator, source: Source, work: Path, tmp_path: Path) -> None:
     env = hub_env(emu, tmp_path)
     url, staging = f"hf://datasets/{REPO}", work / "ST"
@@ -276,17 +283,7 @@ def test_hub_update_cycles(emu: HubEmulator, source: Source, work: Path, tmp_pat
         if cycle:
             log_before = len(emu.commits(REPO))
         emu.reset_stats()
-        return run_bids2hf(
-            "convert",
-            str(source.root),
-            url,
-            *SHARD_ARGS,
-            *jobs,
-            "--staging",
-            str(staging),
-            env=env,
-            check=False,
-        )
+        return _convert(source, url, env, *jobs, "--staging", str(staging))
 
     def check(cycle: int, stdout: str) -> list[str]:
         problems = commits_reported(stdout)
@@ -304,14 +301,7 @@ def test_hub_update_cycles(emu: HubEmulator, source: Source, work: Path, tmp_pat
     assert not problems, report(problems, source)
     # The reference is what a clean upload holds: upload the last source to a fresh repository.
     clean_env = dict(env, BIDS2HF_CACHE=str(work / "clean-cache"))
-    proc = run_bids2hf(
-        "convert",
-        str(source.root),
-        "hf://datasets/me/clean",
-        *SHARD_ARGS,
-        env=clean_env,
-        check=False,
-    )
+    proc = _convert(source, "hf://datasets/me/clean", clean_env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     card = emu.read_file("me/clean", "README.md")
     assert renamed_card(hub_files(emu, "me/clean"), card, "me/clean", REPO) == hub_files(emu, REPO)
@@ -324,16 +314,7 @@ def test_local_update_cycles(source: Source, work: Path) -> None:
     def update(cycle: int, jobs: list[str]) -> subprocess.CompletedProcess[str]:
         # A folder holding the output of another plan is replaced only with --overwrite.
         again = ["--overwrite"] if cycle else []
-        return run_bids2hf(
-            "convert",
-            str(source.root),
-            str(dest),
-            *SHARD_ARGS,
-            *jobs,
-            *again,
-            env=dict(os.environ),
-            check=False,
-        )
+        return _convert(source, str(dest), dict(os.environ), *jobs, *again)
 
     def check(cycle: int, stdout: str) -> list[str]:
         problems = []
@@ -349,14 +330,7 @@ def test_local_update_cycles(source: Source, work: Path) -> None:
 
     problems = stress(source, update, check)
     assert not problems, report(problems, source)
-    proc = run_bids2hf(
-        "convert",
-        str(source.root),
-        str(work / "clean"),
-        *SHARD_ARGS,
-        env=dict(os.environ),
-        check=False,
-    )
+    proc = _convert(source, str(work / "clean"), dict(os.environ))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert published(work / "clean") == published(dest)
 
@@ -400,17 +374,7 @@ def test_s3_update_cycles(s3_env: dict[str, str], source: Source, work: Path) ->
     url, staging = f"s3://{S3_BUCKET}/inc", work / "ST"
 
     def update(cycle: int, jobs: list[str]) -> subprocess.CompletedProcess[str]:
-        return run_bids2hf(
-            "convert",
-            str(source.root),
-            url,
-            *SHARD_ARGS,
-            *jobs,
-            "--staging",
-            str(staging),
-            env=s3_env,
-            check=False,
-        )
+        return _convert(source, url, s3_env, *jobs, "--staging", str(staging))
 
     def check(cycle: int, stdout: str) -> list[str]:
         problems = commits_reported(stdout)
@@ -430,9 +394,7 @@ def test_s3_update_cycles(s3_env: dict[str, str], source: Source, work: Path) ->
     assert not problems, report(problems, source)
     clean_env = dict(s3_env, BIDS2HF_CACHE=str(work / "clean-cache"))
     clean_url = f"s3://{S3_BUCKET}/clean"
-    proc = run_bids2hf(
-        "convert", str(source.root), clean_url, *SHARD_ARGS, env=clean_env, check=False
-    )
+    proc = _convert(source, clean_url, clean_env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     clean = {k: v for k, v in bucket.files("clean").items() if k != CHECKSUMS}
     want = renamed_card(clean, bucket.read("clean/README.md"), clean_url, url)
