@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from bids2hf.model.inventory import Inventory, Placement, Problem, Severity, SourceFile
 from bids2hf.model.rows import ColumnSpec, Role, ShardPlan
-from bids2hf.plan.beside import MAX_VALUE_BYTES, place_beside
+from bids2hf.plan.beside import place_beside
 from bids2hf.plan.builder import KindSummary, RowBuilder, kind_sort
 from bids2hf.plan.features import Features
 from bids2hf.plan.layouts.scan import ScanLayout
@@ -23,10 +23,7 @@ from bids2hf.plan.layouts.session import SessionLayout
 from bids2hf.plan.options import PlanOptions
 from bids2hf.plan.shards import plan_shards
 
-__all__ = ["MAX_BINARY_BYTES", "ConversionPlan", "make_plan"]
-
-#: Largest file one Arrow/Parquet binary cell holds (larger ones are stored beside the shards).
-MAX_BINARY_BYTES = MAX_VALUE_BYTES
+__all__ = ["ConversionPlan", "make_plan"]
 
 
 @dataclass

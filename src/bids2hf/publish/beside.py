@@ -17,7 +17,7 @@ from bids2hf.publish.compare import same_content
 from bids2hf.publish.pipeline import RemoteRun
 from bids2hf.publish.targets.base import StagedFile
 from bids2hf.publish.uploader import Publisher
-from bids2hf.write.beside import BesideCopy, copy_beside
+from bids2hf.write.beside import BesideCopy, copy_beside, copy_in_place
 from bids2hf.write.output_folder import OutputFolder
 
 __all__ = ["copy_and_stage_beside"]
@@ -45,10 +45,8 @@ def copy_and_stage_beside(
     held = remote.remote
 
     def done(path: str, rec: DatasetFileRecord) -> bool:
-        if same_content(held.get(path), rec.size, rec.sha256):
-            return True
-        local = out.root / path
-        return local.is_file() and local.stat().st_size == rec.size
+        # On the destination already, or staged by an earlier run and not uploaded yet.
+        return same_content(held.get(path), rec.size, rec.sha256) or copy_in_place(out, path, rec)
 
     def on_copy(copy: BesideCopy) -> None:
         rec = copy.record

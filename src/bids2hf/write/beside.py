@@ -10,6 +10,7 @@ copies already made. Paths are recorded as bids2hf's before they are written (th
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -20,7 +21,14 @@ from bids2hf.model.state import DatasetFileRecord
 from bids2hf.write.output import copy_in
 from bids2hf.write.output_folder import OutputFolder
 
-__all__ = ["BesideCopy", "beside_files", "beside_paths", "copy_beside", "remove_stale_beside"]
+__all__ = [
+    "BesideCopy",
+    "beside_files",
+    "beside_paths",
+    "copy_beside",
+    "copy_in_place",
+    "remove_stale_beside",
+]
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,12 @@ def _current(rec: DatasetFileRecord | None, ref: FileRef) -> bool:
     )
 
 
+def copy_in_place(out: OutputFolder, path: str, rec: DatasetFileRecord) -> bool:
+    """Whether the recorded copy ``path`` is still in ``out`` (a file of the recorded size)."""
+    local = out.root / path
+    return local.is_file() and local.stat().st_size == rec.size
+
+
 def copy_beside(
     out: OutputFolder,
     source: Source,
@@ -78,11 +92,7 @@ def copy_beside(
     """
     store = out.store
     if done is None:
-
-        def done(path: str, rec: DatasetFileRecord) -> bool:
-            local = out.root / path
-            return local.is_file() and local.stat().st_size == rec.size
-
+        done = functools.partial(copy_in_place, out)
     hashes: dict[str, str] = {}
     copies = []
     for relpath, ref in beside_files(shards).items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -11,7 +12,7 @@ import mmap
 import os
 import struct
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -55,6 +56,31 @@ _COMPARE_CHUNK = 8 << 20
 Verbatim = tuple[Key, str, memoryview]
 
 
+def _find(
+    data: mmap.mmap,
+    cursor: int,
+    end: int,
+    size: int,
+    accept: Callable[[int], bool],
+    max_candidates: int | None = None,
+) -> int | None:
+    """Offset of the first ``size``-byte value in ``data[cursor:end]`` that ``accept``s.
+
+    A PLAIN value is its 4-byte length and its bytes: each place the length occurs is a
+    candidate, and ``accept(offset)`` decides whether the bytes at ``offset`` are the file.
+    """
+    prefix = struct.pack("<I", size)
+    pos, tried = cursor, 0
+    while max_candidates is None or tried < max_candidates:
+        pos = data.find(prefix, pos, end)
+        if pos < 0 or pos + 4 + size > end:
+            return None
+        if accept(pos + 4):
+            return pos + 4
+        pos, tried = pos + 1, tried + 1
+    return None
+
+
 def _find_value(
     data: mmap.mmap, cursor: int, end: int, size: int, sha256: str, known: int | None = None
 ) -> int | None:
@@ -63,21 +89,15 @@ def _find_value(
     A candidate is the file if its bytes hash to ``sha256``, or, when the file's bytes are
     already ``known`` to sit at an offset of ``data``, if they equal the bytes there.
     """
-    prefix = struct.pack("<I", size)
     view = memoryview(data)
+
+    def accept(at: int) -> bool:
+        if known is None:
+            return hashlib.sha256(view[at : at + size]).hexdigest() == sha256
+        return at == known or _holds(data, at, view[known : known + size])
+
     try:
-        pos = cursor
-        for _ in range(_MAX_CANDIDATES):
-            pos = data.find(prefix, pos, end)
-            if pos < 0 or pos + 4 + size > end:
-                return None
-            if known is None:
-                if hashlib.sha256(view[pos + 4 : pos + 4 + size]).hexdigest() == sha256:
-                    return pos + 4
-            elif pos + 4 == known or _holds(data, pos + 4, view[known : known + size]):
-                return pos + 4
-            pos += 1
-        return None
+        return _find(data, cursor, end, size, accept, _MAX_CANDIDATES)
     finally:
         view.release()
 
@@ -202,19 +222,6 @@ def _holds(data: mmap.mmap, at: int, want: memoryview) -> bool:
         del have, ref  # the map cannot close while an array still points into it
 
 
-def _find_equal(data: mmap.mmap, cursor: int, want: memoryview) -> int | None:
-    """Offset of the first value in ``data[cursor:]`` whose bytes are ``want``."""
-    prefix = struct.pack("<I", len(want))
-    pos = cursor
-    while True:
-        pos = data.find(prefix, pos)
-        if pos < 0 or pos + 4 + len(want) > len(data):
-            return None
-        if _holds(data, pos + 4, want):
-            return pos + 4
-        pos += 1
-
-
 def locate_written(
     shard: str | os.PathLike[str], start: int, end: int, expected: Sequence[Verbatim]
 ) -> dict[Key, FileRange]:
@@ -240,7 +247,8 @@ def locate_written(
     with open(shard, "rb") as fh, _mapped(fh, end - base, base) as data:
         cursor = start - base
         for key, path, want in expected:
-            found = _find_equal(data, cursor, want)
+            accept = functools.partial(_holds, data, want=want)
+            found = _find(data, cursor, len(data), len(want), accept)
             if found is None:
                 raise RangeError(
                     f"{shard}: {path!r} (row {key[1]}, column {key[0]}) is not stored verbatim "
