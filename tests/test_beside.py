@@ -91,13 +91,13 @@ def test_a_cell_of_other_files_never_reaches_2_gib() -> None:
 
 
 def test_four_1_gb_runs_default_limit() -> None:
-    """Four 1 GB runs of one session: each is over the default 512 MiB a row embeds, so all four
+    """Four 1 GB runs of one session: each is over the default 128 MiB a row embeds, so all four
     are stored beside; the row's smaller files stay embedded, in column and list order."""
     runs = [FileRef(f"run-{i}.nii.gz", 10**9, 0) for i in range(1, 5)]
-    t1w, dwi = FileRef("t1w.nii.gz", 300 * 2**20, 0), FileRef("dwi.nii.gz", 300 * 2**20, 0)
+    t1w, dwi = FileRef("t1w.nii.gz", 100 * 2**20, 0), FileRef("dwi.nii.gz", 100 * 2**20, 0)
     row = RowPlan("sub-01_ses-1", {}, {"anat_T1w": [t1w], "dwi_dwi": [dwi], "func_bold": runs})
     place_beside([row], ["anat_T1w", "dwi_dwi", "func_bold"], PlanOptions().max_row_bytes, "")
-    # 300 MiB embedded, then 600 MiB would be over 512 MiB: the DWI goes beside too.
+    # 100 MiB embedded, then 200 MiB would be over 128 MiB: the DWI goes beside too.
     assert sorted(row.beside) == ["dwi.nii.gz"] + [r.relpath for r in runs]
 
 
@@ -128,7 +128,7 @@ def _sparse(path: Path, size: int) -> None:
 
 def test_session_over_2_gib_is_planned_without_a_flag(bids_copy: Path, cli: Any) -> None:
     """Two 1.5 GiB runs in one cell (over Arrow's 2 GiB per list) no longer stop the plan: each
-    is over the default 512 MiB a row embeds, so both go beside, and ``inspect`` names the row
+    is over the default 128 MiB a row embeds, so both go beside, and ``inspect`` names the row
     and the reason (planning reads no data, so sparse files cost nothing here)."""
     _sparse(bids_copy / REST_1, 3 * 2**29)
     _sparse(bids_copy / REST_2, 3 * 2**29)
@@ -140,7 +140,7 @@ def test_session_over_2_gib_is_planned_without_a_flag(bids_copy: Path, cli: Any)
     ]
     result = _ok(cli("inspect", bids_copy, "--check", "none"))
     assert "stored beside the shards" in result.output
-    assert "sub-01_ses-1: 2 file(s), the row would embed over 536.9 MB (--max-row-size)" in result.output
+    assert "sub-01_ses-1: 2 file(s), the row would embed over 134.2 MB (--max-row-size)" in result.output
 
 
 # -- a local output ------------------------------------------------------------------------------

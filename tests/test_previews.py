@@ -379,3 +379,17 @@ def test_scan_layout_keys_and_dry_run(
     shown = cli("convert", synthetic.root, url, "--dry-run", "-q", env=env).stdout
     assert "previews: 1 row(s) in previews/previews.parquet and 7 card picture(s)" in shown
     assert not any(Path(env["BIDS2HF_CACHE"]).rglob("*.png"))
+
+
+def test_files_stored_beside_get_the_same_pictures(
+    outputs: dict[str, Path], synthetic: GeneratedDataset, tmp_path: Path
+) -> None:
+    """Files stored beside the shards (never in a writer's buffer) are read again for their
+    thumbnails, keeping only the volume shown: the previews are those of files embedded."""
+    out = tmp_path / "out"
+    cli("convert", synthetic.root, out, "-q", "--previews", "100", "--max-row-size", "40kB")
+    beside = [p for p in (out / "files").rglob("*.nii*") if p.is_file()]
+    assert len(beside) >= 10
+    assert files_under(out, "images", "previews") == files_under(
+        outputs["all"], "images", "previews"
+    )

@@ -9,6 +9,7 @@ imports bids2hf modules of its own layer or below, never above (at any depth: la
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -404,3 +405,63 @@ def test_the_checks_see_what_they_look_for() -> None:
     why = "# long because: a table\n" + src
     assert _says_why_long(why.splitlines(), next(n for _, n in _functions(ast.parse(why))))
     assert dict(_public_functions(tree)).keys() == {"f"}
+
+
+#: in a process started by multiprocessing (a shard-writing worker), writes at exit the top-level
+#: modules it loaded to $BIDS2HF_TEST_MODULES/<pid>.txt
+_REPORT_WORKER_MODULES = """
+import atexit, os, sys
+
+def _report():
+    import multiprocessing
+    if multiprocessing.parent_process() is None:
+        return
+    path = os.path.join(os.environ["BIDS2HF_TEST_MODULES"], f"{os.getpid()}.txt")
+    with open(path, "w") as f:
+        f.write(" ".join(sorted({m.split(".")[0] for m in sys.modules})))
+
+atexit.register(_report)
+"""
+
+
+@pytest.mark.parametrize(
+    ("previews", "forbidden", "somewhere"),
+    [
+        (["--previews", "0"], {"datasets", "pandas", "nibabel", "PIL"}, set()),
+        # a worker that makes a thumbnail loads nibabel and Pillow
+        ([], {"datasets", "pandas"}, {"nibabel", "PIL"}),
+    ],
+    ids=["previews-0", "default"],
+)
+def test_workers_load_neither_datasets_nor_pandas(
+    previews: list[str],
+    forbidden: set[str],
+    somewhere: set[str],
+    synthetic: GeneratedDataset,
+    tmp_path: Path,
+) -> None:
+    """What the README says of `-j 2`, checked inside the spawned workers themselves."""
+    hook, report = tmp_path / "hook", tmp_path / "modules"
+    hook.mkdir()
+    report.mkdir()
+    (hook / "sitecustomize.py").write_text(_REPORT_WORKER_MODULES)
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]),
+        BIDS2HF_TEST_MODULES=str(report),
+    )
+    args = ["convert", str(synthetic.root), str(tmp_path / "out"), "-q", "-j", "2"]
+    run = subprocess.run(
+        [sys.executable, "-m", "bids2hf", *args, "--max-shard-size", "200kB", *previews],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    workers = {p.stem: set(p.read_text().split()) for p in report.glob("*.txt")}
+    assert len(workers) == 2, f"expected two workers to report, got {sorted(workers)}"
+    for pid, loaded in workers.items():
+        assert {"pyarrow", "numpy"} <= loaded
+        assert not loaded & forbidden, f"worker {pid} loads {sorted(loaded & forbidden)}"
+    assert somewhere <= set().union(*workers.values())

@@ -157,10 +157,10 @@ def input_options(func: F) -> F:
         click.option(
             "--max-row-size",
             type=SIZE,
-            default="512MiB",
+            default="128MiB",
             show_default=True,
-            help="Most bytes of files one row embeds (at most 2047MiB); files beyond it are "
-            "stored beside the shards in files/. Bounds memory per worker.",
+            help="Most NIfTI bytes one row embeds (at most 2047MiB); files beyond it are "
+            "stored beside the shards in files/. Bounds memory per worker: about 3x this.",
         ),
         click.option("--split", default="train", show_default=True, help="Split name of the rows."),
     ]

@@ -24,8 +24,10 @@ import numpy as np
 from bids2hf.model.image_header import NiftiDecodeError
 
 __all__ = [
+    "DEFAULT_MAX_DECOMPRESSED",
     "GZIP_MAGIC",
     "HEADER_SIZE",
+    "VOLUME_PROBE",
     "NiftiDecodeError",
     "Volume",
     "as_float",
@@ -36,6 +38,7 @@ __all__ = [
     "nifti_version",
     "parse_header",
     "read_volume",
+    "volume_ranges",
 ]
 
 #: The first two bytes of a gzip stream.
@@ -196,11 +199,30 @@ def parse_header(head: bytes) -> Any:
         raise NiftiDecodeError(f"invalid NIfTI header ({exc})") from None
 
 
-def read_volume(data: bytes | bytearray | memoryview, max_decompressed: int) -> Volume:
-    """One 3-D volume of a NIfTI file held in memory, decompressing no further than needed.
+def _volume_choice(
+    shape: tuple[int, ...], itemsize: int, offset: int, gz: bool, max_decompressed: int
+) -> tuple[tuple[int, ...], int, int, int]:
+    """(spatial shape, number of volumes, the volume shown, bytes per volume) of an image.
 
     The volume is a 4-D file's middle one (index 0 of any further axis), or for a gzip file an
     earlier one when the middle one ends more than ``max_decompressed`` bytes into the stream.
+    """
+    spatial = (*shape[:3], *(1,) * (3 - min(3, len(shape))))
+    extra = shape[3:]
+    volumes = math.prod(extra) if extra else 1
+    vol_bytes = math.prod(spatial) * itemsize
+    volume = extra[0] // 2 if extra else 0
+    if gz and volume:
+        affordable = (max_decompressed - offset) // vol_bytes - 1
+        volume = max(0, min(volume, affordable))
+    return spatial, volumes, volume, vol_bytes
+
+
+def read_volume(data: bytes | bytearray | memoryview, max_decompressed: int) -> Volume:
+    """One 3-D volume of a NIfTI file held in memory, decompressing no further than needed.
+
+    The volume is chosen by :func:`_volume_choice`; :func:`volume_ranges` says which bytes of
+    the file this reads.
 
     Raises:
         NiftiDecodeError: not NIfTI-1/NIfTI-2, truncated, corrupt gzip, CIFTI-2, no voxels, or a
@@ -211,25 +233,21 @@ def read_volume(data: bytes | bytearray | memoryview, max_decompressed: int) -> 
     head, header, shape, dtype, offset, (slope, inter) = _read_header(stream)
     if not shape or any(d <= 0 for d in shape):
         raise NiftiDecodeError(f"no voxels (data shape {shape})")
-    spatial = (*shape[:3], *(1,) * (3 - min(3, len(shape))))
-    extra = shape[3:]
-    volumes = math.prod(extra) if extra else 1
-    vol_bytes = math.prod(spatial) * dtype.itemsize
+    gz = isinstance(stream, _Inflater)
+    spatial, volumes, volume, vol_bytes = _volume_choice(
+        shape, dtype.itemsize, offset, gz, max_decompressed
+    )
     # A damaged header can promise any size: never allocate more for the decompressed volume
     # than the file can hold (deflate expands at most ~1032 times) or a thumbnail is worth.
     # (An uncompressed file is sliced in place; a short one is reported as truncated below.)
     limit = min(_MAX_VOLUME_BYTES, len(view) * 1032)
-    if isinstance(stream, _Inflater) and vol_bytes > limit:
+    if gz and vol_bytes > limit:
         raise NiftiDecodeError(
             f"one volume of shape {spatial} ({vol_bytes} bytes) is more than the file can hold "
             f"or a thumbnail is worth ({limit} bytes)"
         )
     # Volumes are contiguous (Fortran order): the t-th volume of the 4th axis, index 0 of any
     # further axis, is the t-th block of vol_bytes after the offset.
-    volume = extra[0] // 2 if extra else 0
-    if isinstance(stream, _Inflater) and volume:
-        affordable = (max_decompressed - offset) // vol_bytes - 1
-        volume = max(0, min(volume, affordable))
     start = offset + volume * vol_bytes
     try:
         if start >= len(head):
@@ -243,6 +261,42 @@ def read_volume(data: bytes | bytearray | memoryview, max_decompressed: int) -> 
         raise NiftiDecodeError(f"truncated: the data end before volume {volume} is complete")
     arr = np.frombuffer(raw, dtype=dtype, count=math.prod(spatial)).reshape(spatial, order="F")
     return Volume(arr, slope, inter, _affine(header), shape, volume, volumes)
+
+
+#: How many first bytes of a file :func:`volume_ranges` wants (fewer: the whole file).
+VOLUME_PROBE = 1 << 20
+#: The default ``max_decompressed`` of thumbnails (write/thumbnails.ThumbnailOptions).
+DEFAULT_MAX_DECOMPRESSED = 32 << 20
+
+
+def volume_ranges(
+    first: bytes | bytearray | memoryview, size: int, max_decompressed: int
+) -> list[tuple[int, int]]:
+    """The ``(start, end)`` byte ranges of a NIfTI file of ``size`` bytes that
+    :func:`read_volume` reads, decided from its first bytes (:data:`VOLUME_PROBE` of them, or
+    the whole file): so that a file streamed past can be kept in part only.
+
+    An uncompressed file: its first bytes and the volume shown. A gzip file is read from its
+    start: the compressed prefix that decompresses to the end of the volume shown (deflate
+    expands incompressible data by well under 0.1 %: the bound adds 1/1000 and 1 MiB). First
+    bytes that are no image header: those bytes only (:func:`read_volume` says why it refuses
+    the file, from them).
+    """
+    view = memoryview(first).cast("B")
+    gz = is_gzip(view)
+    stream: _Inflater | _Plain = _Inflater(view) if gz else _Plain(view)
+    probe = (0, min(size, len(view)))
+    try:
+        _, _, shape, dtype, offset, _ = _read_header(stream)
+    except NiftiDecodeError:
+        return [probe]
+    if not shape or any(d <= 0 for d in shape):
+        return [probe]
+    _, _, volume, vol_bytes = _volume_choice(shape, dtype.itemsize, offset, gz, max_decompressed)
+    end = offset + (volume + 1) * vol_bytes
+    if gz:
+        return [(0, min(size, end + end // 1000 + (1 << 20)))]
+    return [probe, (min(size, offset + volume * vol_bytes), min(size, end))]
 
 
 def _read_header(

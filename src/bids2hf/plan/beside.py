@@ -5,12 +5,16 @@ cell's list of files: Arrow's list of binary values shares one int32 offset buff
 chunk, and the page that holds a value adds its 4-byte length prefix and levels. So:
 
 - a file over :data:`MAX_VALUE_BYTES` cannot be a value at all: it is stored beside;
-- in a row, files are embedded in column and list order while the row's embedded total stays
-  within the row limit (``--max-row-size``, default 512 MiB); the files that do not fit are
-  stored beside, so a session of four 1 GB runs converts with the default command. The limit
-  also bounds a writer's memory: pyarrow holds a row group and two copies of the page being
-  written, and a list cell is one page, so a worker needs about 300 MB + 3 x the limit at
-  most, whatever the session size.
+- in a row, files are embedded in column and list order while the row's embedded NIfTI total
+  stays within the row limit (``--max-row-size``, default 128 MiB, one row group's worth); the
+  files that do not fit are stored beside, so a session of four 1 GB runs converts with the
+  default command. The limit is what bounds a writer's memory: pyarrow takes a row group as
+  arrays in memory, writes one row's list in one column as one page (it never splits a row
+  across pages, whatever its options) and holds two copies of that page while writing it. So a
+  worker needs about 160 MB + the row group + twice the largest cell, at most about 160 MB +
+  3 x the limit, whatever the session size. The default keeps the benchmark's ARC-shaped
+  sessions of 250 MB, 1 GB and 3 GB within 300 MB + row group + largest file
+  (benchmarks/results/MEMORY.md); 512 MiB would take them to 1.1 GB.
 
 The cell of a file stored beside holds ``{"bytes": None, "path": URL}``: ``datasets``' ``Nifti``
 opens the path (a local path with ``nibabel.load``, a URL such as ``hf://datasets/ORG/NAME@REV/

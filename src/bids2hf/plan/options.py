@@ -21,10 +21,12 @@ class PlanOptions:
     row_group_bytes: int = 128 * 1024 * 1024
     split: str = "train"
     config: Config = field(default_factory=Config)
-    #: Most bytes of files one row embeds; files beyond it are stored beside the shards (see
-    #: :mod:`bids2hf.plan.beside`). It bounds a worker's memory whatever the session size. At
-    #: most 2 GiB - 1 MiB (one row's list in one column must stay under 2 GiB).
-    max_row_bytes: int = 512 * 2**20
+    #: Most NIfTI bytes one row embeds; files beyond it are stored beside the shards (see
+    #: :mod:`bids2hf.plan.beside`). It bounds a worker's memory whatever the session size: the
+    #: default, one row group's worth, keeps a worker within 300 MB + row group + largest file
+    #: (benchmarks/results/MEMORY.md). At most 2 GiB - 1 MiB (one row's list in one column
+    #: must stay under 2 GiB).
+    max_row_bytes: int = 128 * 2**20
     #: Base of the URLs the cells of files stored beside hold (see
     #: :func:`bids2hf.plan.beside.files_url_of`); set by the run from its destination. Empty:
     #: paths relative to the dataset root (``files/...``), as ``inspect`` shows them.

@@ -13,12 +13,19 @@ never fails a conversion: one warning line, and no picture.
 from __future__ import annotations
 
 import logging
+import mmap
+import sys
 from collections.abc import Collection, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from bids2hf.model.nifti_bytes import DEFAULT_MAX_DECOMPRESSED, VOLUME_PROBE, volume_ranges
 from bids2hf.model.rows import FileRef
 
-__all__ = ["ThumbnailJobs", "make_thumbnail"]
+__all__ = ["ThumbnailJobs", "VolumeBytes", "make_thumbnail"]
+
+#: Linux's MAP_NORESERVE (Python's mmap module does not name it): the kernel's overcommit
+#: heuristic would refuse a mapping larger than RAM + swap even though few of its pages are used.
+_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000 if sys.platform.startswith("linux") else 0)
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +46,58 @@ def make_thumbnail(data: bytes | memoryview, relpath: str) -> bytes | None:
     except Exception as exc:  # any failure: a picture is never worth a failed conversion
         log.warning("%s: no thumbnail (%s: %s)", relpath, type(exc).__name__, str(exc)[:200])
         return None
+
+
+class VolumeBytes:
+    """The bytes of a NIfTI file that its thumbnail needs, kept from a stream of its chunks.
+
+    A file read again for its thumbnail (stored beside the shards, or in a shard written without
+    it) is streamed whole, for its sha256, but only the ranges :func:`volume_ranges` names are
+    kept: the header and the volume shown (an uncompressed file), or the compressed prefix that
+    holds them (gzip). They are written at their own offsets into an anonymous mapping of the
+    file's size whose other pages are never touched and so take no memory: the thumbnail of a
+    2 GB file costs about one volume, and :func:`make_thumbnail` reads :meth:`view` exactly as
+    it reads a whole file in memory (so the picture is the same bytes either way).
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _NORESERVE
+        # Not closed explicitly: numpy views of a thumbnail's volume may outlive view().
+        self._map = mmap.mmap(-1, max(size, 1), flags=flags)
+        self._probe = bytearray()
+        self._ranges: list[tuple[int, int]] | None = None
+        self._pos = 0
+
+    def feed(self, chunk: bytes | memoryview) -> None:
+        """Take the file's next chunk (chunks arrive in order, from its first byte)."""
+        start = self._pos
+        self._pos += len(chunk)
+        if self._ranges is None:
+            self._probe += chunk
+            if len(self._probe) < VOLUME_PROBE and self._pos < self.size:
+                return
+            self._decide()
+            return
+        self._keep(start, chunk)
+
+    def _decide(self) -> None:
+        self._ranges = volume_ranges(self._probe, self.size, DEFAULT_MAX_DECOMPRESSED)
+        probe, self._probe = self._probe, bytearray()
+        self._keep(0, probe)
+
+    def _keep(self, start: int, chunk: bytes | bytearray | memoryview) -> None:
+        assert self._ranges is not None
+        for lo, hi in self._ranges:
+            a, b = max(lo, start), min(hi, start + len(chunk))
+            if a < b:
+                self._map[a:b] = chunk[a - start : b - start]
+
+    def view(self) -> memoryview:
+        """The file as :func:`make_thumbnail` reads it (bytes it does not read are zeros)."""
+        if self._ranges is None:  # a file shorter than the probe
+            self._decide()
+        return memoryview(self._map)[: self.size]
 
 
 class ThumbnailJobs:

@@ -4,8 +4,9 @@ Thumbnails come from the shard writers (write/previews.py), made from the bytes 
 memory. Each is kept in the state folder under the sha256 of the file it shows
 (``.bids2hf/thumbs/<sha256>.png``; an empty ``.none`` file when none could be made) before its
 shard is recorded complete, so a resumed run finds the thumbnails of the shards it reuses, and
-a thumbnail is the same bytes whichever run made it. Only a chosen file whose shard was written
-without it (by a run with other ``--previews``) is read again, once, from the source.
+a thumbnail is the same bytes whichever run made it. A chosen file stored beside the shards (never
+in a writer's buffer), or whose shard was written without it (by a run with other
+``--previews``), is read again, once, from the source, keeping only what its picture shows.
 
 Written without `datasets` (or pandas, which ``pyarrow.array`` would import): the schema and
 its feature metadata come from plan/features.py, the arrays from buffers.
@@ -37,7 +38,7 @@ from bids2hf.plan.previews import (
 )
 from bids2hf.write.arrays import bool_array, string_array, validity
 from bids2hf.write.output_folder import OutputFolder
-from bids2hf.write.previews import make_thumbnail
+from bids2hf.write.previews import VolumeBytes, make_thumbnail
 
 __all__ = [
     "PreviewRow",
@@ -51,8 +52,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _THUMBS = "thumbs"  # in the state folder: never published
-#: Largest file read again from the source for a thumbnail (held whole: its sha256 is checked)
-_REREAD_LIMIT = 512 << 20
 _ROWS_PER_GROUP = 100  # the viewer reads row groups; 100 rows of a few thumbnails is a few MB
 
 
@@ -188,20 +187,21 @@ def _thumbnail(out: OutputFolder, source: Source, ref: FileRef, sha256: str) -> 
 def _thumbnail_from_source(
     out: OutputFolder, source: Source, ref: FileRef, sha256: str
 ) -> bytes | None:
-    """Read once more: only for a shard written without this file's thumbnail (and not a
-    file so large that holding it whole would cost more than its picture is worth)."""
-    if ref.size > _REREAD_LIMIT:
-        log.warning("%s: no thumbnail (too large to read a second time)", ref.relpath)
-        return None
+    """Read once more: a file stored beside the shards, or one whose shard was written without
+    its thumbnail. Streamed whole for its sha256, but only the bytes the picture shows are kept
+    (:class:`VolumeBytes`), so a large file costs one volume's memory."""
+    digest, kept = hashlib.sha256(), VolumeBytes(ref.size)
     try:
-        data = b"".join(source.read_chunks(ref))
+        for chunk in source.read_chunks(ref):
+            digest.update(chunk)
+            kept.feed(chunk)
     except Exception as exc:  # a picture is never worth a failed conversion
         log.warning("%s: no thumbnail (%s: %s)", ref.relpath, type(exc).__name__, str(exc)[:200])
         return None
-    if hashlib.sha256(data).hexdigest() != sha256:
+    if digest.hexdigest() != sha256:
         log.warning("%s: no thumbnail (changed since its shard was written)", ref.relpath)
         return None
-    png = make_thumbnail(data, ref.relpath)
+    png = make_thumbnail(kept.view(), ref.relpath)
     _cache(out, sha256, png)
     return png
 

@@ -29,7 +29,14 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 
-from bids2hf.model.nifti_bytes import NiftiDecodeError, Volume, as_float, image_volume, read_volume
+from bids2hf.model.nifti_bytes import (
+    DEFAULT_MAX_DECOMPRESSED,
+    NiftiDecodeError,
+    Volume,
+    as_float,
+    image_volume,
+    read_volume,
+)
 
 if TYPE_CHECKING:
     from nibabel.spatialimages import SpatialImage
@@ -72,7 +79,7 @@ class ThumbnailOptions:
     low_percentile: float = 1.0
     high_percentile: float = 99.0
     labels: bool = True
-    max_decompressed: int = 32 << 20
+    max_decompressed: int = DEFAULT_MAX_DECOMPRESSED
 
 
 @dataclass
