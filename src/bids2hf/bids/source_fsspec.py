@@ -178,8 +178,7 @@ class FsspecSource:
         """A small file's text, with universal newlines (as ``Path.read_text``).
 
         Raises:
-            OSError: the file is not listed or cannot be read.
-            UnicodeDecodeError: its bytes are not text in ``encoding`` (with ``errors="strict"``).
+            OSError: the file is not listed or cannot be read (UnicodeDecodeError: not text).
         """
         listed = self.listing().get(relpath)
         if listed is None:
