@@ -7,11 +7,12 @@ from (a later run would read the output as part of the dataset).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from helpers import FAST, Cli, error_line, snapshot
+from helpers import FAST, Cli, error_line, manifest, snapshot
 
 T1W_JSON = "sub-01/ses-1/anat/sub-01_ses-1_T1w.json"
 SESSIONS = "sub-01/sub-01_sessions.tsv"
@@ -48,3 +49,17 @@ def test_output_inside_source_is_refused(cli: Cli, bids_copy: Path, where: str) 
     out = bids_copy / where
     error_line(cli("convert", bids_copy, out, *FAST), out.resolve(), "outside")
     assert snapshot(bids_copy) == before
+
+
+def test_fifo_is_listed_as_left_out(cli: Cli, bids_copy: Path, tmp_path: Path) -> None:
+    """A named pipe (or socket) in the dataset has no content to store; it was dropped without
+    a word ("left out: nothing"). It is now listed as left out, with the reason, and warned."""
+    fifo = "sub-01/ses-1/anat/sub-01_ses-1_T2star.nii.gz"
+    os.mkfifo(bids_copy / fifo)
+    out = tmp_path / "out"
+    result = cli("convert", bids_copy, out, *FAST)
+    assert result.exit_code == 0, result.output
+    assert fifo in result.output  # the warning names it
+    left = {e.path: e for e in manifest(out) if e.placement == "left_out"}
+    assert fifo in left and "not a regular file" in (left[fifo].reason or "")
+    assert cli("verify", bids_copy, out, "-q").exit_code == 0
