@@ -15,13 +15,14 @@ import os
 import re
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from bids2hf.bids.options import ScanOptions
 from bids2hf.bids.scan import scan
 from bids2hf.conversion.run import ConversionRun, ConvertReport
 from bids2hf.conversion.steps import run_conversion
-from bids2hf.errors import InputError
+from bids2hf.errors import DestinationError, InputError
 from bids2hf.model.format import (
     BESIDE_PREFIX,
     MANIFEST_PATH,
@@ -161,6 +162,11 @@ def convert(
     # [issue 11] cells of files stored beside the shards hold a URL under the destination
     base = remote_url or os.path.abspath(destination)
     plan_options = dataclasses.replace(plan_options or PlanOptions(), files_url=files_url_of(base))
+    publish = publish or PublishOptions()
+    out_dir = (
+        (publish.staging or default_staging(remote_url)) if remote_url is not None else destination
+    )
+    _refuse_output_in_source(bids_dir, out_dir, staging=remote_url is not None)
     inventory, plan = scan_and_plan(bids_dir, scan_options, plan_options)
     check_problems(plan.problems, strict_privacy=strict_privacy)
     if strict and plan.left_out:
@@ -170,13 +176,9 @@ def convert(
             f"[{len(plan.left_out)} file(s) in all; `bids2hf inspect` lists them]"
         )
     workers = workers or os.cpu_count() or 1
-    publish = publish or PublishOptions()
+    out = OutputFolder(out_dir)
     if remote_url is not None:
-        staging = publish.staging or default_staging(remote_url)
-        out = OutputFolder(staging)
         repo_hint = repo_hint or _repo_hint(remote_url)
-    else:
-        out = OutputFolder(destination)
     report = ConvertReport(str(remote_url or out.root), plan, inventory)
     # [issue 13] decided from the plan alone: a re-run chooses the same files
     rows = [row for shard in plan.shards for row in shard.rows]
@@ -197,6 +199,42 @@ def convert(
         )
     report.seconds = time.monotonic() - started
     return report
+
+
+def _local_root(bids_dir: str | os.PathLike[str] | Source) -> Path | None:
+    """The BIDS folder on local disk, resolved; None for a remote source."""
+    if isinstance(bids_dir, (str, os.PathLike)):
+        text = os.fspath(bids_dir)
+        if text.startswith("file://"):
+            text = text[len("file://") :]
+        elif "://" in text:
+            return None
+        return Path(os.path.realpath(text))
+    top = bids_dir.local_path("")
+    return None if top is None else Path(os.path.realpath(top))
+
+
+def _refuse_output_in_source(
+    bids_dir: str | os.PathLike[str] | Source, out_dir: str | os.PathLike[str], *, staging: bool
+) -> None:
+    """Refuse an output (or staging) folder that is the BIDS folder or lies inside it: the next
+    scan would read the output as part of the dataset, and a run with --overwrite would delete
+    files it is reading. Writes nothing.
+
+    Raises:
+        DestinationError: one line naming the folder and the fix.
+    """
+    root = _local_root(bids_dir)
+    if root is None:
+        return
+    out = Path(os.path.realpath(out_dir))
+    if out == root or out.is_relative_to(root):
+        what = "--staging folder" if staging else "output folder"
+        where = "is the BIDS folder" if out == root else f"is inside the BIDS folder {root}"
+        raise DestinationError(
+            f"{out}: this {what} {where}, so the dataset would take in its own output; choose "
+            "a folder outside it"
+        )
 
 
 def _engine(client: Any, workers: int | None) -> ShardEngine:

@@ -27,27 +27,50 @@ def _unreadable(relpath: str, exc: OSError) -> Problem:
     )
 
 
+def _not_utf8(relpath: str, exc: UnicodeDecodeError) -> Problem:
+    """A metadata file whose bytes are no UTF-8 text (a table saved in Latin-1 by a spreadsheet)."""
+    return Problem(
+        Severity.ERROR,
+        "not-utf8",
+        relpath,
+        f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}; BIDS text "
+        "files are UTF-8)",
+        "save it as UTF-8, e.g. `iconv -f latin1 -t utf-8 FILE > NEW` then replace FILE",
+    )
+
+
 # [issue 15] every read goes through the source (a local folder or an fsspec URL)
 def _read_text(
     source: Source, relpath: str, problems: list[Problem], encoding: str, errors: str = "strict"
 ) -> str | None:
-    """The text of a small metadata file, or None (with an ``unreadable`` problem)."""
+    """The text of a small metadata file, or None (with an ``unreadable`` or ``not-utf8``
+    problem)."""
     try:
         return source.read_text(relpath, encoding, errors)
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         return _text_or_problem(exc, relpath, problems)
 
 
-def _text_or_problem(text: str | OSError, relpath: str, problems: list[Problem]) -> str | None:
-    """``text``, or None with an ``unreadable`` problem (once per file) for a failed read."""
-    if not isinstance(text, OSError):
+def _text_or_problem(
+    text: str | OSError | UnicodeDecodeError, relpath: str, problems: list[Problem]
+) -> str | None:
+    """``text``, or None with a problem (once per file) for a failed read: ``unreadable``, or
+    ``not-utf8`` for bytes that are no text in the expected encoding."""
+    if isinstance(text, str):
         return text
-    if not any(p.code == "unreadable" and p.path == relpath for p in problems):
-        problems.append(_unreadable(relpath, text))
+    code = "not-utf8" if isinstance(text, UnicodeDecodeError) else "unreadable"
+    if not any(p.code == code and p.path == relpath for p in problems):
+        problems.append(
+            _not_utf8(relpath, text)
+            if isinstance(text, UnicodeDecodeError)
+            else _unreadable(relpath, text)
+        )
     return None
 
 
-def _load_json(read: str | OSError, relpath: str, problems: list[Problem]) -> dict[str, Any] | None:
+def _load_json(
+    read: str | OSError | UnicodeDecodeError, relpath: str, problems: list[Problem]
+) -> dict[str, Any] | None:
     """A JSON sidecar's object, or None (with a problem) when it cannot be read or parsed."""
     text = _text_or_problem(read, relpath, problems)
     if text is None:

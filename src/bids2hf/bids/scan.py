@@ -17,7 +17,13 @@ import bids2hf.bids.schema as bids_schema
 from bids2hf.bids.metadata import _read_metadata, _unreadable
 from bids2hf.bids.options import OnInvalid, ScanOptions
 from bids2hf.bids.source import LocalSource, open_source
-from bids2hf.bids.walk import Walked, bidsignore_patterns, first_match, not_followed_problem
+from bids2hf.bids.walk import (
+    NOT_REGULAR,
+    Walked,
+    bidsignore_patterns,
+    first_match,
+    not_followed_problem,
+)
 from bids2hf.errors import InputError
 from bids2hf.model.inventory import Inventory, Placement, Problem, Severity, SourceFile
 from bids2hf.model.source import Source
@@ -173,7 +179,7 @@ def scan(
     for w in walked:
         f = _classify(w, options, bidsignore, derivative_selected, units, derivative_dataset)
         files.append(f)
-        if w.not_followed and f.reason == w.not_followed:
+        if w.not_followed and f.reason == w.not_followed != NOT_REGULAR:  # folders not read
             not_followed.append(w.relpath)
         if f.placement is Placement.LEFT_OUT:
             continue
@@ -188,6 +194,7 @@ def scan(
         problems.append(_broken_symlinks(files, broken, root_path))
     if not_followed:
         problems.append(not_followed_problem(not_followed, link_details))
+    problems.extend(_not_regular_problem(files))
 
     if not any(f.subject for f in files if f.placement is Placement.ROW):
         raise InputError(
@@ -244,6 +251,22 @@ def _check_derivatives(walked: list[Walked], wanted: set[str], source: Source) -
             f"{source.display('derivatives/' + name)}: no such derivative pipeline "
             f"(found: {', '.join(sorted(available)) or 'none'})"
         )
+
+
+def _not_regular_problem(files: list[SourceFile]) -> list[Problem]:
+    """One warning naming the first named pipe, socket or device left out as such ([] if none)."""
+    special = [f.relpath for f in files if f.reason == NOT_REGULAR]
+    if not special:
+        return []
+    return [
+        Problem(
+            Severity.WARNING,
+            "not-regular-file",
+            special[0],
+            f"{NOT_REGULAR}; {len(special)} such file(s) left out (listed in the manifest)",
+            "put the file it stands for in its place to convert it, or --exclude it",
+        )
+    ]
 
 
 def _broken_symlinks(files: list[SourceFile], broken: list[str], root_path: str) -> Problem:

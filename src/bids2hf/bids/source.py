@@ -112,12 +112,12 @@ class LocalSource:
 
     def read_texts(
         self, relpaths: Sequence[str], encoding: str, errors: str = "strict"
-    ) -> list[str | OSError]:
-        out: list[str | OSError] = []
+    ) -> list[str | OSError | UnicodeDecodeError]:
+        out: list[str | OSError | UnicodeDecodeError] = []
         for relpath in relpaths:  # one after the other: a local disk gains nothing from threads
             try:
                 out.append(self.read_text(relpath, encoding, errors))
-            except OSError as exc:
+            except (OSError, UnicodeDecodeError) as exc:
                 out.append(exc)
         return out
 

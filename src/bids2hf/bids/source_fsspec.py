@@ -178,7 +178,7 @@ class FsspecSource:
         """A small file's text, with universal newlines (as ``Path.read_text``).
 
         Raises:
-            OSError: the file is not listed or cannot be read.
+            OSError: the file is not listed or cannot be read (UnicodeDecodeError: not text).
         """
         listed = self.listing().get(relpath)
         if listed is None:
@@ -193,11 +193,11 @@ class FsspecSource:
 
     def read_texts(
         self, relpaths: Sequence[str], encoding: str, errors: str = "strict"
-    ) -> list[str | OSError]:
-        def one(relpath: str) -> str | OSError:
+    ) -> list[str | OSError | UnicodeDecodeError]:
+        def one(relpath: str) -> str | OSError | UnicodeDecodeError:
             try:
                 return self.read_text(relpath, encoding, errors)
-            except OSError as exc:
+            except (OSError, UnicodeDecodeError) as exc:
                 return exc
 
         # One request each, latency-bound: many in flight.

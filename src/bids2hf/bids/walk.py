@@ -17,6 +17,7 @@ __all__ = [
     "FOLDER_SEEN",
     "LINK_INTO_DATASET",
     "LINK_OUT_OF_DATASET",
+    "NOT_REGULAR",
     "Walked",
     "bidsignore_patterns",
     "first_match",
@@ -32,6 +33,9 @@ LINK_INTO_DATASET = (
 )
 LINK_OUT_OF_DATASET = "directory symlink leading out of the dataset (not followed)"
 FOLDER_SEEN = "folder already read under another name (a bind mount loop?), not read again"
+#: Why a named pipe, socket or device is left out: it has no content to store (and reading a
+#: pipe would wait for a writer forever).
+NOT_REGULAR = "not a regular file (a named pipe, socket or device): no content to store"
 
 
 def _link_reason(root: Path, link: str) -> tuple[str, str]:
@@ -94,9 +98,7 @@ def walk(root: str | os.PathLike[str], details: dict[str, str] | None = None) ->
                 else:
                     out.append(folder)
                 continue
-            found = _file(entry, rel, is_link)
-            if found is not None:
-                out.append(found)
+            out.append(_file(entry, rel, is_link))
     out.sort(key=lambda w: w.relpath)
     return out
 
@@ -129,8 +131,9 @@ def _folder(
     return None
 
 
-def _file(entry: os.DirEntry[str], rel: str, is_link: bool) -> Walked | None:
-    """The entry for a file (symlinks followed); None for what is no regular file (a fifo)."""
+def _file(entry: os.DirEntry[str], rel: str, is_link: bool) -> Walked:
+    """The entry for a file (symlinks followed); what is no regular file (a fifo) is not read
+    and carries ``not_followed`` = :data:`NOT_REGULAR`."""
     try:
         st = entry.stat(follow_symlinks=True)
     except OSError as exc:
@@ -139,7 +142,7 @@ def _file(entry: os.DirEntry[str], rel: str, is_link: bool) -> Walked | None:
             return Walked(rel, is_symlink=is_link, broken=True)
         return Walked(rel, unreadable=True)
     if not stat.S_ISREG(st.st_mode):
-        return None
+        return Walked(rel, is_symlink=is_link, not_followed=NOT_REGULAR)
     readable = os.access(entry.path, os.R_OK)
     return Walked(rel, st.st_size, st.st_mtime_ns, is_link, unreadable=not readable)
 

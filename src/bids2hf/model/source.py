@@ -107,13 +107,16 @@ class Source(Protocol):
 
         Raises:
             OSError: the file cannot be read.
+            UnicodeDecodeError: its bytes are not text in ``encoding`` (with ``errors="strict"``).
         """
         ...
 
     def read_texts(
         self, relpaths: Sequence[str], encoding: str, errors: str = "strict"
-    ) -> list[str | OSError]:
-        """:meth:`read_text` of several files (in parallel where that helps), in order."""
+    ) -> list[str | OSError | UnicodeDecodeError]:
+        """:meth:`read_text` of several files (in parallel where that helps), in order: each
+        file's text, or the error that reading (OSError) or decoding (UnicodeDecodeError) it
+        raised."""
         ...
 
     def nifti_input(self, relpath: str) -> str | NiftiInput:

@@ -226,13 +226,23 @@ def load_config(path: str | Path) -> Config:
     """Read and validate a TOML config file.
 
     Raises:
-        InputError: the file is missing, is not valid TOML, or its content is not valid.
+        InputError: the file is missing or unreadable, is not UTF-8 text, is not valid TOML,
+            or its content is not valid.
     """
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError(f"{path}: config file not found") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+            "save it as UTF-8 (TOML files are UTF-8)"
+        ) from None
+    except OSError as exc:
+        raise InputError(
+            f"{path}: config file cannot be read ({exc.strerror or exc}); fix its permissions"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{path}: not valid TOML ({exc})") from None
     return parse_config(data, str(path))

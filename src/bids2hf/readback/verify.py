@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 
 from bids2hf.bids.source import open_source, sha256_of
-from bids2hf.bids.walk import Walked, not_followed_problem
+from bids2hf.bids.walk import NOT_REGULAR, Walked, not_followed_problem
 from bids2hf.errors import InputError
 from bids2hf.model.format import BESIDE_PREFIX, DATASET_FILES_PREFIX, sha256_file
 from bids2hf.model.manifest import ManifestEntry
@@ -68,7 +68,9 @@ def _source_files(source: Source) -> dict[str, Walked]:
     """The BIDS folder as ``convert`` saw it: the same walk, the same folders not entered."""
     details: dict[str, str] = {}
     walked = source.walk(details)  # [issue 15] a local folder or an fsspec URL
-    skipped = [w.relpath for w in walked if w.not_followed]
+    # Folders not entered are warned about; pipes and sockets (left out at conversion, with
+    # their reason in the manifest) have nothing to compare.
+    skipped = [w.relpath for w in walked if w.not_followed and w.not_followed != NOT_REGULAR]
     if skipped:
         problem = not_followed_problem(skipped, details, "their files are not compared")
         log.warning("%s", problem.one_line())

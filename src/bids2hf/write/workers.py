@@ -44,6 +44,10 @@ def init_worker(progress_queue: Any) -> None:
     renames nothing once the parent pid recorded here has changed. Raises nothing.
     """
     global _progress_queue
+    # Ctrl-C belongs to the run, which stops its writers itself (_stop_workers): a writer
+    # interrupted on its own would only print a traceback. Spawned with SIGINT ignored already
+    # (_spawning_ignores_sigint), so that the import before this initializer prints none either.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _progress_queue = progress_queue
     shard_module.PARENT_PID = os.getppid()
     _die_with_parent()
@@ -194,22 +198,57 @@ def _write_in_pool(
                     if acquire is not None and not acquire(not pending):
                         break
                     shard = todo.pop(0)
-                    fut = pool.submit(
-                        write_job,
-                        shard,
-                        lean_columns,
-                        schema,
-                        source,
-                        str(out.root / shard.path),
-                        str(out.tmp_path(shard.path)),
-                        _for_shard(thumbnails, shard),
-                    )
+                    with _spawning_ignores_sigint():  # submit starts a writer where needed
+                        fut = pool.submit(
+                            write_job,
+                            shard,
+                            lean_columns,
+                            schema,
+                            source,
+                            str(out.root / shard.path),
+                            str(out.tmp_path(shard.path)),
+                            _for_shard(thumbnails, shard),
+                        )
                     pending[fut] = shard
                 done, _ = wait(pending, return_when=FIRST_COMPLETED, timeout=0.5)
                 for fut in sorted(done, key=lambda f: pending[f].path):
                     shard = pending.pop(fut)
                     on_done(shard, fut.result())
-        except BaseException:
+        except BaseException as exc:
             for fut in pending:
                 fut.cancel()
+            if isinstance(exc, KeyboardInterrupt):
+                _stop_workers(pool)
             raise
+
+
+@contextmanager
+def _spawning_ignores_sigint() -> Iterator[None]:
+    """Processes started inside inherit SIGINT ignored; for this process it is held back, not
+    lost (blocked, then delivered to its own handler on the way out).
+
+    Only the main thread can change signal handlers; elsewhere (the API called from a thread)
+    nothing changes and a writer may print a traceback on Ctrl-C.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """End the pool's writers now (they ignore SIGINT, see :func:`init_worker`). Safe at any
+    moment, as a SIGKILL is: a shard reaches ``data/`` only complete, and a writer's
+    temporary file is cleared by the next run."""
+    processes = getattr(pool, "_processes", None) or {}
+    for process in list(processes.values()):
+        try:
+            process.terminate()
+        except (OSError, ValueError):  # already gone, or closed
+            continue

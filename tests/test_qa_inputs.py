@@ -1,0 +1,65 @@
+"""Awkward inputs a new data steward meets, found in QA: each gets one line, exit 2.
+
+Text that is not UTF-8 (a participants.tsv saved by a spreadsheet in Latin-1, a sidecar or a
+config written by an old editor), and an output folder inside the BIDS folder it is converted
+from (a later run would read the output as part of the dataset).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from helpers import FAST, Cli, error_line, manifest, snapshot
+
+T1W_JSON = "sub-01/ses-1/anat/sub-01_ses-1_T1w.json"
+SESSIONS = "sub-01/sub-01_sessions.tsv"
+
+
+@pytest.mark.parametrize("relpath", ["participants.tsv", T1W_JSON, SESSIONS, "participants.json"])
+def test_text_not_utf8_is_one_line(cli: Cli, bids_copy: Path, tmp_path: Path, relpath: str) -> None:
+    """A metadata file in Latin-1 is named, with the fix, in one line (no internal error)."""
+    path = bids_copy / relpath
+    path.write_bytes(path.read_bytes().replace(b"\n", " caf\xe9\n".encode("latin-1"), 1))
+    out = tmp_path / "out"
+    line = error_line(cli("convert", bids_copy, out, *FAST), relpath, "UTF-8")
+    assert "internal error" not in line
+    assert not out.exists()
+    result = cli("inspect", bids_copy, "-q")
+    assert result.exit_code == 2, result.output
+    assert relpath in result.output and "Traceback" not in result.output
+
+
+def test_config_not_utf8_is_one_line(cli: Cli, bids_copy: Path, tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_bytes("# caf\xe9\nother_files = false\n".encode("latin-1"))
+    out = tmp_path / "out"
+    error_line(cli("convert", bids_copy, out, *FAST, "--config", config), config, "UTF-8")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("where", [".", "out", "derivatives/hf"])
+def test_output_inside_source_is_refused(cli: Cli, bids_copy: Path, where: str) -> None:
+    """Converting into the BIDS folder itself (or a folder in it) is refused before anything is
+    written: the output would become part of the dataset on the next run (and --overwrite would
+    then delete its own files while reading them)."""
+    before = snapshot(bids_copy)
+    out = bids_copy / where
+    error_line(cli("convert", bids_copy, out, *FAST), out.resolve(), "outside")
+    assert snapshot(bids_copy) == before
+
+
+def test_fifo_is_listed_as_left_out(cli: Cli, bids_copy: Path, tmp_path: Path) -> None:
+    """A named pipe (or socket) in the dataset has no content to store; it was dropped without
+    a word ("left out: nothing"). It is now listed as left out, with the reason, and warned."""
+    fifo = "sub-01/ses-1/anat/sub-01_ses-1_T2star.nii.gz"
+    os.mkfifo(bids_copy / fifo)
+    out = tmp_path / "out"
+    result = cli("convert", bids_copy, out, *FAST)
+    assert result.exit_code == 0, result.output
+    assert fifo in result.output  # the warning names it
+    left = {e.path: e for e in manifest(out) if e.placement == "left_out"}
+    assert fifo in left and "not a regular file" in (left[fifo].reason or "")
+    assert cli("verify", bids_copy, out, "-q").exit_code == 0
