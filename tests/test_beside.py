@@ -255,6 +255,18 @@ def test_a_larger_limit_removes_the_copies(bids_copy: Path, tmp_path: Path, cli:
     assert all(e["placement"] != "beside" for e in _manifest(out).values())
 
 
+def test_no_copies_left_no_files_folder(bids_copy: Path, tmp_path: Path, cli: Any) -> None:
+    """Once no copy is needed, the emptied files/ goes too: the output is a clean conversion's."""
+    out, clean = tmp_path / "out", tmp_path / "clean"
+    _ok(cli("convert", bids_copy, out, *FAST, *SMALL_CELLS))
+    _ok(cli("convert", bids_copy, out, *FAST, "--overwrite"))
+    _ok(cli("convert", bids_copy, clean, *FAST))
+    assert not (out / "files").exists()
+    assert sorted(p.relative_to(out) for p in out.iterdir()) == sorted(
+        p.relative_to(clean) for p in clean.iterdir()
+    )
+
+
 def test_push_of_an_output_with_files_beside_is_refused(
     bids_copy: Path, tmp_path: Path, cli: Any
 ) -> None:

@@ -10,6 +10,7 @@ copies already made. Paths are recorded as bids2hf's before they are written (th
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -123,11 +124,14 @@ def remove_stale_beside(out: OutputFolder, wanted: Mapping[str, FileRef], local:
     state = out.store.state
     stale = [r for r in state.beside if r not in wanted]
     if local:
-        out.remove_owned(
-            [
-                p
-                for p in state.owned
-                if p.startswith(BESIDE_PREFIX) and p[len(BESIDE_PREFIX) :] not in wanted
-            ]
-        )
+        gone = [
+            p
+            for p in state.owned
+            if p.startswith(BESIDE_PREFIX) and p[len(BESIDE_PREFIX) :] not in wanted
+        ]
+        if out.remove_owned(gone):
+            # files/ is bids2hf's then; emptied, it goes too (an output without copies has
+            # none). Not empty: copies still wanted, or files bids2hf did not write.
+            with contextlib.suppress(OSError):
+                (out.root / BESIDE_PREFIX).rmdir()
     out.store.drop_beside(stale)
