@@ -6,6 +6,7 @@ memory it costs is about one volume, not the file."""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import subprocess
 import sys
@@ -143,3 +144,33 @@ def test_a_large_file_costs_one_volume_of_memory(tmp_path: Path) -> None:
     assert result["png"] > 0
     # The file is 3 GiB; a chunk (8 MiB), the probe and one volume are what may be held.
     assert result["grew_kib"] < 100 << 10, result
+
+
+def test_a_large_remote_file_is_not_downloaded_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """From a remote source, a file over 512 MiB gets no thumbnail rather than a second
+    download; a local one is read (streamed) whatever its size."""
+    from bids2hf.model.rows import FileRef
+    from bids2hf.write import previews_output
+    from bids2hf.write.output_folder import OutputFolder
+
+    class Remote:
+        reads = 0
+
+        def local_path(self, relpath: str) -> Path | None:
+            return None
+
+        def read_chunks(self, ref: FileRef) -> Iterator[bytes]:
+            self.reads += 1
+            yield _raw_small
+
+    source, out = Remote(), OutputFolder(tmp_path / "out")
+    big = FileRef("sub-01/func/sub-01_bold.nii", 600 << 20, 0)
+    small = FileRef("sub-01/anat/sub-01_T1w.nii", len(_raw_small), 0)
+    sha = hashlib.sha256(_raw_small).hexdigest()
+    with caplog.at_level("WARNING"):
+        assert previews_output._thumbnail_from_source(out, source, big, sha) is None  # type: ignore[arg-type]
+    assert source.reads == 0 and "too large to download a second time" in caplog.text
+    png = previews_output._thumbnail_from_source(out, source, small, sha)  # type: ignore[arg-type]
+    assert source.reads == 1 and png == thumbnail_png(_raw_small)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import mmap
+import platform
 import sys
 from collections.abc import Collection, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,9 +24,16 @@ from bids2hf.model.rows import FileRef
 
 __all__ = ["ThumbnailJobs", "VolumeBytes", "make_thumbnail"]
 
-#: Linux's MAP_NORESERVE (Python's mmap module does not name it): the kernel's overcommit
-#: heuristic would refuse a mapping larger than RAM + swap even though few of its pages are used.
-_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000 if sys.platform.startswith("linux") else 0)
+#: MAP_NORESERVE (Python's mmap module names it from 3.13 on; 0x4000 on Linux x86 and ARM): the
+#: kernel's overcommit heuristic would refuse a mapping larger than RAM + swap even though few of
+#: its pages are used. Elsewhere none: a very large file may then get no thumbnail (a warning).
+_NORESERVE = getattr(
+    mmap,
+    "MAP_NORESERVE",
+    0x4000
+    if sys.platform.startswith("linux") and platform.machine() in ("x86_64", "aarch64")
+    else 0,
+)
 
 log = logging.getLogger(__name__)
 

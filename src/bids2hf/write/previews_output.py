@@ -52,6 +52,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _THUMBS = "thumbs"  # in the state folder: never published
+#: Largest file of a remote source (s3://...) read again for its thumbnail
+_REMOTE_REREAD_LIMIT = 512 << 20
 _ROWS_PER_GROUP = 100  # the viewer reads row groups; 100 rows of a few thumbnails is a few MB
 
 
@@ -189,9 +191,14 @@ def _thumbnail_from_source(
 ) -> bytes | None:
     """Read once more: a file stored beside the shards, or one whose shard was written without
     its thumbnail. Streamed whole for its sha256, but only the bytes the picture shows are kept
-    (:class:`VolumeBytes`), so a large file costs one volume's memory."""
-    digest, kept = hashlib.sha256(), VolumeBytes(ref.size)
+    (:class:`VolumeBytes`), so a large file costs one volume's memory. From a remote source, a
+    file over :data:`_REMOTE_REREAD_LIMIT` gets none: a second download is not worth it."""
+    if source.local_path(ref.relpath) is None and ref.size > _REMOTE_REREAD_LIMIT:
+        log.warning("%s: no thumbnail (too large to download a second time)", ref.relpath)
+        return None
+    digest = hashlib.sha256()
     try:
+        kept = VolumeBytes(ref.size)
         for chunk in source.read_chunks(ref):
             digest.update(chunk)
             kept.feed(chunk)
