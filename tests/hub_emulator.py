@@ -240,6 +240,10 @@ class HubEmulator:
         #: (time.monotonic(), "METHOD route") of every request, in arrival order (e.g. to measure
         #: how long a client waited before retrying).
         self.request_log: list[tuple[float, str]] = []
+        #: called as ``after_commit(repo_id, title)`` once a commit sent over HTTP is applied, before
+        #: it is answered: a test changes the repo there behind the client's back (e.g. with
+        #: :meth:`upload_bytes`), as another writer would between two of its requests.
+        self.after_commit: Callable[[str, str], None] | None = None
         self.reset_stats()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -1019,6 +1023,8 @@ class _Handler(BaseHTTPRequestHandler):
         commit, branch = self.emu._commit(found, rev, ops, str(header.get("summary") or "Commit"),
                                           str(header.get("description") or ""), header.get("parentCommit"),
                                           create_pr)
+        if self.emu.after_commit is not None:
+            self.emu.after_commit(found.repo_id, commit.title)
         base = f"{self._base()}/{_PREFIX[found.rtype]}{found.repo_id}"
         pr_url = f"{base}/discussions/{branch.rsplit('/', 1)[-1]}" if create_pr else None
         self._json(200, {"success": True, "commitOid": commit.id, "commitUrl": f"{base}/commit/{commit.id}",

@@ -20,9 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from bids2hf.model.format import MANIFEST_PATH
+from bids2hf.publish.pipeline import FINAL_MESSAGE
 from bids2hf.testing.spec import GeneratedDataset, SyntheticSpec
 from bids2hf.testing.synthetic import generate_bids
-from helpers import BIDS2HF, run_bids2hf, sha256, tree
+from helpers import BIDS2HF, error_line, run_bids2hf, sha256, tree
 from hub_emulator import HubEmulator
 
 REPO = "org/ds"
@@ -336,3 +338,42 @@ def test_token_is_never_printed(
     )
     assert "secretTOKEN" not in proc.stdout + proc.stderr
     assert "DEBUG" in proc.stderr, "debug logging was on"
+
+
+@pytest.mark.parametrize("command", ["convert", "push"])
+def test_a_remote_changed_after_the_last_commit_fails_verification(
+    command: str, emu: HubEmulator, env: dict[str, str], synthetic: GeneratedDataset, tmp_path: Path
+) -> None:
+    """README "Publishing", Verification: after the last commit the remote file list, sizes and
+    LFS sha256 are compared with what was written; any difference exits non-zero with a list.
+    Another writer changes the repository right after bids2hf's last commit: one shard replaced
+    by other bytes of another size, one by other bytes of the same size, the manifest deleted."""
+    changed: list[str] = []
+
+    def tamper(repo_id: str, title: str) -> None:
+        if title != FINAL_MESSAGE or changed:
+            return
+        shards = sorted(p for p in emu.files(repo_id) if p.startswith("data/"))
+        resized, same_size = shards[0], shards[1]
+        size = len(emu.read_file(repo_id, same_size))
+        emu.upload_bytes(repo_id, {resized: b"\0not a shard", same_size: b"\0" * size})
+        repo = emu._get(repo_id, "dataset")
+        delete = [{"key": "deletedFile", "value": {"path": MANIFEST_PATH}}]
+        emu._commit(repo, "main", delete, "someone else", "", None, False)
+        changed.extend([resized, same_size])
+
+    emu.after_commit = tamper
+    if command == "convert":
+        args: tuple[str | Path, ...] = ("convert", synthetic.root, URL, *ALL_SMALL_SHARDS)
+    else:
+        out = tmp_path / "out"
+        run_bids2hf("convert", synthetic.root, out, *ALL_SMALL_SHARDS, env=env)
+        args = ("push", out, URL, "-q")
+    proc = run_bids2hf(*args, env=env, check=False)
+    assert changed, "the last commit was never made"
+    line = error_line(proc, URL, exit_code=1)
+    assert "the remote differs from what was written" in line
+    resized, same_size = changed
+    assert f"size {resized}: 12 != " in line
+    assert f"sha256 {same_size}" in line
+    assert f"missing {MANIFEST_PATH}" in line
