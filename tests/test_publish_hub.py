@@ -377,3 +377,54 @@ def test_a_remote_changed_after_the_last_commit_fails_verification(
     assert f"size {resized}: 12 != " in line
     assert f"sha256 {same_size}" in line
     assert f"missing {MANIFEST_PATH}" in line
+
+
+@pytest.mark.parametrize("command", ["convert", "push"])
+def test_shards_are_committed_in_batches_of_commit_every(
+    command: str, emu: HubEmulator, env: dict[str, str], synthetic: GeneratedDataset, tmp_path: Path
+) -> None:
+    """README "Publishing", Commits: data shards go in batches of ``--commit-every``; the card,
+    the manifest (and the shards left over) in the last commit: N shards take N // k + 1
+    commits (1,000 shards at the default 100: 11)."""
+    every = 3
+    many = ("--derivatives", "all", "-q", "--max-shard-size", "60kB", "-j", "1")
+    options = ("--commit-every", str(every))
+    if command == "convert":
+        run_bids2hf("convert", synthetic.root, URL, *many, *options, env=env)
+    else:
+        out = tmp_path / "out"
+        run_bids2hf("convert", synthetic.root, out, *many, env=env)
+        run_bids2hf("push", out, URL, "-q", *options, env=env)
+    shards = {p for p in emu.files(REPO) if p.startswith("data/")}
+    n = len(shards)
+    assert n > 2 * every and n % every, f"{n} shards: choose another --max-shard-size"
+    history = emu.commits(REPO)[::-1]  # oldest first
+    assert history[0]["title"] == "initial commit"  # the emulator's, when the repo is created
+    ours = history[1:]
+    assert len(ours) == n // every + 1, [c["title"] for c in ours]
+    before = set(history[0]["files"])
+    for i, c in enumerate(ours):
+        added = set(c["files"]) - before
+        before = set(c["files"])
+        if i < len(ours) - 1:
+            assert c["title"] == f"bids2hf: add {every} shard(s)"
+            assert len(added) == every and added <= shards, added
+        else:
+            assert c["title"] == FINAL_MESSAGE
+            assert {"README.md", MANIFEST_PATH} <= added
+            assert len(added & shards) == n % every
+
+
+def test_the_default_commit_every_is_100(
+    emu: HubEmulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    """README "Publishing", Commits: by default 100 shards per commit (one row per shard here,
+    over a hundred of them: two commits)."""
+    spec = SyntheticSpec(n_subjects=8, image_shape=(4, 4, 4), n_volumes=2)
+    bids = generate_bids(tmp_path / "bids", spec).root
+    tiny = ("--layout", "scan", "--max-shard-size", "1kB", "--derivatives", "all", "-q", "-j", "1")
+    run_bids2hf("convert", bids, URL, *tiny, env=env)
+    n = sum(p.startswith("data/") for p in emu.files(REPO))
+    assert 100 < n < 200 and n % 100
+    titles = [c["title"] for c in emu.commits(REPO)[::-1]][1:]  # after the emulator's own
+    assert titles == ["bids2hf: add 100 shard(s)", FINAL_MESSAGE]
