@@ -428,3 +428,55 @@ def test_the_default_commit_every_is_100(
     assert 100 < n < 200 and n % 100
     titles = [c["title"] for c in emu.commits(REPO)[::-1]][1:]  # after the emulator's own
     assert titles == ["bids2hf: add 100 shard(s)", FINAL_MESSAGE]
+
+
+@pytest.mark.parametrize(
+    ("token", "status", "exists"),
+    [("read-token", 403, False), ("read-token", 403, True), ("wrong-token", 401, False)],
+    ids=["read-only-new-repo", "read-only-existing-repo", "invalid-token"],
+)
+@pytest.mark.parametrize("command", ["convert", "push"])
+def test_a_token_without_write_access_is_one_line(
+    command: str,
+    token: str,
+    status: int,
+    exists: bool,
+    emu: HubEmulator,
+    env: dict[str, str],
+    synthetic: GeneratedDataset,
+    tmp_path: Path,
+) -> None:
+    """README "Messages": the Hub refusing the token (403 for a read-only token, 401 for an
+    invalid one) ends the run with one line, ``not allowed to create or write this repository``,
+    exit 2, no traceback, the token never printed."""
+    out = tmp_path / "out"
+    if command == "push":
+        run_bids2hf("convert", synthetic.root, out, "-q", "-j", "1", env=env)
+    if exists:
+        emu.create_repo(REPO)
+    before = {path: sha256(blob) for path, blob in emu.files(REPO).items()} if exists else None
+    emu.tokens = {env["HF_TOKEN"], "read-token"}
+    emu.read_only_tokens = {"read-token"}
+    env = dict(env, HF_TOKEN=token)
+    if command == "convert":
+        proc = run_bids2hf("convert", synthetic.root, URL, "-q", "-j", "1", env=env, check=False)
+    else:
+        proc = run_bids2hf("push", out, URL, "-q", env=env, check=False)
+    line = error_line(proc, URL)
+    assert f"not allowed to create or write this repository (HTTP {status})" in line
+    assert "HF_TOKEN" in line and token not in line
+    if exists:
+        assert remote_tree(emu) == before and len(emu.commits(REPO)) == 1
+    else:
+        assert ("dataset", REPO) not in emu._repos
+
+
+def test_a_refused_commit_is_one_line(
+    emu: HubEmulator, env: dict[str, str], synthetic: GeneratedDataset
+) -> None:
+    """The uploads pass but the commit is refused (403): the same one line, exit 2."""
+    refused = emu.inject(r"/commit/", "POST", status=403, times=None)
+    proc = run_bids2hf("convert", synthetic.root, URL, "-q", "-j", "1", env=env, check=False)
+    assert "not allowed to create or write this repository (HTTP 403)" in error_line(proc, URL)
+    assert refused.fired == 1, "a refusal is not retried"
+    assert len(emu.commits(REPO)) == 1  # the emulator's own
