@@ -212,13 +212,16 @@ class HubEmulator:
         multipart_chunk_size: part size for multipart uploads.
         require_auth_for_writes: answer 401 to write routes sent without a token.
         tokens: if given, only these bearer tokens are valid; otherwise any token is accepted.
+        read_only_tokens: bearer tokens that may read but not write: write routes sent with one are
+            answered 403, as the Hub answers a read token.
         tree_page_size: page size of the tree listing (the Hub uses 1000, and 50 with ``expand``).
     """
 
     def __init__(self, root: Path | str, *, host: str = "127.0.0.1", port: int = 0,
                  upload_bandwidth: float | None = None, multipart_threshold: int | None = None,
                  multipart_chunk_size: int = 5 * 1024 * 1024, require_auth_for_writes: bool = True,
-                 tokens: Collection[str] | None = None, tree_page_size: int = 1000) -> None:
+                 tokens: Collection[str] | None = None, tree_page_size: int = 1000,
+                 read_only_tokens: Collection[str] = ()) -> None:
         self.root = Path(root)
         self.host, self.port = host, port
         self.upload_bandwidth = upload_bandwidth
@@ -226,6 +229,7 @@ class HubEmulator:
         self.multipart_chunk_size = multipart_chunk_size
         self.require_auth_for_writes = require_auth_for_writes
         self.tokens = set(tokens) if tokens is not None else None
+        self.read_only_tokens = set(read_only_tokens)
         self.tree_page_size = tree_page_size
         self.errors: list[str] = []  # tracebacks of unexpected handler exceptions (emulator bugs)
         self._lock = threading.RLock()
@@ -240,6 +244,10 @@ class HubEmulator:
         #: (time.monotonic(), "METHOD route") of every request, in arrival order (e.g. to measure
         #: how long a client waited before retrying).
         self.request_log: list[tuple[float, str]] = []
+        #: called as ``after_commit(repo_id, title)`` once a commit sent over HTTP is applied, before
+        #: it is answered: a test changes the repo there behind the client's back (e.g. with
+        #: :meth:`upload_bytes`), as another writer would between two of its requests.
+        self.after_commit: Callable[[str, str], None] | None = None
         self.reset_stats()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -769,6 +777,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise HubError(401, "Invalid credentials in Authorization header")
         if token is None and route in _WRITES and self.emu.require_auth_for_writes:
             raise HubError(401, "Invalid credentials in Authorization header")
+        if token in self.emu.read_only_tokens and route in _WRITES:
+            raise HubError(403, "You don't have the rights to write to this repository", "Forbidden")
 
     def _repo(self, rtype: str, repo: str, presigned: bool = False) -> _Repo:
         """Look a repo up; ``presigned`` routes (LFS upload hrefs, like S3 URLs) need no token."""
@@ -1019,6 +1029,8 @@ class _Handler(BaseHTTPRequestHandler):
         commit, branch = self.emu._commit(found, rev, ops, str(header.get("summary") or "Commit"),
                                           str(header.get("description") or ""), header.get("parentCommit"),
                                           create_pr)
+        if self.emu.after_commit is not None:
+            self.emu.after_commit(found.repo_id, commit.title)
         base = f"{self._base()}/{_PREFIX[found.rtype]}{found.repo_id}"
         pr_url = f"{base}/discussions/{branch.rsplit('/', 1)[-1]}" if create_pr else None
         self._json(200, {"success": True, "commitOid": commit.id, "commitUrl": f"{base}/commit/{commit.id}",

@@ -327,6 +327,36 @@ def test_file_over_2_gib_with_the_default_command(bids_copy: Path, tmp_path: Pat
     assert bids2hf.load_nifti(cell).shape == (64, 64, 64, 4097)
 
 
+def _allocated(path: Path) -> int:
+    return path.stat().st_blocks * 512
+
+
+def test_a_sparse_source_stays_sparse(bids_copy: Path, tmp_path: Path) -> None:
+    """README: "An 8 MiB block of zeros is copied as a hole, so sparse sources stay sparse" --
+    the copy beside the shards (convert) and the exported file (export), through the real
+    command line. An 80 MiB run that is a header then a hole: only its first 8 MiB chunk (which
+    holds the header) and the last few bytes take disk space."""
+    (bids_copy / REST_1).unlink()
+    big = REST_1.removesuffix(".gz")
+    size = _sparse_nifti(bids_copy / big, 160)
+    assert size > 80 << 20
+    out, back = tmp_path / "out", tmp_path / "back"
+    cmd = [sys.executable, "-m", "bids2hf"]
+    for args in (
+        ["convert", str(bids_copy), str(out), *FAST, *SMALL_CELLS],
+        ["export", str(out), str(back), "-q"],
+    ):
+        proc = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    copy = out / _manifest(out)[big]["location"]
+    assert _manifest(out)[big]["placement"] == "beside" and copy == out / "files" / big
+    for path in (copy, back / big):
+        assert path.stat().st_size == size
+        assert _allocated(path) <= (8 << 20) + (1 << 20), f"{path}: {_allocated(path)} bytes on disk"
+    with open(bids_copy / big, "rb") as a, open(back / big, "rb") as b:
+        assert a.read(1 << 20) == b.read(1 << 20)  # the rest was checked by export's sha256
+
+
 # -- the Hub (emulator) ----------------------------------------------------------------------------
 _LOAD = """
 import json, sys

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from click.testing import Result
@@ -618,6 +619,39 @@ def test_identifying_sidecar_field(
     # Without --strict-privacy it converts, warning without printing the value.
     result = converts(cli, bids_copy, tmp_path / "out")
     assert "PatientName" in result.output and "Jane" not in result.output
+
+
+def test_free_text_in_a_nifti_header(bids_copy: Path, tmp_path: Path, cli: Cli) -> None:
+    """README "Privacy lint": free text in NIfTI header fields is warned about, naming the file
+    and the field, its value masked; --strict-privacy refuses; a converter's signature in
+    ``descrip`` is no warning."""
+    import nibabel as nib
+
+    path = bids_copy / T1W
+    image = nib.load(path)
+    header = image.header.copy()
+    header["descrip"] = b"Scan of Quentin Doe-Smith 2021-03-04"
+    header["aux_file"] = b"Zyxwvut"
+    nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj), image.affine, header), path)
+    result = cli("inspect", bids_copy, "-q")
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if "warning:" in line and T1W in line]
+    for field, masked in (("descrip", "S…(36 chars)"), ("aux_file", "Z…(7 chars)")):
+        assert any(
+            f"NIfTI header field {field} holds free text (value {masked})" in w for w in warnings
+        ), (field, warnings)
+    assert "Quentin" not in result.output and "Doe-Smith" not in result.output
+    assert "Zyxwvut" not in result.output
+    line = refused(cli, bids_copy, tmp_path / "out", "--strict-privacy", names=(T1W,))
+    assert "descrip" in line and "Quentin" not in line
+    result = converts(cli, bids_copy, tmp_path / "out")
+    assert "descrip" in result.output and "Quentin" not in result.output
+    # What converters write there is not reported.
+    header["descrip"] = b"TE=2.9;Time=101010.000;phase=1"
+    header["aux_file"] = b""
+    nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj), image.affine, header), path)
+    result = cli("inspect", bids_copy, "-q")
+    assert result.exit_code == 0 and "NIfTI header field" not in result.output, result.output
 
 
 # -- the source changes during the run --------------------------------------------------------------

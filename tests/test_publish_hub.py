@@ -20,9 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from bids2hf.model.format import MANIFEST_PATH
+from bids2hf.publish.pipeline import FINAL_MESSAGE
 from bids2hf.testing.spec import GeneratedDataset, SyntheticSpec
 from bids2hf.testing.synthetic import generate_bids
-from helpers import BIDS2HF, run_bids2hf, sha256, tree
+from helpers import BIDS2HF, error_line, run_bids2hf, sha256, tree
 from hub_emulator import HubEmulator
 
 REPO = "org/ds"
@@ -336,3 +338,145 @@ def test_token_is_never_printed(
     )
     assert "secretTOKEN" not in proc.stdout + proc.stderr
     assert "DEBUG" in proc.stderr, "debug logging was on"
+
+
+@pytest.mark.parametrize("command", ["convert", "push"])
+def test_a_remote_changed_after_the_last_commit_fails_verification(
+    command: str, emu: HubEmulator, env: dict[str, str], synthetic: GeneratedDataset, tmp_path: Path
+) -> None:
+    """README "Publishing", Verification: after the last commit the remote file list, sizes and
+    LFS sha256 are compared with what was written; any difference exits non-zero with a list.
+    Another writer changes the repository right after bids2hf's last commit: one shard replaced
+    by other bytes of another size, one by other bytes of the same size, the manifest deleted."""
+    changed: list[str] = []
+
+    def tamper(repo_id: str, title: str) -> None:
+        if title != FINAL_MESSAGE or changed:
+            return
+        shards = sorted(p for p in emu.files(repo_id) if p.startswith("data/"))
+        resized, same_size = shards[0], shards[1]
+        size = len(emu.read_file(repo_id, same_size))
+        emu.upload_bytes(repo_id, {resized: b"\0not a shard", same_size: b"\0" * size})
+        repo = emu._get(repo_id, "dataset")
+        delete = [{"key": "deletedFile", "value": {"path": MANIFEST_PATH}}]
+        emu._commit(repo, "main", delete, "someone else", "", None, False)
+        changed.extend([resized, same_size])
+
+    emu.after_commit = tamper
+    if command == "convert":
+        args: tuple[str | Path, ...] = ("convert", synthetic.root, URL, *ALL_SMALL_SHARDS)
+    else:
+        out = tmp_path / "out"
+        run_bids2hf("convert", synthetic.root, out, *ALL_SMALL_SHARDS, env=env)
+        args = ("push", out, URL, "-q")
+    proc = run_bids2hf(*args, env=env, check=False)
+    assert changed, "the last commit was never made"
+    line = error_line(proc, URL, exit_code=1)
+    assert "the remote differs from what was written" in line
+    resized, same_size = changed
+    assert f"size {resized}: 12 != " in line
+    assert f"sha256 {same_size}" in line
+    assert f"missing {MANIFEST_PATH}" in line
+
+
+@pytest.mark.parametrize("command", ["convert", "push"])
+def test_shards_are_committed_in_batches_of_commit_every(
+    command: str, emu: HubEmulator, env: dict[str, str], synthetic: GeneratedDataset, tmp_path: Path
+) -> None:
+    """README "Publishing", Commits: data shards go in batches of ``--commit-every``; the card,
+    the manifest (and the shards left over) in the last commit: N shards take N // k + 1
+    commits (1,000 shards at the default 100: 11)."""
+    every = 3
+    many = ("--derivatives", "all", "-q", "--max-shard-size", "60kB", "-j", "1")
+    options = ("--commit-every", str(every))
+    if command == "convert":
+        run_bids2hf("convert", synthetic.root, URL, *many, *options, env=env)
+    else:
+        out = tmp_path / "out"
+        run_bids2hf("convert", synthetic.root, out, *many, env=env)
+        run_bids2hf("push", out, URL, "-q", *options, env=env)
+    shards = {p for p in emu.files(REPO) if p.startswith("data/")}
+    n = len(shards)
+    assert n > 2 * every and n % every, f"{n} shards: choose another --max-shard-size"
+    history = emu.commits(REPO)[::-1]  # oldest first
+    assert history[0]["title"] == "initial commit"  # the emulator's, when the repo is created
+    ours = history[1:]
+    assert len(ours) == n // every + 1, [c["title"] for c in ours]
+    before = set(history[0]["files"])
+    for i, c in enumerate(ours):
+        added = set(c["files"]) - before
+        before = set(c["files"])
+        if i < len(ours) - 1:
+            assert c["title"] == f"bids2hf: add {every} shard(s)"
+            assert len(added) == every and added <= shards, added
+        else:
+            assert c["title"] == FINAL_MESSAGE
+            assert {"README.md", MANIFEST_PATH} <= added
+            assert len(added & shards) == n % every
+
+
+def test_the_default_commit_every_is_100(
+    emu: HubEmulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    """README "Publishing", Commits: by default 100 shards per commit (one row per shard here,
+    over a hundred of them: two commits)."""
+    spec = SyntheticSpec(n_subjects=8, image_shape=(4, 4, 4), n_volumes=2)
+    bids = generate_bids(tmp_path / "bids", spec).root
+    tiny = ("--layout", "scan", "--max-shard-size", "1kB", "--derivatives", "all", "-q", "-j", "1")
+    run_bids2hf("convert", bids, URL, *tiny, env=env)
+    n = sum(p.startswith("data/") for p in emu.files(REPO))
+    assert 100 < n < 200 and n % 100
+    titles = [c["title"] for c in emu.commits(REPO)[::-1]][1:]  # after the emulator's own
+    assert titles == ["bids2hf: add 100 shard(s)", FINAL_MESSAGE]
+
+
+@pytest.mark.parametrize(
+    ("token", "status", "exists"),
+    [("read-token", 403, False), ("read-token", 403, True), ("wrong-token", 401, False)],
+    ids=["read-only-new-repo", "read-only-existing-repo", "invalid-token"],
+)
+@pytest.mark.parametrize("command", ["convert", "push"])
+def test_a_token_without_write_access_is_one_line(
+    command: str,
+    token: str,
+    status: int,
+    exists: bool,
+    emu: HubEmulator,
+    env: dict[str, str],
+    synthetic: GeneratedDataset,
+    tmp_path: Path,
+) -> None:
+    """README "Messages": the Hub refusing the token (403 for a read-only token, 401 for an
+    invalid one) ends the run with one line, ``not allowed to create or write this repository``,
+    exit 2, no traceback, the token never printed."""
+    out = tmp_path / "out"
+    if command == "push":
+        run_bids2hf("convert", synthetic.root, out, "-q", "-j", "1", env=env)
+    if exists:
+        emu.create_repo(REPO)
+    before = {path: sha256(blob) for path, blob in emu.files(REPO).items()} if exists else None
+    emu.tokens = {env["HF_TOKEN"], "read-token"}
+    emu.read_only_tokens = {"read-token"}
+    env = dict(env, HF_TOKEN=token)
+    if command == "convert":
+        proc = run_bids2hf("convert", synthetic.root, URL, "-q", "-j", "1", env=env, check=False)
+    else:
+        proc = run_bids2hf("push", out, URL, "-q", env=env, check=False)
+    line = error_line(proc, URL)
+    assert f"not allowed to create or write this repository (HTTP {status})" in line
+    assert "HF_TOKEN" in line and token not in line
+    if exists:
+        assert remote_tree(emu) == before and len(emu.commits(REPO)) == 1
+    else:
+        assert ("dataset", REPO) not in emu._repos
+
+
+def test_a_refused_commit_is_one_line(
+    emu: HubEmulator, env: dict[str, str], synthetic: GeneratedDataset
+) -> None:
+    """The uploads pass but the commit is refused (403): the same one line, exit 2."""
+    refused = emu.inject(r"/commit/", "POST", status=403, times=None)
+    proc = run_bids2hf("convert", synthetic.root, URL, "-q", "-j", "1", env=env, check=False)
+    assert "not allowed to create or write this repository (HTTP 403)" in error_line(proc, URL)
+    assert refused.fired == 1, "a refusal is not retried"
+    assert len(emu.commits(REPO)) == 1  # the emulator's own

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import ast
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import bids2hf
+from bids2hf.model.format import MANIFEST_PATH
 from bids2hf.testing.spec import GeneratedDataset
 
 PACKAGE = Path(bids2hf.__file__).parent
@@ -230,6 +234,12 @@ finally:
         (["verify", "{bids}", "{out}", "-q"], {"datasets", "pandas"}),
         (["export", "{out}", "{new}", "-q"], {"datasets", "pandas"}),
         (["push", "{out}", "file://{new}", "--dry-run", "-q"], {"datasets", "pandas"}),
+        # README "Start-up": every command, not only those above
+        (["push", "{copy}", "file://{new}", "-q"], {"datasets", "pandas"}),
+        (["report", "{copy}", "-q"], {"datasets", "pandas"}),
+        (["report", "{copy}", "--bids", "{bids}", "-q"], {"datasets", "pandas"}),
+        (["demo", "{new}", "-q"], {"datasets", "pandas"}),
+        (["mount", "--help"], {"datasets", "pandas"}),
     ],
     ids=lambda v: v[0] if isinstance(v, list) else "+".join(sorted(v)),
 )
@@ -243,13 +253,57 @@ def test_commands_do_not_load_datasets_or_pandas(
     """Issue 11 (5): importing `datasets` and pandas took 0.55 s of every command; writing the
     Hub's feature metadata needs neither (plan/features.py)."""
     bids, out = synthetic.root, converted_raw
-    args = [a.format(bids=bids, out=out, new=tmp_path / "new") for a in command]
+    copy = tmp_path / "copy"  # for the commands that write into the output (report, push)
+    if any("{copy}" in a for a in command):
+        shutil.copytree(out, copy)
+    args = [a.format(bids=bids, out=out, new=tmp_path / "new", copy=copy) for a in command]
     run = subprocess.run(
         [sys.executable, "-c", _RUN_AND_REPORT, *args], capture_output=True, text=True
     )
     assert run.returncode == 0, run.stderr
     loaded = set(run.stdout.splitlines()[-1].split()[1:])
     assert not loaded & forbidden, f"bids2hf {command[0]} loads {sorted(loaded & forbidden)}"
+    if command[0] in ("push", "demo") and "--dry-run" not in command:
+        assert (tmp_path / "new" / MANIFEST_PATH).is_file() or (
+            tmp_path / "new" / "hf" / MANIFEST_PATH
+        ).is_file(), "the command did not run to the end"
+    if command[0] == "report":
+        assert (copy / "report" / "index.html").is_file()
+
+
+def test_mount_does_not_load_datasets_or_pandas(converted_ranges: Path, tmp_path: Path) -> None:
+    """README "Start-up" for ``mount``: a real mount that serves a file, then SIGTERM (skips
+    where FUSE cannot work here; ``mount --help`` is covered above)."""
+    from test_mount import T1W, _fuse_usable
+
+    if _fuse_usable() is not None:
+        pytest.skip(str(_fuse_usable()))
+    point = tmp_path / "mnt"
+    point.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _RUN_AND_REPORT, "mount", str(converted_ranges), str(point)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.ismount(point):
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "not mounted after 60 s"
+            time.sleep(0.05)
+        assert (point / T1W).read_bytes()[:2] == b"\x1f\x8b"
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        if os.path.ismount(point):  # never leave a mount behind, even when failing
+            subprocess.run(["fusermount3", "-u", "-z", str(point)], check=False)
+    assert proc.returncode == 0, stderr
+    loaded = set(stdout.splitlines()[-1].split()[1:])
+    assert not loaded & {"datasets", "pandas"}, f"bids2hf mount loads {sorted(loaded)}"
 
 
 def test_every_folder_is_a_package_with_a_docstring_only() -> None:

@@ -165,11 +165,7 @@ class HubTarget:
                 ),
             )
         except HfHubHTTPError as exc:
-            if status_of(exc) in (401, 403):
-                raise DestinationError(
-                    f"{self.url}: not allowed to create or write this repository (HTTP {status_of(exc)}); "
-                    "log in with `hf auth login` or set HF_TOKEN to a token with write access"
-                ) from None
+            self._raise_if_refused(exc)
             raise
         if self.revision != "main":
             refs = self._call(
@@ -182,6 +178,19 @@ class HubTarget:
                         self.repo_id, branch=self.revision, repo_type="dataset", exist_ok=True
                     ),
                 )
+
+    def _raise_if_refused(self, exc: BaseException) -> None:
+        """Raises :class:`DestinationError` if ``exc`` is the Hub refusing the token (401/403).
+
+        A token that may read an existing repository but not write it gets through
+        ``create_repo(exist_ok=True)`` (the client then only checks that the repository exists):
+        the refusal comes with the first upload or commit, which call this too.
+        """
+        if (status := status_of(exc)) in (401, 403):
+            raise DestinationError(
+                f"{self.url}: not allowed to create or write this repository (HTTP {status}); "
+                "log in with `hf auth login` or set HF_TOKEN to a token with write access"
+            ) from None
 
     def head(self) -> str:
         """The commit the branch points at."""
@@ -218,19 +227,29 @@ class HubTarget:
         return out
 
     def stage(self, item: StagedFile) -> None:
-        """Upload the bytes (LFS/Xet) without committing; small regular files wait for the commit."""
+        """Upload the bytes (LFS/Xet) without committing; small regular files wait for the commit.
+
+        Raises:
+            DestinationError: the token may not write the repository (HTTP 401/403).
+            HfHubHTTPError: the upload failed past the retries.
+        """
         from huggingface_hub import CommitOperationAdd
 
         op = CommitOperationAdd(path_in_repo=item.path, path_or_fileobj=str(item.local))
         # The sha256 is already known from writing: spare the client a second read of the file
         # (`upload_info.sha256` is settable; the client hashes lazily, on first access).
         op.upload_info.sha256 = bytes.fromhex(item.checksum())
-        self._call(
-            "preupload",
-            lambda: self.api.preupload_lfs_files(
-                self.repo_id, [op], repo_type="dataset", revision=self.revision, free_memory=True
-            ),
-        )
+        try:
+            self._call(
+                "preupload",
+                lambda: self.api.preupload_lfs_files(
+                    self.repo_id, [op], repo_type="dataset", revision=self.revision,
+                    free_memory=True,
+                ),
+            )
+        except Exception as exc:
+            self._raise_if_refused(exc)
+            raise
         item.handle = op
         item.uploaded = _uploaded(op)
 
@@ -256,6 +275,7 @@ class HubTarget:
         Returns False when there was nothing to commit.
 
         Raises:
+            DestinationError: the token may not write the repository (HTTP 401/403).
             HfHubHTTPError: the Hub refused the commit, or kept failing past the retries.
         """
         operations = self._operations(items, deletions)
@@ -300,6 +320,7 @@ class HubTarget:
                     applied = False
                 if applied:
                     return True
+            self._raise_if_refused(exc)
             raise
         return True
 
