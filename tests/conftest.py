@@ -29,9 +29,15 @@ S3_BUCKET = "neuro"  # the bucket the `s3_env` fixture creates
 def _isolated_hf_cache(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # `datasets` writes caches under HF_HOME; keep tests off the user's cache.
-    cache = tmp_path_factory.getbasetemp() / "hf-cache"
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(cache / "datasets"))
+    """Each test gets a `datasets` cache of its own: off the user's cache, and no test reads
+    what another prepared (the cache key of a local folder is its name and its files' sizes,
+    so two outputs named alike could share an entry)."""
+    import datasets.config
+
+    cache = tmp_path_factory.mktemp("hf-cache")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(cache / "datasets"))  # for subprocesses
+    # In this process the environment is too late: `datasets` read it once, when imported.
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache / "datasets")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
 
