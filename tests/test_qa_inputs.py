@@ -63,3 +63,23 @@ def test_fifo_is_listed_as_left_out(cli: Cli, bids_copy: Path, tmp_path: Path) -
     left = {e.path: e for e in manifest(out) if e.placement == "left_out"}
     assert fifo in left and "not a regular file" in (left[fifo].reason or "")
     assert cli("verify", bids_copy, out, "-q").exit_code == 0
+
+
+def test_description_without_name_or_version_is_a_warning(
+    cli: Cli, bids_copy: Path, tmp_path: Path
+) -> None:
+    """`{}` converts (nothing is lost) but is named with what BIDS requires; a JSON value that
+    is no object is refused with an example of what it should hold."""
+    description = bids_copy / "dataset_description.json"
+    description.write_text("{}")
+    result = cli("inspect", bids_copy)
+    assert result.exit_code == 0, result.output
+    assert "dataset_description.json: no Name and no BIDSVersion, which BIDS requires" in (
+        result.output
+    )
+    assert cli("convert", bids_copy, tmp_path / "out", *FAST).exit_code == 0
+    description.write_text('{"Name": "x", "BIDSVersion": "1.10.0"}')
+    assert "BIDSVersion" not in cli("inspect", bids_copy).output
+    description.write_text("[1, 2]")
+    line = error_line(cli("inspect", bids_copy), "dataset_description.json", "JSON object")
+    assert '"BIDSVersion": "1.10.0"' in line

@@ -195,6 +195,7 @@ def scan(
     if not_followed:
         problems.append(not_followed_problem(not_followed, link_details))
     problems.extend(_not_regular_problem(files))
+    problems.extend(_description_problems(description))
 
     if not any(f.subject for f in files if f.placement is Placement.ROW):
         raise InputError(
@@ -239,7 +240,10 @@ def _read_description(root: str | os.PathLike[str] | Source) -> tuple[Source, di
     except (ValueError, UnicodeDecodeError) as exc:
         raise InputError(f"{desc_path}: not valid JSON ({exc}); fix its syntax") from None
     if not isinstance(description, dict):
-        raise InputError(f"{desc_path}: must hold a JSON object with Name and BIDSVersion")
+        raise InputError(
+            f"{desc_path}: must hold a JSON object with Name and BIDSVersion "
+            '(e.g. {"Name": "My study", "BIDSVersion": "1.10.0"})'
+        )
     return source.resolved(), description
 
 
@@ -251,6 +255,27 @@ def _check_derivatives(walked: list[Walked], wanted: set[str], source: Source) -
             f"{source.display('derivatives/' + name)}: no such derivative pipeline "
             f"(found: {', '.join(sorted(available)) or 'none'})"
         )
+
+
+def _description_problems(description: dict[str, Any]) -> list[Problem]:
+    """A warning when dataset_description.json lacks a field BIDS requires: the conversion goes
+    on (nothing is lost), but the exported folder fails the BIDS validator as the source does."""
+    missing = [
+        key
+        for key in ("Name", "BIDSVersion")
+        if not isinstance(value := description.get(key), str) or not value.strip()
+    ]
+    if not missing:
+        return []
+    return [
+        Problem(
+            Severity.WARNING,
+            "description-incomplete",
+            "dataset_description.json",
+            f"no {' and no '.join(missing)}, which BIDS requires",
+            'add them, e.g. "Name": "My study", "BIDSVersion": "1.10.0"',
+        )
+    ]
 
 
 def _not_regular_problem(files: list[SourceFile]) -> list[Problem]:
