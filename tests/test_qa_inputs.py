@@ -83,3 +83,20 @@ def test_description_without_name_or_version_is_a_warning(
     description.write_text("[1, 2]")
     line = error_line(cli("inspect", bids_copy), "dataset_description.json", "JSON object")
     assert '"BIDSVersion": "1.10.0"' in line
+
+
+@pytest.mark.parametrize("into", [".", "bids", "sub/folder"])
+def test_export_into_its_own_output_is_refused(
+    cli: Cli, bids_copy: Path, tmp_path: Path, into: str
+) -> None:
+    """`export OUT OUT` (or a folder inside OUT) would mix the BIDS tree with the shards, bids/
+    and the card: refused in one line before anything is written."""
+    out = tmp_path / "out"
+    assert cli("convert", bids_copy, out, *FAST).exit_code == 0
+    before = snapshot(out)
+    line = error_line(cli("export", out, out / into, "-q"), "inside the converted dataset")
+    assert "outside" in line
+    assert snapshot(out) == before
+    back = tmp_path / "back"  # beside it is fine
+    assert cli("export", f"file://{out}", back, "-q").exit_code == 0
+    assert (back / "dataset_description.json").is_file()

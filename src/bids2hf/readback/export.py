@@ -46,7 +46,13 @@ from bids2hf.readback.export_entries import (
     offset_in_shard,
     read_shards,
 )
-from bids2hf.readback.export_folder import OutputFile, refuse_blocked, refuse_clashes, run_folder
+from bids2hf.readback.export_folder import (
+    OutputFile,
+    refuse_blocked,
+    refuse_clashes,
+    refuse_inside_source,
+    run_folder,
+)
 from bids2hf.readback.published import PublishedDataset, open_dataset
 from bids2hf.readback.ranges import fetch_ranges
 from bids2hf.readback.shard_cells import (
@@ -213,15 +219,16 @@ def export(
     Raises:
         InputError: the source is no bids2hf dataset, or its index is damaged or crafted
             (refused before anything is written).
-        DestinationError: a file would be replaced without ``overwrite``, or something in
-            ``bids_out`` stands where a folder or file goes (refused before anything is
-            written).
+        DestinationError: ``bids_out`` is a local ``source`` or inside it, a file would be
+            replaced without ``overwrite``, or something in ``bids_out`` stands where a folder
+            or file goes (refused before anything is written).
         VerificationError: published files are missing, a shard's pages cannot be read,
             files differ from their recorded size or sha256, or (without a manifest)
             dataset-level files cannot be restored.
     """
-    dataset = open_dataset(source)
     out = Path(bids_out)
+    refuse_inside_source(source, out)
+    dataset = open_dataset(source)
     report = ExportReport(str(out))
     chosen, shards = _choose(dataset, include, exclude, report)
     refuse_blocked(out, chosen, overwrite)

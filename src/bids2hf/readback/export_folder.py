@@ -19,7 +19,14 @@ from bids2hf.model.manifest import ManifestEntry
 from bids2hf.readback.published import PublishedDataset
 from bids2hf.readback.shard_cells import REFUSED
 
-__all__ = ["OutputFile", "parent_folders", "refuse_blocked", "refuse_clashes", "run_folder"]
+__all__ = [
+    "OutputFile",
+    "parent_folders",
+    "refuse_blocked",
+    "refuse_clashes",
+    "refuse_inside_source",
+    "run_folder",
+]
 
 #: Each run writes into a temporary folder of its own in the output folder, named with this prefix.
 _TMP_PREFIX = ".bids2hf-export-"
@@ -95,6 +102,24 @@ def refuse_clashes(dataset: PublishedDataset, chosen: dict[str, ManifestEntry]) 
                     f"{dataset.url}: {folder!r} is both a file and the folder of {path!r}; "
                     f"{REFUSED}"
                 )
+
+
+def refuse_inside_source(source: str, out: Path) -> None:
+    """Refuse an export folder that is a local converted dataset's own folder or lies inside it:
+    the BIDS tree would mix with the shards, ``bids/`` and the card, and a later run on that
+    output would find files it did not write.
+
+    Raises:
+        DestinationError: one line naming the folder and the fix.
+    """
+    if "://" in source and not source.startswith("file://"):
+        return  # a remote dataset: nothing of it is on this disk
+    root = Path(source.removeprefix("file://")).resolve()
+    target = out.resolve()
+    if target == root or target.is_relative_to(root):
+        raise DestinationError(
+            f"{out}: is inside the converted dataset {root}; export into a folder outside it"
+        )
 
 
 def refuse_blocked(out: Path, chosen: Iterable[str], overwrite: bool) -> None:
