@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -90,3 +91,83 @@ def _pgid(pid: int) -> int | None:
         return os.getpgid(pid)
     except ProcessLookupError:
         return None
+
+
+#: sitecustomize: each fsync in a shard writer takes 5 s, so that a shard is in flight for long
+_SLOW_WORKERS = """
+import multiprocessing, os, time
+_fsync = os.fsync
+def _slow_fsync(fd):
+    if multiprocessing.parent_process() is not None:
+        time.sleep(5)
+    return _fsync(fd)
+os.fsync = _slow_fsync
+"""
+
+#: bids2hf.convert called from Python: on the main thread under a SIGINT handler of the caller's
+#: own that exits, or on another thread while the main thread waits for it
+_CALLER = """
+import signal, sys, threading, time
+import bids2hf
+from bids2hf.plan.options import PlanOptions
+
+bids, out, mode = sys.argv[1:4]
+def run():
+    try:
+        bids2hf.convert(bids, out, workers=2, progress=False,
+                        plan_options=PlanOptions(max_shard_bytes=200_000))
+    except BaseException as exc:
+        print("convert ended:", type(exc).__name__, flush=True)
+        raise
+if mode == "handler":
+    signal.signal(signal.SIGINT, lambda *_: sys.exit(3))
+    run()
+else:
+    thread = threading.Thread(target=run)
+    thread.start()
+    while thread.is_alive():
+        try:
+            time.sleep(0.05)  # (not thread.join: interrupted, 3.11's join marks the thread ended)
+        except KeyboardInterrupt:
+            print("main: interrupted", flush=True)
+"""
+
+
+@pytest.mark.parametrize("mode", ["handler", "thread"])
+def test_a_caller_s_interrupt_stops_the_writers_at_once(
+    bids_copy: Path, tmp_path: Path, mode: str
+) -> None:
+    """Whatever the interrupt turns into for the caller (its own handler's SystemExit; a run on
+    another thread than the main one), the shard writers stop at once, not after the shards in
+    flight (each takes over 5 s here)."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_SLOW_WORKERS)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CALLER, str(bids_copy), str(tmp_path / "out"), mode],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while not _worker_started(proc):
+        assert proc.poll() is None, "the run ended before starting a worker"
+        assert time.monotonic() < deadline, "no worker started"
+        time.sleep(0.01)
+    time.sleep(1.5)  # the writers are in their first (slow) fsync now
+    os.killpg(proc.pid, signal.SIGINT)
+    sent = time.monotonic()
+    try:
+        stdout, stderr = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise AssertionError("the caller did not stop after Ctrl-C") from None
+    took = time.monotonic() - sent
+    assert "convert ended:" in stdout, stdout + stderr
+    assert took < 3, f"stopped {took:.1f} s after Ctrl-C: the writers' shards were waited for"
+    if mode == "handler":
+        assert proc.returncode == 3, stdout + stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import queue
@@ -35,8 +36,14 @@ __all__ = ["init_worker", "write_job", "write_shards"]
 _progress_queue: Any = None
 
 
-def init_worker(progress_queue: Any) -> None:
+def init_worker(progress_queue: Any, ignore_sigint: bool = True) -> None:
     """Process-pool initializer: where to send progress, and die with the run that started us.
+
+    ``ignore_sigint``: Ctrl-C belongs to the run, which then stops its writers itself (a writer
+    interrupted on its own would only print a traceback); true when the run is on the main
+    thread, the only one Python delivers KeyboardInterrupt to. Otherwise the writers stop on
+    Ctrl-C themselves, as before. Either way they were started with SIGINT blocked
+    (:func:`_spawning_blocks_sigint`), so that none arrives while they import.
 
     A worker outliving its run (the parent killed with SIGKILL) would finish its shard and
     rename it into ``data/`` while a new run may hold the folder's lock. On Linux the kernel
@@ -44,10 +51,10 @@ def init_worker(progress_queue: Any) -> None:
     renames nothing once the parent pid recorded here has changed. Raises nothing.
     """
     global _progress_queue
-    # Ctrl-C belongs to the run, which stops its writers itself (_stop_workers): a writer
-    # interrupted on its own would only print a traceback. Spawned with SIGINT ignored already
-    # (_spawning_ignores_sigint), so that the import before this initializer prints none either.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if ignore_sigint:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # (one pending meanwhile is dropped)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     _progress_queue = progress_queue
     shard_module.PARENT_PID = os.getppid()
     _die_with_parent()
@@ -186,7 +193,10 @@ def _write_in_pool(
     with (
         _drain(q, progress),
         ProcessPoolExecutor(
-            workers, mp_context=ctx, initializer=init_worker, initargs=(q,)
+            workers,
+            mp_context=ctx,
+            initializer=init_worker,
+            initargs=(q, threading.current_thread() is threading.main_thread()),
         ) as pool,
     ):
         pending: dict[Future[ShardResult], ShardPlan] = {}
@@ -198,7 +208,7 @@ def _write_in_pool(
                     if acquire is not None and not acquire(not pending):
                         break
                     shard = todo.pop(0)
-                    with _spawning_ignores_sigint():  # submit starts a writer where needed
+                    with _spawning_blocks_sigint():  # submit starts a writer where needed
                         fut = pool.submit(
                             write_job,
                             shard,
@@ -214,38 +224,41 @@ def _write_in_pool(
                 for fut in sorted(done, key=lambda f: pending[f].path):
                     shard = pending.pop(fut)
                     on_done(shard, fut.result())
-        except BaseException as exc:
+        except BaseException:
+            # Whatever stops the run (Ctrl-C, a handler's SystemExit, an error): the shards in
+            # flight are not waited for; a re-run writes them again.
             for fut in pending:
                 fut.cancel()
-            if isinstance(exc, KeyboardInterrupt):
-                _stop_workers(pool)
+            _stop_workers(pool)
             raise
 
 
 @contextmanager
-def _spawning_ignores_sigint() -> Iterator[None]:
-    """Processes started inside inherit SIGINT ignored; for this process it is held back, not
-    lost (blocked, then delivered to its own handler on the way out).
-
-    Only the main thread can change signal handlers; elsewhere (the API called from a thread)
-    nothing changes and a writer may print a traceback on Ctrl-C.
+def _spawning_blocks_sigint() -> Iterator[None]:
+    """Processes started inside begin with SIGINT blocked (a child inherits the signal mask of
+    the thread that starts it), until :func:`init_worker` decides. Only this thread blocks it:
+    a Ctrl-C meanwhile is taken by another thread of this process and still raises
+    KeyboardInterrupt in the main thread; no handler is changed.
     """
-    if threading.current_thread() is not threading.main_thread():
+    if not hasattr(signal, "pthread_sigmask"):  # not POSIX
         yield
         return
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, handler)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:
-    """End the pool's writers now (they ignore SIGINT, see :func:`init_worker`). Safe at any
+    """End the pool's writers now (they may ignore SIGINT, see :func:`init_worker`). Safe at any
     moment, as a SIGKILL is: a shard reaches ``data/`` only complete, and a writer's
     temporary file is cleared by the next run."""
+    if hasattr(pool, "terminate_workers"):  # Python 3.14
+        with contextlib.suppress(Exception):
+            pool.terminate_workers()
+            return
+    # Before 3.14 the pool names its processes only in a private attribute.
     processes = getattr(pool, "_processes", None) or {}
     for process in list(processes.values()):
         try:
