@@ -6,7 +6,10 @@ BIDS release is picked up by upgrading ``bidsschematools`` rather than by editin
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -31,14 +34,29 @@ class Entity:
     is_index: bool  # "index" entities (run, echo, ...) are non-negative integers
 
 
+@contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """bidsschematools 1.0 says at INFO, through a handler of its own, that it loads its bundled
+    schema: two lines on every command's stderr, for the schema we want. Quiet while loading."""
+    logger = logging.getLogger("bidsschematools")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 @cache
 def _schema() -> Any:
-    return bids_schema_module.load_schema()
+    with _quiet_loading():
+        return bids_schema_module.load_schema()
 
 
 @cache
 def _path_regexes() -> tuple[re.Pattern[str], ...]:
-    regexes, _ = bids_rules.regexify_all()
+    with _quiet_loading():  # it loads the schema itself
+        regexes, _ = bids_rules.regexify_all()
     return tuple(re.compile(rule["regex"]) for rule in regexes)
 
 
