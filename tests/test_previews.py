@@ -393,3 +393,4 @@ def test_files_stored_beside_get_the_same_pictures(
     assert files_under(out, "images", "previews") == files_under(
         outputs["all"], "images", "previews"
     )
+

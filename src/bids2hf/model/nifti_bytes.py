@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ __all__ = [
     "HEADER_SIZE",
     "VOLUME_PROBE",
     "NiftiDecodeError",
+    "SparseBytes",
     "Volume",
     "as_float",
     "first_bytes",
@@ -52,7 +54,7 @@ _OUT_CHUNK = 4 << 20  # decompressed bytes produced (and dropped, when skipping)
 _MAX_VOLUME_BYTES = 2 << 30  # larger single volumes are not decoded
 
 
-def is_gzip(data: bytes | bytearray | memoryview) -> bool:
+def is_gzip(data: bytes | bytearray | memoryview | SparseBytes) -> bool:
     """Whether ``data`` (a file's first bytes at least) begin a gzip stream."""
     return bytes(data[:2]) == GZIP_MAGIC
 
@@ -91,10 +93,45 @@ def first_bytes(data: bytes | bytearray | memoryview, n: int = _NIFTI2_HEADER) -
         raise NiftiDecodeError(f"corrupt gzip stream ({exc})") from None
 
 
+class SparseBytes:
+    """A file's bytes of which only some ranges are held (the others read as zeros): what
+    :func:`read_volume` needs of a file streamed past, without holding the file. Sliced like
+    ``bytes``; ``len`` is the file's size.
+    """
+
+    def __init__(self, size: int, pieces: Sequence[tuple[int, bytes | bytearray]]) -> None:
+        self.size = size
+        self.pieces = sorted(pieces, key=lambda p: p[0])  # (offset in the file, bytes held)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, key: slice) -> bytes | memoryview:
+        start, stop, _ = key.indices(self.size)
+        stop = max(start, stop)
+        for at, piece in self.pieces:  # within one piece: no copy
+            if at <= start and stop <= at + len(piece):
+                return memoryview(piece)[start - at : stop - at]
+        out = bytearray(stop - start)
+        for at, piece in self.pieces:
+            lo, hi = max(start, at), min(stop, at + len(piece))
+            if lo < hi:
+                out[lo - start : hi - start] = piece[lo - at : hi - at]
+        return bytes(out)
+
+
+#: What the volume readers read: a whole file in memory, or the ranges of one that were kept.
+_Held = memoryview | SparseBytes
+
+
+def _held(data: bytes | bytearray | memoryview | SparseBytes) -> _Held:
+    return data if isinstance(data, SparseBytes) else memoryview(data).cast("B")
+
+
 class _Inflater:
     """Sequential reads of a gzip stream held in memory; skipping decompresses and drops."""
 
-    def __init__(self, view: memoryview) -> None:
+    def __init__(self, view: _Held) -> None:
         self._view = view
         self._pos = 0  # next compressed byte to feed
         self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
@@ -148,7 +185,7 @@ class _Inflater:
 class _Plain:
     """The same interface over an uncompressed file in memory (zero-copy slices)."""
 
-    def __init__(self, view: memoryview) -> None:
+    def __init__(self, view: _Held) -> None:
         self._view = view
         self._pos = 0
 
@@ -218,7 +255,9 @@ def _volume_choice(
     return spatial, volumes, volume, vol_bytes
 
 
-def read_volume(data: bytes | bytearray | memoryview, max_decompressed: int) -> Volume:
+def read_volume(
+    data: bytes | bytearray | memoryview | SparseBytes, max_decompressed: int
+) -> Volume:
     """One 3-D volume of a NIfTI file held in memory, decompressing no further than needed.
 
     The volume is chosen by :func:`_volume_choice`; :func:`volume_ranges` says which bytes of
@@ -228,7 +267,7 @@ def read_volume(data: bytes | bytearray | memoryview, max_decompressed: int) -> 
         NiftiDecodeError: not NIfTI-1/NIfTI-2, truncated, corrupt gzip, CIFTI-2, no voxels, or a
             volume larger than the file can hold.
     """
-    view = memoryview(data).cast("B")
+    view = _held(data)
     stream: _Inflater | _Plain = _Inflater(view) if is_gzip(view) else _Plain(view)
     head, header, shape, dtype, offset, (slope, inter) = _read_header(stream)
     if not shape or any(d <= 0 for d in shape):

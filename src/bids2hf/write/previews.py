@@ -13,32 +13,23 @@ never fails a conversion: one warning line, and no picture.
 from __future__ import annotations
 
 import logging
-import mmap
-import platform
-import sys
 from collections.abc import Collection, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from bids2hf.model.nifti_bytes import DEFAULT_MAX_DECOMPRESSED, VOLUME_PROBE, volume_ranges
+from bids2hf.model.nifti_bytes import (
+    DEFAULT_MAX_DECOMPRESSED,
+    VOLUME_PROBE,
+    SparseBytes,
+    volume_ranges,
+)
 from bids2hf.model.rows import FileRef
 
 __all__ = ["ThumbnailJobs", "VolumeBytes", "make_thumbnail"]
 
-#: MAP_NORESERVE (Python's mmap module names it from 3.13 on; 0x4000 on Linux x86 and ARM): the
-#: kernel's overcommit heuristic would refuse a mapping larger than RAM + swap even though few of
-#: its pages are used. Elsewhere none: a very large file may then get no thumbnail (a warning).
-_NORESERVE = getattr(
-    mmap,
-    "MAP_NORESERVE",
-    0x4000
-    if sys.platform.startswith("linux") and platform.machine() in ("x86_64", "aarch64")
-    else 0,
-)
-
 log = logging.getLogger(__name__)
 
 
-def make_thumbnail(data: bytes | memoryview, relpath: str) -> bytes | None:
+def make_thumbnail(data: bytes | memoryview | SparseBytes, relpath: str) -> bytes | None:
     """The PNG thumbnail of a NIfTI file held in memory, or None (logged) if none can be made.
 
     Never raises (but for ``BaseException``s such as KeyboardInterrupt): a damaged, CIFTI or
@@ -59,22 +50,18 @@ def make_thumbnail(data: bytes | memoryview, relpath: str) -> bytes | None:
 class VolumeBytes:
     """The bytes of a NIfTI file that its thumbnail needs, kept from a stream of its chunks.
 
-    A file read again for its thumbnail (stored beside the shards, or in a shard written without
-    it) is streamed whole, for its sha256, but only the ranges :func:`volume_ranges` names are
-    kept: the header and the volume shown (an uncompressed file), or the compressed prefix that
-    holds them (gzip). They are written at their own offsets into an anonymous mapping of the
-    file's size whose other pages are never touched and so take no memory: the thumbnail of a
-    2 GB file costs about one volume, and :func:`make_thumbnail` reads :meth:`view` exactly as
-    it reads a whole file in memory (so the picture is the same bytes either way).
+    A file streamed past (copied beside the shards, or read again for its sha256) is not held:
+    only the ranges :func:`volume_ranges` names are kept, the header and the volume shown (an
+    uncompressed file) or the compressed prefix that holds them (gzip). :meth:`view` gives them
+    as a :class:`SparseBytes` of the file's size, which :func:`make_thumbnail` reads exactly as
+    it reads a whole file in memory: the picture is the same, for about one volume's memory.
     """
 
     def __init__(self, size: int) -> None:
         self.size = size
-        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _NORESERVE
-        # Not closed explicitly: numpy views of a thumbnail's volume may outlive view().
-        self._map = mmap.mmap(-1, max(size, 1), flags=flags)
         self._probe = bytearray()
         self._ranges: list[tuple[int, int]] | None = None
+        self._kept: list[bytearray] = []
         self._pos = 0
 
     def feed(self, chunk: bytes | memoryview) -> None:
@@ -91,21 +78,26 @@ class VolumeBytes:
 
     def _decide(self) -> None:
         self._ranges = volume_ranges(self._probe, self.size, DEFAULT_MAX_DECOMPRESSED)
+        self._kept = [bytearray() for _ in self._ranges]
         probe, self._probe = self._probe, bytearray()
         self._keep(0, probe)
 
     def _keep(self, start: int, chunk: bytes | bytearray | memoryview) -> None:
         assert self._ranges is not None
-        for lo, hi in self._ranges:
-            a, b = max(lo, start), min(hi, start + len(chunk))
-            if a < b:
-                self._map[a:b] = chunk[a - start : b - start]
+        for (lo, hi), kept in zip(self._ranges, self._kept, strict=True):
+            # chunks come in order: what a range keeps grows from its start, without gaps
+            a, b = max(lo + len(kept), start), min(hi, start + len(chunk))
+            if a < b and a == lo + len(kept):
+                kept += chunk[a - start : b - start]
 
-    def view(self) -> memoryview:
-        """The file as :func:`make_thumbnail` reads it (bytes it does not read are zeros)."""
+    def view(self) -> SparseBytes:
+        """The file as :func:`make_thumbnail` reads it (bytes not kept read as zeros)."""
         if self._ranges is None:  # a file shorter than the probe
             self._decide()
-        return memoryview(self._map)[: self.size]
+        assert self._ranges is not None
+        return SparseBytes(
+            self.size, [(lo, k) for (lo, _), k in zip(self._ranges, self._kept, strict=True)]
+        )
 
 
 class ThumbnailJobs:

@@ -7,6 +7,8 @@ shard is recorded complete, so a resumed run finds the thumbnails of the shards 
 a thumbnail is the same bytes whichever run made it. A chosen file stored beside the shards (never
 in a writer's buffer), or whose shard was written without it (by a run with other
 ``--previews``), is read again, once, from the source, keeping only what its picture shows.
+(Not while it is copied, before the shards: the allocations of a picture made then raise
+glibc's mmap threshold for the writer that follows, which measured +30 MB of peak memory.)
 
 Written without `datasets` (or pandas, which ``pyarrow.array`` would import): the schema and
 its feature metadata come from plan/features.py, the arrays from buffers.
@@ -52,8 +54,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _THUMBS = "thumbs"  # in the state folder: never published
-#: Largest file of a remote source (s3://...) read again for its thumbnail
-_REMOTE_REREAD_LIMIT = 512 << 20
 _ROWS_PER_GROUP = 100  # the viewer reads row groups; 100 rows of a few thumbnails is a few MB
 
 
@@ -190,12 +190,9 @@ def _thumbnail_from_source(
     out: OutputFolder, source: Source, ref: FileRef, sha256: str
 ) -> bytes | None:
     """Read once more: a file stored beside the shards, or one whose shard was written without
-    its thumbnail. Streamed whole for its sha256, but only the bytes the picture shows are kept
-    (:class:`VolumeBytes`), so a large file costs one volume's memory. From a remote source, a
-    file over :data:`_REMOTE_REREAD_LIMIT` gets none: a second download is not worth it."""
-    if source.local_path(ref.relpath) is None and ref.size > _REMOTE_REREAD_LIMIT:
-        log.warning("%s: no thumbnail (too large to download a second time)", ref.relpath)
-        return None
+    its thumbnail. Streamed whole for its sha256, but only the bytes the picture
+    shows are kept (:class:`VolumeBytes`), so a large file costs one volume's memory; local and
+    remote sources alike, so that both give the same previews."""
     digest = hashlib.sha256()
     try:
         kept = VolumeBytes(ref.size)

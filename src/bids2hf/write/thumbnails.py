@@ -32,6 +32,7 @@ import numpy as np
 from bids2hf.model.nifti_bytes import (
     DEFAULT_MAX_DECOMPRESSED,
     NiftiDecodeError,
+    SparseBytes,
     Volume,
     as_float,
     image_volume,
@@ -52,7 +53,7 @@ __all__ = [
 ]
 
 #: What a thumbnail can be made from: the file's bytes (plain or gzip) or a nibabel image.
-Source: TypeAlias = "bytes | bytearray | memoryview | SpatialImage"
+Source: TypeAlias = "bytes | bytearray | memoryview | SparseBytes | SpatialImage"
 
 _GAP = 4  # pixels between panels
 
@@ -135,7 +136,7 @@ def mid_slices(source: Source, options: ThumbnailOptions | None = None) -> Slice
             CIFTI-2, no voxels).
     """
     options = options or ThumbnailOptions()
-    if isinstance(source, (bytes, bytearray, memoryview)):
+    if isinstance(source, (bytes, bytearray, memoryview, SparseBytes)):
         vol = read_volume(source, options.max_decompressed)
     else:
         vol = image_volume(source)
