@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import FAST, Cli, error_line, manifest, snapshot
+from helpers import FAST, Cli, error_line, manifest, snapshot, without_state
 
 T1W_JSON = "sub-01/ses-1/anat/sub-01_ses-1_T1w.json"
 SESSIONS = "sub-01/sub-01_sessions.tsv"
@@ -49,6 +49,24 @@ def test_output_inside_source_is_refused(cli: Cli, bids_copy: Path, where: str) 
     out = bids_copy / where
     error_line(cli("convert", bids_copy, out, *FAST), out.resolve(), "outside")
     assert snapshot(bids_copy) == before
+
+
+def test_file_url_destination_is_a_local_folder(
+    cli: Cli, bids_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`file:///abs/out` is the local folder /abs/out (it made a folder named `file:` in the
+    working folder and ended in an internal error), and one inside the BIDS folder is refused."""
+    out, clean = tmp_path / "out", tmp_path / "clean"
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    result = cli("convert", bids_copy, f"file://{out}", *FAST)
+    assert result.exit_code == 0, result.output
+    assert cli("convert", bids_copy, clean, *FAST).exit_code == 0
+    assert without_state(snapshot(out) or {}) == without_state(snapshot(clean) or {})
+    assert not any(work.iterdir())
+    inside = bids_copy / "derivatives" / "hf"
+    error_line(cli("convert", bids_copy, f"file://{inside}", *FAST), inside.resolve(), "outside")
 
 
 def test_fifo_is_listed_as_left_out(cli: Cli, bids_copy: Path, tmp_path: Path) -> None:

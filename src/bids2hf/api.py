@@ -123,8 +123,9 @@ def convert(
         bids_dir: the BIDS dataset's top folder: a local path, an fsspec URL such as
             ``s3://openneuro.org/ds004884`` (read in place, never copied to local disk), or a
             :class:`~bids2hf.model.source.Source` (e.g. ``open_source(url, anon=True)``).
-        destination: a local folder (created; must be empty, a resumable run, or ``overwrite``),
-            ``hf://datasets/ORG/NAME[@REVISION]``, or an fsspec URL such as ``s3://bucket/prefix``.
+        destination: a local folder (created; must be empty, a resumable run, or ``overwrite``;
+            also as ``file:///abs/path``), ``hf://datasets/ORG/NAME[@REVISION]``, or an fsspec
+            URL such as ``s3://bucket/prefix``.
             Remote destinations are written in one streaming pass: each shard is uploaded as soon
             as it is written and deleted locally once the upload is confirmed.
         scan_options: what to include and how to check it.
@@ -158,6 +159,8 @@ def convert(
         raise InputError(f"--previews must be 0 or more (got {previews})")
     # [issue 14] Made first: Dask workers warm up (import the writer) while the driver scans.
     engine = _engine(client, workers)
+    if isinstance(destination, str) and destination.startswith("file://"):
+        destination = destination[len("file://") :]  # a local folder, named as a URL
     remote_url = str(destination) if is_remote(str(destination)) else None
     # [issue 11] cells of files stored beside the shards hold a URL under the destination
     base = remote_url or os.path.abspath(destination)
@@ -166,7 +169,10 @@ def convert(
     out_dir = (
         (publish.staging or default_staging(remote_url)) if remote_url is not None else destination
     )
-    _refuse_output_in_source(bids_dir, out_dir, staging=remote_url is not None)
+    what = "output folder"
+    if remote_url is not None:
+        what = "--staging folder" if publish.staging else "staging folder (under BIDS2HF_CACHE)"
+    _refuse_output_in_source(bids_dir, out_dir, what)
     inventory, plan = scan_and_plan(bids_dir, scan_options, plan_options)
     check_problems(plan.problems, strict_privacy=strict_privacy)
     if strict and plan.left_out:
@@ -215,11 +221,11 @@ def _local_root(bids_dir: str | os.PathLike[str] | Source) -> Path | None:
 
 
 def _refuse_output_in_source(
-    bids_dir: str | os.PathLike[str] | Source, out_dir: str | os.PathLike[str], *, staging: bool
+    bids_dir: str | os.PathLike[str] | Source, out_dir: str | os.PathLike[str], what: str
 ) -> None:
-    """Refuse an output (or staging) folder that is the BIDS folder or lies inside it: the next
-    scan would read the output as part of the dataset, and a run with --overwrite would delete
-    files it is reading. Writes nothing.
+    """Refuse an output (or staging) folder, named ``what`` in the message, that is the BIDS
+    folder or lies inside it: the next scan would read the output as part of the dataset, and
+    the conversion would replace files it reads. Writes nothing.
 
     Raises:
         DestinationError: one line naming the folder and the fix.
@@ -229,7 +235,6 @@ def _refuse_output_in_source(
         return
     out = Path(os.path.realpath(out_dir))
     if out == root or out.is_relative_to(root):
-        what = "--staging folder" if staging else "output folder"
         where = "is the BIDS folder" if out == root else f"is inside the BIDS folder {root}"
         raise DestinationError(
             f"{out}: this {what} {where}, so the dataset would take in its own output; choose "
