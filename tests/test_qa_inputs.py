@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from bids2hf.errors import InputError
+from bids2hf.plan.config import load_config
 from helpers import FAST, Cli, error_line, manifest, snapshot, without_state
 
 T1W_JSON = "sub-01/ses-1/anat/sub-01_ses-1_T1w.json"
@@ -118,3 +120,17 @@ def test_export_into_its_own_output_is_refused(
     back = tmp_path / "back"  # beside it is fine
     assert cli("export", f"file://{out}", back, "-q").exit_code == 0
     assert (back / "dataset_description.json").is_file()
+
+
+def test_utf16_table_and_a_folder_as_config(cli: Cli, bids_copy: Path, tmp_path: Path) -> None:
+    """A participants.tsv saved as Excel's "Unicode text" (UTF-16) is named as such, with the
+    iconv that fixes it; a folder given as --config is named as a folder."""
+    table = bids_copy / "participants.tsv"
+    table.write_bytes(table.read_text(encoding="utf-8").encode("utf-16"))
+    out = tmp_path / "out"
+    line = error_line(cli("convert", bids_copy, out, *FAST), "participants.tsv", "UTF-16")
+    assert "iconv -f utf-16" in line
+    folder = tmp_path / "configs"
+    folder.mkdir()  # (the CLI's option refuses a folder itself; the Python API names it)
+    with pytest.raises(InputError, match="is a folder; give the path of the TOML config file"):
+        load_config(folder)

@@ -28,7 +28,17 @@ def _unreadable(relpath: str, exc: OSError) -> Problem:
 
 
 def _not_utf8(relpath: str, exc: UnicodeDecodeError) -> Problem:
-    """A metadata file whose bytes are no UTF-8 text (a table saved in Latin-1 by a spreadsheet)."""
+    """A metadata file whose bytes are no UTF-8 text (a table saved in Latin-1 by a spreadsheet,
+    or as UTF-16, Excel's "Unicode text")."""
+    if bytes(exc.object[:2]) in (b"\xff\xfe", b"\xfe\xff"):  # a UTF-16 byte order mark
+        return Problem(
+            Severity.ERROR,
+            "not-utf8",
+            relpath,
+            "UTF-16 text (as Excel's 'Unicode text' saves it), not UTF-8 (BIDS text files are "
+            "UTF-8)",
+            "save it as UTF-8, e.g. `iconv -f utf-16 -t utf-8 FILE > NEW` then replace FILE",
+        )
     return Problem(
         Severity.ERROR,
         "not-utf8",
