@@ -17,7 +17,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bids2hf.model.nifti_bytes import VOLUME_PROBE, SparseBytes
+from bids2hf.model.nifti_bytes import VOLUME_PROBE
+from bids2hf.model.sparse_bytes import SparseBytes
 from bids2hf.write.previews import VolumeBytes
 from bids2hf.write.thumbnails import ThumbnailError, thumbnail_png
 

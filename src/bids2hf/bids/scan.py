@@ -194,8 +194,7 @@ def scan(
         problems.append(_broken_symlinks(files, broken, root_path))
     if not_followed:
         problems.append(not_followed_problem(not_followed, link_details))
-    problems.extend(_not_regular_problem(files))
-    problems.extend(_description_problems(description))
+    problems += [*_not_regular_problem(files), *_description_problems(description)]
 
     if not any(f.subject for f in files if f.placement is Placement.ROW):
         raise InputError(

@@ -16,13 +16,13 @@ from __future__ import annotations
 import math
 import struct
 import zlib
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from bids2hf.model.image_header import NiftiDecodeError
+from bids2hf.model.sparse_bytes import SparseBytes
 
 __all__ = [
     "DEFAULT_MAX_DECOMPRESSED",
@@ -30,7 +30,6 @@ __all__ = [
     "HEADER_SIZE",
     "VOLUME_PROBE",
     "NiftiDecodeError",
-    "SparseBytes",
     "Volume",
     "as_float",
     "first_bytes",
@@ -91,33 +90,6 @@ def first_bytes(data: bytes | bytearray | memoryview, n: int = _NIFTI2_HEADER) -
         return bytes(stream.read(n))
     except zlib.error as exc:
         raise NiftiDecodeError(f"corrupt gzip stream ({exc})") from None
-
-
-class SparseBytes:
-    """A file's bytes of which only some ranges are held (the others read as zeros): what
-    :func:`read_volume` needs of a file streamed past, without holding the file. Sliced like
-    ``bytes``; ``len`` is the file's size.
-    """
-
-    def __init__(self, size: int, pieces: Sequence[tuple[int, bytes | bytearray]]) -> None:
-        self.size = size
-        self.pieces = sorted(pieces, key=lambda p: p[0])  # (offset in the file, bytes held)
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __getitem__(self, key: slice) -> bytes | memoryview:
-        start, stop, _ = key.indices(self.size)
-        stop = max(start, stop)
-        for at, piece in self.pieces:  # within one piece: no copy
-            if at <= start and stop <= at + len(piece):
-                return memoryview(piece)[start - at : stop - at]
-        out = bytearray(stop - start)
-        for at, piece in self.pieces:
-            lo, hi = max(start, at), min(stop, at + len(piece))
-            if lo < hi:
-                out[lo - start : hi - start] = piece[lo - at : hi - at]
-        return bytes(out)
 
 
 #: What the volume readers read: a whole file in memory, or the ranges of one that were kept.

@@ -19,10 +19,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from bids2hf.model.nifti_bytes import (
     DEFAULT_MAX_DECOMPRESSED,
     VOLUME_PROBE,
-    SparseBytes,
     volume_ranges,
 )
 from bids2hf.model.rows import FileRef
+from bids2hf.model.sparse_bytes import SparseBytes
 
 __all__ = ["ThumbnailJobs", "VolumeBytes", "make_thumbnail"]
 

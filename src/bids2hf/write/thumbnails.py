@@ -32,12 +32,12 @@ import numpy as np
 from bids2hf.model.nifti_bytes import (
     DEFAULT_MAX_DECOMPRESSED,
     NiftiDecodeError,
-    SparseBytes,
     Volume,
     as_float,
     image_volume,
     read_volume,
 )
+from bids2hf.model.sparse_bytes import SparseBytes
 
 if TYPE_CHECKING:
     from nibabel.spatialimages import SpatialImage
