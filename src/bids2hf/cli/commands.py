@@ -308,6 +308,8 @@ def export(
     click.echo(
         f"wrote {report.files} files ({human_bytes(report.bytes)}) to {report.output}, each checked against its sha256"
     )
+    if report.present:
+        click.echo(f"{report.present} file(s) were there already, with their sha256: kept")
     if report.skipped:
         click.echo(
             f"{len(report.skipped)} file(s) were left out at conversion time (listed in bids2hf/manifest.jsonl)"
