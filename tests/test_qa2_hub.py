@@ -31,3 +31,24 @@ def test_convert_to_a_new_branch_and_read_it_back(
     assert "uploaded 0 file(s)" in proc.stdout
     proc = run_bids2hf("export", url, tmp_path / "main", "-q", env=hub_env, check=False)
     error_line(proc, url)
+
+
+def test_reading_with_a_refused_token_says_so(
+    emu: HubEmulator, hub_env: dict[str, str], synthetic: GeneratedDataset, tmp_path: Path
+) -> None:
+    """export and verify with a token the Hub refuses (401) said 'no data/ folder or
+    bids2hf/manifest.jsonl: not a bids2hf dataset' (fsspec's exists() takes every error for
+    "not there"); a missing repository or revision said the same. Now each says what it is."""
+    url = "hf://datasets/org/ds"
+    run_bids2hf("convert", synthetic.root, url, "-q", env=hub_env)
+    emu.tokens = {hub_env["HF_TOKEN"]}
+    bad = {**hub_env, "HF_TOKEN": "expired-token"}
+    out = tmp_path / "out"
+    for args in (("export", url, out), ("verify", synthetic.root, url)):
+        line = error_line(run_bids2hf(*args, "-q", env=bad, check=False), url)
+        assert "not allowed to read it (HTTP 401)" in line and "HF_TOKEN" in line, line
+        for missing in ("hf://datasets/org/nothing", url + "@nobranch"):
+            cmd = [a if a != url else missing for a in args]
+            line = error_line(run_bids2hf(*cmd, "-q", env=hub_env, check=False), missing)
+            assert "no such repository or revision" in line, line
+    assert not out.exists()
