@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bids2hf.model.format import USER_END, USER_START
 from bids2hf.testing.synthetic import GeneratedDataset
 from helpers import error_line, run_bids2hf, tree
 from hub_emulator import HubEmulator
 
 ALL = ("--derivatives", "all", "-q")
+URL = "hf://datasets/org/ds"
 
 
 def test_convert_to_a_new_branch_and_read_it_back(
@@ -52,3 +54,36 @@ def test_reading_with_a_refused_token_says_so(
             line = error_line(run_bids2hf(*cmd, "-q", env=hub_env, check=False), missing)
             assert "no such repository or revision" in line, line
     assert not out.exists()
+
+
+def _with_section(card: bytes, text: str) -> bytes:
+    """``card`` with its user section holding ``text``."""
+    start, end = USER_START.encode(), USER_END.encode()
+    i, j = card.index(start) + len(start), card.index(end)
+    return card[:i] + text.encode() + card[j:]
+
+
+def test_push_keeps_the_user_section_written_on_the_hub(
+    emu: HubEmulator, hub_env: dict[str, str], synthetic: GeneratedDataset, tmp_path: Path
+) -> None:
+    """README: 'when publishing, the section is taken from the destination's card, so an edit
+    made on the Hub is kept'. push uploaded the folder's card as it was, replacing the text
+    written on the Hub (convert kept it). A section edited locally, with the Hub's still the
+    placeholder, is the one published."""
+    out = tmp_path / "out"
+    run_bids2hf("convert", synthetic.root, out, "-q", env=hub_env)
+    local_card = (out / "README.md").read_bytes()
+    mine = _with_section(local_card, "\nWritten locally.\n")
+    (out / "README.md").write_bytes(mine)
+    run_bids2hf("push", out, URL, "-q", env=hub_env)
+    assert emu.read_file("org/ds", "README.md") == mine
+
+    theirs = _with_section(mine, "\nKnown issue: sub-02's T2w is blurred (written on the Hub)\n")
+    emu.upload_bytes("org/ds", {"README.md": theirs})
+    run_bids2hf("push", out, URL, "-q", env=hub_env)
+    assert emu.read_file("org/ds", "README.md") == theirs
+    emu.reset_stats()
+    proc = run_bids2hf("push", out, URL, "-q", env=hub_env)
+    assert emu.stats["requests"]["POST commit"] == 0, proc.stdout
+    assert emu.read_file("org/ds", "README.md") == theirs
+    assert (out / "README.md").read_bytes() == mine, "the folder is only read"
