@@ -81,3 +81,12 @@ def test_export_removes_only_dead_runs_temporaries(
     assert not dead.exists()
     assert (foreign / "keep.txt").read_bytes() == b"someone else's"
     assert tree(out, skip_dirs=frozenset({foreign.name})) == tree(synthetic.root)
+
+
+def test_report_refuses_a_url_in_one_line(tmp_path: Path) -> None:
+    """``report hf://datasets/ORG/NAME`` said 'hf:/datasets/ORG/NAME: no bids2hf/manifest.jsonl;
+    run `bids2hf convert` first' (a mangled URL, and a dataset that has a manifest)."""
+    url = "hf://datasets/org/ds"
+    line = error_line(run_bids2hf("report", url, check=False), url)
+    assert "local output folder" in line
+    assert not Path("hf:").exists()
