@@ -190,6 +190,7 @@ _ROUTES: list[tuple[str, str, re.Pattern[str]]] = [
         ("POST", "paths_info", _API + r"/paths-info/(?P<rev>[^/]+)$"),
         ("GET", "commits", _API + r"/commits/(?P<rev>[^/]+)$"),
         ("GET", "refs", _API + r"/refs$"),
+        ("POST", "create_branch", _API + r"/branch/(?P<branch>.+)$"),
         ("GET", "repo_info", _API + r"(?:/revision/(?P<rev>.+))?$"),
         ("POST", "lfs_batch", r"^/(?:(?P<rtype>datasets|spaces)/)?" + _REPO + r"\.git/info/lfs/objects/batch$"),
         ("PUT", "lfs_upload", r"^/_lfs/(?P<rtype>\w+)/" + _REPO + r"/(?P<oid>[0-9a-f]{64})$"),
@@ -198,7 +199,7 @@ _ROUTES: list[tuple[str, str, re.Pattern[str]]] = [
         ("GET HEAD", "resolve", r"^/(?:(?P<rtype>datasets|spaces)/)?" + _REPO + r"/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"),
     ]
 ]
-_WRITES = {"create_repo", "delete_repo", "preupload", "commit", "lfs_batch", "lfs_verify"}
+_WRITES = {"create_repo", "delete_repo", "create_branch", "preupload", "commit", "lfs_batch", "lfs_verify"}
 
 
 class HubEmulator:
@@ -853,6 +854,17 @@ class _Handler(BaseHTTPRequestHandler):
             branches = [{"name": b, "ref": f"refs/heads/{b}", "targetCommit": c}
                         for b, c in found.branches.items() if not b.startswith("refs/")]
         self._json(200, {"branches": branches, "tags": [], "converts": []})
+
+    def _h_create_branch(self, rtype: str, repo: str, branch: str) -> None:
+        """Create ``branch`` at ``startingPoint`` (default: the head of ``main``); 409 if it exists."""
+        body = self._json_body()
+        found = self._repo(rtype, repo)
+        with self.emu._lock:
+            if branch in found.branches:
+                raise HubError(409, f"Reference already exists: refs/heads/{branch}")
+            start = self._commit_at(found, body.get("startingPoint") or "main")
+            found.branches[branch] = start.id
+        self._json(200, {})
 
     def _h_commits(self, rtype: str, repo: str, rev: str) -> None:
         found = self._repo(rtype, repo)

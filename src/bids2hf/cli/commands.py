@@ -21,7 +21,7 @@ from bids2hf.cli.options import (
     publish_options,
     source_option,
 )
-from bids2hf.errors import DestinationError
+from bids2hf.errors import DestinationError, InputError
 from bids2hf.units import human_bytes
 
 if TYPE_CHECKING:  # the API loads pyarrow and more: `bids2hf --help` stays quick
@@ -308,6 +308,8 @@ def export(
     click.echo(
         f"wrote {report.files} files ({human_bytes(report.bytes)}) to {report.output}, each checked against its sha256"
     )
+    if report.present:
+        click.echo(f"{report.present} file(s) were there already, with their sha256: kept")
     if report.skipped:
         click.echo(
             f"{len(report.skipped)} file(s) were left out at conversion time (listed in bids2hf/manifest.jsonl)"
@@ -368,6 +370,7 @@ def report(out_dir: str, bids_dir: str | None, quiet: bool, source_anon: bool) -
     (no script; pictures under OUT_DIR/report/images/; never published).
     \f
     Raises:
+        InputError: OUT_DIR is a URL (exit 2).
         DestinationError: OUT_DIR is not a converted dataset, or OUT_DIR/report/index.html is
             a file bids2hf did not write (exit 2, nothing overwritten).
     """
@@ -375,6 +378,9 @@ def report(out_dir: str, bids_dir: str | None, quiet: bool, source_anon: bool) -
     from bids2hf.report.html_report import write_report
     from bids2hf.report.report_page import REPORT_DIR, report_data
 
+    if "://" in out_dir:  # Path() would turn hf://datasets/... into hf:/datasets/...
+        raise InputError(f"{out_dir}: report reads a local output folder, not a URL; give the "
+                         "folder `bids2hf convert BIDS_DIR OUT_DIR` wrote")
     out = Path(out_dir)
     inventory = plan = None
     if bids_dir is not None:

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 __all__ = [
     "BESIDE_PREFIX", "CHECKSUMS_PATH", "DATASET_FILES_PREFIX", "FOOTER_KEY", "JOURNAL_NAME",
     "LEGACY_NAME", "LOCK_NAME", "MANIFEST_PATH", "OWNED_PREFIXES", "PREVIEW_PREFIXES", "STATE_DIR",
-    "USER_END", "USER_START", "VCS_DIRS", "EmbeddedFile",
+    "USER_END", "USER_PLACEHOLDER", "USER_START", "VCS_DIRS", "EmbeddedFile",
     "read_footer_index", "sha256_file", "write_chunk",
 ]
 
@@ -26,6 +26,11 @@ MANIFEST_PATH = "bids2hf/manifest.jsonl"
 #: not make the card someone else's.
 USER_START = "<!-- bids2hf:user-section:start -->"
 USER_END = "<!-- bids2hf:user-section:end -->"
+#: What the user section holds until someone writes in it.
+USER_PLACEHOLDER = (
+    "\n<!-- Write your own text here (usage notes, known issues, ...): bids2hf keeps everything "
+    "between these two markers when it rewrites this card. -->\n"
+)
 DATASET_FILES_PREFIX = "bids/"
 #: Files too large for a Parquet value (or for their cell's list) are stored verbatim at
 #: ``files/<BIDS path>`` beside the shards; their cell holds ``{"bytes": None, "path": URL}``.

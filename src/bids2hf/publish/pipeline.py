@@ -33,6 +33,7 @@ from bids2hf.publish.compare import (
     stale_paths,
     verify_remote,
 )
+from bids2hf.publish.push_card import card_keeping_remote_section, record_card
 from bids2hf.publish.staging import empty_staging
 from bids2hf.publish.targets.base import RemoteFile, StagedFile, Target
 from bids2hf.publish.targets.fsspec import FsspecTarget
@@ -304,6 +305,26 @@ def upload_folder(
     recorded_card = store.published_card(url) if store is not None else set()
     by_path = {f.path: f for f in files}
     owned = _refuse_push_conflicts(target, remote, by_path, recorded_card, overwrite)
+    # [qa2] the card pushed keeps the user section written on the destination since
+    with card_keeping_remote_section(target, remote, owned, files) as pushed:
+        _push_files(target, remote, owned, pushed, store, recorded_card, report, commit_every, progress)
+    return report
+
+
+def _push_files(
+    target: Target,
+    remote: dict[str, RemoteFile],
+    owned: set[str],
+    files: Sequence[StagedFile],
+    store: StateStore | None,
+    recorded_card: set[str],
+    report: PublishReport,
+    commit_every: int,
+    progress: bool,
+) -> None:
+    """:func:`upload_folder` once the conflicts are refused: upload, commit, verify, record."""
+    keep = [f.path for f in files]
+    by_path = {f.path: f for f in files}
     deletions = stale_paths(remote, keep, owned)
     report.kept = kept_paths(stale_paths(remote, keep), owned)
     shards = [f for f in files if f.path.startswith("data/")]
@@ -315,7 +336,7 @@ def upload_folder(
         )
         for item in shards:
             publisher.submit(item, holds_slot=False)
-        card = _record_card(store, url, by_path.get("README.md"), recorded_card)
+        card = record_card(store, target.url, by_path.get("README.md"), recorded_card)
         try:
             publisher.finish(final, deletions, FINAL_MESSAGE)
         except BaseException:
@@ -328,8 +349,7 @@ def upload_folder(
         owned | set(keep),
     )
     if store is not None and card:
-        store.record_published_card(url, card)
-    return report
+        store.record_published_card(target.url, card)
 
 
 def _refuse_push_conflicts(
@@ -353,18 +373,6 @@ def _refuse_push_conflicts(
     ]
     refuse_remote_conflicts(target.url, conflicts, overwrite)
     return owned
-
-
-def _record_card(
-    store: StateStore | None, url: str, card: StagedFile | None, recorded: set[str]
-) -> set[str]:
-    """Record the card about to be pushed with the earlier one, before the commit (as in
-    :meth:`RemoteRun.finish`); its identities. Raises OSError if the record cannot be written."""
-    if store is None or card is None:
-        return set()
-    ids = card_identities(card.local)
-    store.record_published_card(url, recorded | ids)
-    return ids
 
 
 def is_remote(url: str | os.PathLike[str]) -> bool:

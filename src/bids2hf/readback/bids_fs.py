@@ -54,7 +54,7 @@ from bids2hf.readback.bids_fs_index import (
     footer_length,
     offset_in_footer,
     parse_footer,
-    pin_hf_revision,
+    pin_or_refuse,
     row_group_in_footer,
 )
 from bids2hf.readback.bids_fs_reads import (
@@ -183,12 +183,7 @@ class BidsHfFileSystem(ReadOnlyFileSystem):
             return self._files
 
     def _load(self) -> None:
-        try:
-            self.root = pin_hf_revision(self.target, self.root).rstrip("/")
-        except FileNotFoundError:
-            raise InputError(f"{self.fo}: no such repository or revision") from None
-        except OSError as exc:  # huggingface_hub's HTTP errors are OSErrors
-            raise InputError(f"{self.fo}: cannot read the repository ({exc})") from None
+        self.root = pin_or_refuse(self.target, self.root, self.fo).rstrip("/")
         try:
             manifest = self._cat_whole(MANIFEST_PATH)
         except FileNotFoundError:

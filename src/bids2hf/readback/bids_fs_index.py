@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from bids2hf.errors import InputError
 from bids2hf.model.format import FOOTER_KEY
 from bids2hf.model.ranges import RangeError, bytes_leaf, row_group_of
+from bids2hf.readback.access import unreadable
 from bids2hf.readback.published import safe_relpath
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "offset_in_footer",
     "parse_footer",
     "pin_hf_revision",
+    "pin_or_refuse",
     "row_group_in_footer",
 ]
 
@@ -105,6 +107,20 @@ def pin_hf_revision(fs: fsspec.AbstractFileSystem, root: str) -> str:
         return root
     pinned = f"{constants.REPO_TYPES_URL_PREFIXES.get(repo_type, '')}{resolved.repo_id}@{info.sha}"
     return f"{pinned}/{resolved.path_in_repo}" if resolved.path_in_repo else pinned
+
+
+def pin_or_refuse(fs: fsspec.AbstractFileSystem, root: str, url: str) -> str:
+    """:func:`pin_hf_revision`, its errors as one line naming ``url``.
+
+    Raises:
+        InputError: no such repository or revision; the token is refused; the request failed.
+    """
+    try:
+        return pin_hf_revision(fs, root)
+    except FileNotFoundError:
+        raise InputError(f"{url}: no such repository or revision") from None
+    except OSError as exc:  # huggingface_hub's HTTP errors are OSErrors
+        raise unreadable(url, exc, hub=True) from None
 
 
 def entries_from_manifest(data: bytes, where: str) -> list[IndexEntry]:

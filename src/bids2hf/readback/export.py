@@ -24,7 +24,6 @@ verbatim; what cannot be restored that way is named and the export refused.
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import os
 from collections import defaultdict
@@ -48,6 +47,7 @@ from bids2hf.readback.export_entries import (
 )
 from bids2hf.readback.export_folder import (
     OutputFile,
+    already_there,
     refuse_blocked,
     refuse_clashes,
     refuse_inside_source,
@@ -86,6 +86,7 @@ class ExportReport:
     files: int = 0
     bytes: int = 0
     skipped: list[str] = field(default_factory=list)  # left out at conversion time
+    present: int = 0  # already in the output folder with their sha256 (an earlier export)
 
 
 @dataclass
@@ -213,7 +214,9 @@ def export(
         bids_out: folder to write the BIDS tree into.
         include: glob patterns on BIDS paths; only matching files are written (all if empty).
         exclude: glob patterns of files not to write.
-        overwrite: replace files that already exist in ``bids_out``.
+        overwrite: replace files that already exist in ``bids_out``. Files already there
+            with their recorded size and sha256 (an interrupted or earlier export) are kept
+            either way, so re-running the same export completes it.
         progress: show a progress bar.
 
     Raises:
@@ -231,17 +234,19 @@ def export(
     dataset = open_dataset(source)
     report = ExportReport(str(out))
     chosen, shards = _choose(dataset, include, exclude, report)
+    present = already_there(out, chosen)
+    report.present = len(present)
+    chosen = {path: e for path, e in chosen.items() if path not in present}
     refuse_blocked(out, chosen, overwrite)
     tmp = run_folder(out)
     total = sum(e.size for e in chosen.values())
     try:
         with ProgressBar(total, len(chosen), enabled=progress, desc="export") as bar:
-            _write_chosen(dataset, chosen, shards, _Run(out, tmp, report, bar))
+            _write_chosen(dataset, chosen, shards, _Run(out, tmp.path, report, bar))
     finally:
         # Each write removes its own temporary file: the folder is empty unless someone else
         # put something there, which is then kept.
-        with contextlib.suppress(OSError):
-            tmp.rmdir()
+        tmp.close()
     return report
 
 

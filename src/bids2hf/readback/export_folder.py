@@ -5,9 +5,12 @@ from this run's own temporary folder, its size and sha256 checked).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import posixpath
+import re
 import tempfile
 import uuid
 from collections.abc import Iterable, Iterator
@@ -21,6 +24,8 @@ from bids2hf.readback.shard_cells import REFUSED
 
 __all__ = [
     "OutputFile",
+    "RunFolder",
+    "already_there",
     "parent_folders",
     "refuse_blocked",
     "refuse_clashes",
@@ -30,6 +35,9 @@ __all__ = [
 
 #: Each run writes into a temporary folder of its own in the output folder, named with this prefix.
 _TMP_PREFIX = ".bids2hf-export-"
+#: The names :func:`run_folder` gives (``tempfile.mkdtemp``) and :class:`OutputFile` gives.
+_TMP_FOLDER = re.compile(re.escape(_TMP_PREFIX) + r"[a-z0-9_]{8}")
+_TMP_FILE = re.compile(r"[0-9a-f]{32}")
 
 
 class OutputFile:
@@ -122,6 +130,33 @@ def refuse_inside_source(source: str, out: Path) -> None:
         )
 
 
+def already_there(out: Path, chosen: dict[str, ManifestEntry]) -> set[str]:
+    """The chosen paths whose file is in ``out`` already, with the recorded size and sha256.
+
+    An interrupted export leaves such files behind (each was checked before it was renamed
+    into place): the re-run keeps them instead of refusing them as files in the way. Only a
+    regular file (no symlink) with a recorded sha256 counts; anything else is left to
+    :func:`refuse_blocked`.
+    """
+    found: set[str] = set()
+    for path, e in chosen.items():
+        target = out / path
+        try:
+            if target.is_symlink() or not target.is_file() or e.sha256 is None:
+                continue
+            if target.stat().st_size != e.size:
+                continue
+            sha = hashlib.sha256()
+            with open(target, "rb") as f:
+                while block := f.read(1 << 20):
+                    sha.update(block)
+        except OSError:  # unreadable: not ours to judge here; refuse_blocked names it
+            continue
+        if sha.hexdigest() == e.sha256:
+            found.add(path)
+    return found
+
+
 def refuse_blocked(out: Path, chosen: Iterable[str], overwrite: bool) -> None:
     """Refuse before writing when ``out`` holds something no file can be written over.
 
@@ -153,14 +188,71 @@ def refuse_blocked(out: Path, chosen: Iterable[str], overwrite: bool) -> None:
             )
 
 
-def run_folder(out: Path) -> Path:
-    """Create ``out`` and, in it, this run's own temporary folder (no other run shares it).
+class RunFolder:
+    """This run's own temporary folder in the output folder, locked (``flock``) while it runs.
+
+    The kernel drops the lock when the run ends, even by SIGKILL: a later run that can take it
+    knows the folder's run is dead and removes what it left (see :func:`_remove_dead_runs`).
+    """
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self._fd = fd
+
+    def close(self) -> None:
+        """Remove the folder if it is empty (a file someone else put there keeps it) and unlock."""
+        with contextlib.suppress(OSError):
+            self.path.rmdir()
+        os.close(self._fd)
+
+
+def _remove_dead_runs(out: Path) -> None:
+    """Remove the temporary files of export runs that died (SIGKILL, power loss) in ``out``.
+
+    Only folders named as :func:`run_folder` names them, whose lock no run holds, and in them
+    only files named as :class:`OutputFile` names them; a folder that then still holds
+    something (a file of someone else) is kept.
+    """
+    for folder in out.glob(_TMP_PREFIX + "*"):
+        if not _TMP_FOLDER.fullmatch(folder.name) or folder.is_symlink() or not folder.is_dir():
+            continue
+        try:
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held: a live run's folder
+            for name in os.listdir(folder):
+                if _TMP_FILE.fullmatch(name):
+                    os.unlink(folder / name)
+            folder.rmdir()
+        except OSError:  # held by a live run, or someone else's files in it: keep it
+            pass
+        finally:
+            os.close(fd)
+
+
+def run_folder(out: Path) -> RunFolder:
+    """Create ``out`` and, in it, this run's own temporary folder (no other run shares it),
+    after removing the temporary files of runs that died.
 
     Raises:
         DestinationError: ``out`` cannot be created or written to.
     """
     try:
         out.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(dir=out, prefix=_TMP_PREFIX))
+        _remove_dead_runs(out)
+        while True:
+            path = Path(tempfile.mkdtemp(dir=out, prefix=_TMP_PREFIX))
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                # Another run's cleanup may have taken the new folder for a dead run's and
+                # removed it between mkdtemp and the lock: then make another.
+                if os.path.samestat(os.fstat(fd), os.stat(path)):
+                    return RunFolder(path, fd)
+            except (BlockingIOError, FileNotFoundError):
+                pass
+            os.close(fd)
     except OSError as exc:  # a file on its path, no permission, ...
         raise DestinationError(f"{out}: cannot be written to ({exc.strerror or exc})") from None

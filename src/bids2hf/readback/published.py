@@ -35,6 +35,7 @@ from bids2hf.model.format import (
     read_footer_index,
 )
 from bids2hf.model.manifest import ManifestEntry
+from bids2hf.readback.access import is_hub, probe
 
 __all__ = [
     "PLACEMENTS", "PublishedDataset", "check_embedded", "check_entry", "open_dataset",
@@ -366,13 +367,18 @@ def open_dataset(url: str) -> PublishedDataset:
     """Open a local folder, ``hf://datasets/ORG/NAME[@REV]`` or fsspec URL for reading.
 
     Raises:
-        InputError: the URL cannot be opened or holds no bids2hf dataset.
+        InputError: the URL cannot be opened, the storage refuses the token or credentials,
+            no such repository or revision exists, or it holds no bids2hf dataset.
     """
     try:
         fs, root = fsspec.core.url_to_fs(url)
     except (ValueError, ImportError) as exc:
         raise InputError(f"{url}: cannot open ({exc})") from None
     dataset = PublishedDataset(fs, root.rstrip("/"), url)
-    if not dataset.exists("data") and not dataset.exists(MANIFEST_PATH):
+    if is_hub(fs) and not probe(fs, dataset.root, url):  # a token refused: not "not found"
+        raise InputError(f"{url}: no such repository or revision")
+    if not probe(fs, dataset.path("data"), url) and not probe(
+        fs, dataset.path(MANIFEST_PATH), url
+    ):
         raise InputError(f"{url}: no data/ folder or {MANIFEST_PATH}: not a bids2hf dataset")
     return dataset

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bids2hf.model.format import USER_END, USER_START
+from bids2hf.model.format import USER_END, USER_PLACEHOLDER, USER_START
 
 __all__ = [
     "USER_END",
@@ -304,10 +304,7 @@ def extract_user_section(previous: str | None) -> str | None:
     return previous[previous.index(USER_START) + len(USER_START) : previous.index(USER_END)]
 
 
-_PLACEHOLDER = (
-    "\n<!-- Write your own text here (usage notes, known issues, ...): bids2hf keeps everything "
-    "between these two markers when it rewrites this card. -->\n"
-)
+_PLACEHOLDER = USER_PLACEHOLDER
 
 
 def user_section(content: str | None) -> str:

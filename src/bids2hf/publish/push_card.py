@@ -1,0 +1,96 @@
+"""``push``: the card it uploads keeps the user section written on the destination.
+
+A conversion to a remote takes the user section from the destination's card (someone may have
+written there on the Hub). ``push`` uploads a folder converted earlier, whose card holds the
+section as it was then: uploaded as is, it replaced the text written on the Hub since. The card
+pushed is the folder's with the destination's section, unless the destination's section is
+still the placeholder (then the folder's, perhaps edited locally, is the one to publish).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Collection, Iterator, Sequence
+from pathlib import Path
+
+from bids2hf.errors import DestinationError
+from bids2hf.model.format import USER_END, USER_PLACEHOLDER, USER_START, sha256_file
+from bids2hf.publish.compare import card_identities, read_remote
+from bids2hf.publish.targets.base import RemoteFile, StagedFile, Target
+from bids2hf.write.state_store import StateStore
+
+__all__ = ["card_keeping_remote_section", "record_card"]
+
+
+def _section(text: str, where: str) -> tuple[int, int] | None:
+    """Where the user section's content starts and ends in ``text``; None if it has none.
+
+    Raises:
+        DestinationError: its markers are broken (rewriting the card could lose text).
+    """
+    starts, ends = text.count(USER_START), text.count(USER_END)
+    if starts == 0 and ends == 0:
+        return None
+    if starts != 1 or ends != 1 or text.index(USER_END) < text.index(USER_START):
+        raise DestinationError(
+            f"{where}: the user section needs exactly one {USER_START} followed by one "
+            f"{USER_END} (found {starts} and {ends}); fix the markers so bids2hf keeps your text"
+        )
+    return text.index(USER_START) + len(USER_START), text.index(USER_END)
+
+
+@contextlib.contextmanager
+def card_keeping_remote_section(
+    target: Target,
+    remote: dict[str, RemoteFile],
+    owned: Collection[str],
+    files: Sequence[StagedFile],
+) -> Iterator[list[StagedFile]]:
+    """``files``, their card (``README.md``) replaced, while the context lasts, by one that
+    holds the user section of the destination's card when that card is bids2hf's (in
+    ``owned``) and its section was written in (is no placeholder) and differs.
+
+    Raises:
+        DestinationError: the user-section markers of either card are broken, or the
+            destination's card cannot be read (it holds the user's text: re-run later).
+    """
+    out = list(files)
+    card = next((f for f in out if f.path == "README.md"), None)
+    if card is None or "README.md" not in remote or "README.md" not in owned:
+        yield out
+        return
+    where = f"{target.url}/README.md"
+    try:
+        theirs = read_remote(target, "README.md").decode("utf-8", errors="replace")
+    except Exception as exc:
+        raise DestinationError(
+            f"{where}: cannot be read ({type(exc).__name__}: {str(exc)[:200]}); it holds your "
+            "user section: re-run later"
+        ) from None
+    ours = card.local.read_text(encoding="utf-8", errors="replace")
+    their_span, our_span = _section(theirs, where), _section(ours, str(card.local))
+    if their_span is None or our_span is None:
+        yield out
+        return
+    section = theirs[their_span[0] : their_span[1]]
+    if section in (USER_PLACEHOLDER, ours[our_span[0] : our_span[1]]):
+        yield out
+        return
+    with tempfile.TemporaryDirectory(prefix="bids2hf-card-") as tmp:
+        path = Path(tmp) / "README.md"
+        path.write_text(ours[: our_span[0]] + section + ours[our_span[1] :], encoding="utf-8")
+        merged = StagedFile("README.md", path, path.stat().st_size, sha256_file(path))
+        yield [merged if f is card else f for f in out]
+
+
+def record_card(
+    store: StateStore | None, url: str, card: StagedFile | None, recorded: set[str]
+) -> set[str]:
+    """Record the card about to be pushed with the earlier one, before the commit (as in
+    :meth:`RemoteRun.finish`); its identities. Raises OSError if the record cannot be written."""
+    if store is None or card is None:
+        return set()
+    ids = card_identities(card.local)
+    store.record_published_card(url, recorded | ids)
+    return ids

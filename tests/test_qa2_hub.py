@@ -1,0 +1,89 @@
+"""Publishing to and reading from the Hub, found in QA: a branch (``@REVISION``), and the
+lines that say why a published dataset cannot be read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bids2hf.model.format import USER_END, USER_START
+from bids2hf.testing.synthetic import GeneratedDataset
+from helpers import error_line, run_bids2hf, tree
+from hub_emulator import HubEmulator
+
+ALL = ("--derivatives", "all", "-q")
+URL = "hf://datasets/org/ds"
+
+
+def test_convert_to_a_new_branch_and_read_it_back(
+    emu: HubEmulator, hub_env: dict[str, str], synthetic: GeneratedDataset, tmp_path: Path
+) -> None:
+    """``hf://datasets/ORG/NAME@dev`` creates the branch ``dev`` and publishes there alone;
+    export and verify read that branch (the emulator had no branch route, so this was untested:
+    the run ended in 'internal error: HfHubHTTPError' against it)."""
+    url = "hf://datasets/org/ds"
+    run_bids2hf("convert", synthetic.root, url + "@dev", *ALL, env=hub_env)
+    main_files = emu.commits("org/ds", branch="main")[0]["files"]
+    assert not any(f.startswith("data/") for f in main_files), "main is left alone"
+    out = tmp_path / "back"
+    run_bids2hf("export", url + "@dev", out, "-q", env=hub_env)
+    assert tree(out) == tree(synthetic.root)
+    run_bids2hf("verify", synthetic.root, url + "@dev", "-q", env=hub_env)
+    # The same command again: nothing to upload, the branch exists already.
+    proc = run_bids2hf("convert", synthetic.root, url + "@dev", *ALL, env=hub_env)
+    assert "uploaded 0 file(s)" in proc.stdout
+    proc = run_bids2hf("export", url, tmp_path / "main", "-q", env=hub_env, check=False)
+    error_line(proc, url)
+
+
+def test_reading_with_a_refused_token_says_so(
+    emu: HubEmulator, hub_env: dict[str, str], synthetic: GeneratedDataset, tmp_path: Path
+) -> None:
+    """export and verify with a token the Hub refuses (401) said 'no data/ folder or
+    bids2hf/manifest.jsonl: not a bids2hf dataset' (fsspec's exists() takes every error for
+    "not there"); a missing repository or revision said the same. Now each says what it is."""
+    url = "hf://datasets/org/ds"
+    run_bids2hf("convert", synthetic.root, url, "-q", env=hub_env)
+    emu.tokens = {hub_env["HF_TOKEN"]}
+    bad = {**hub_env, "HF_TOKEN": "expired-token"}
+    out = tmp_path / "out"
+    for args in (("export", url, out), ("verify", synthetic.root, url)):
+        line = error_line(run_bids2hf(*args, "-q", env=bad, check=False), url)
+        assert "not allowed to read it (HTTP 401)" in line and "HF_TOKEN" in line, line
+        for missing in ("hf://datasets/org/nothing", url + "@nobranch"):
+            cmd = [a if a != url else missing for a in args]
+            line = error_line(run_bids2hf(*cmd, "-q", env=hub_env, check=False), missing)
+            assert "no such repository or revision" in line, line
+    assert not out.exists()
+
+
+def _with_section(card: bytes, text: str) -> bytes:
+    """``card`` with its user section holding ``text``."""
+    start, end = USER_START.encode(), USER_END.encode()
+    i, j = card.index(start) + len(start), card.index(end)
+    return card[:i] + text.encode() + card[j:]
+
+
+def test_push_keeps_the_user_section_written_on_the_hub(
+    emu: HubEmulator, hub_env: dict[str, str], synthetic: GeneratedDataset, tmp_path: Path
+) -> None:
+    """README: 'when publishing, the section is taken from the destination's card, so an edit
+    made on the Hub is kept'. push uploaded the folder's card as it was, replacing the text
+    written on the Hub (convert kept it). A section edited locally, with the Hub's still the
+    placeholder, is the one published."""
+    out = tmp_path / "out"
+    run_bids2hf("convert", synthetic.root, out, "-q", env=hub_env)
+    local_card = (out / "README.md").read_bytes()
+    mine = _with_section(local_card, "\nWritten locally.\n")
+    (out / "README.md").write_bytes(mine)
+    run_bids2hf("push", out, URL, "-q", env=hub_env)
+    assert emu.read_file("org/ds", "README.md") == mine
+
+    theirs = _with_section(mine, "\nKnown issue: sub-02's T2w is blurred (written on the Hub)\n")
+    emu.upload_bytes("org/ds", {"README.md": theirs})
+    run_bids2hf("push", out, URL, "-q", env=hub_env)
+    assert emu.read_file("org/ds", "README.md") == theirs
+    emu.reset_stats()
+    proc = run_bids2hf("push", out, URL, "-q", env=hub_env)
+    assert emu.stats["requests"]["POST commit"] == 0, proc.stdout
+    assert emu.read_file("org/ds", "README.md") == theirs
+    assert (out / "README.md").read_bytes() == mine, "the folder is only read"

@@ -1,0 +1,92 @@
+"""The way back, found in QA: re-running an interrupted export, and the lines that say why a
+published dataset cannot be read."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from bids2hf.testing.synthetic import GeneratedDataset
+from helpers import BIDS2HF, error_line, run_bids2hf, snapshot, tree
+
+EXPORT_TMP = ".bids2hf-export-*"
+
+
+def _interrupt_after_first_file(args: list[str], out: Path, sig: signal.Signals) -> int:
+    """Run ``bids2hf ARGS``, send ``sig`` once a first file is in ``out``; its exit code."""
+    proc = subprocess.Popen(
+        [*BIDS2HF, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if out.is_dir() and any(p.is_file() for p in out.rglob("*.json")):
+            proc.send_signal(sig)
+            break
+        time.sleep(0.005)
+    proc.communicate(timeout=120)
+    return proc.returncode
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_interrupted_export_resumes_with_the_same_command(
+    synthetic: GeneratedDataset, converted: Path, tmp_path: Path, sig: signal.Signals
+) -> None:
+    """'interrupted: re-run the same command to resume': the re-run must not refuse the files
+    the first run already wrote (it said 'already exists; pass --overwrite')."""
+    out = tmp_path / "exported"
+    args = ["export", str(converted), str(out), "-q"]
+    _interrupt_after_first_file(args, out, sig)
+    proc = run_bids2hf(*args, check=False)
+    assert proc.returncode == 0, proc.stderr
+    # A killed run's temporary folder (and the partial file in it) is gone too.
+    assert not list(out.glob(EXPORT_TMP))
+    assert tree(out) == tree(synthetic.root)
+    # Once more on the complete copy: nothing to write, nothing refused, nothing changed.
+    before = snapshot(out, mtimes=True)
+    proc = run_bids2hf(*args, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote 0 files" in proc.stdout
+    assert snapshot(out, mtimes=True) == before
+
+
+def test_rerun_export_still_refuses_a_changed_file(converted: Path, tmp_path: Path) -> None:
+    """Only files with their recorded sha256 are kept as done: an edited one is still refused."""
+    out = tmp_path / "exported"
+    run_bids2hf("export", converted, out, "-q")
+    (out / "participants.tsv").write_bytes(b"edited\n")
+    before = snapshot(out, mtimes=True)
+    proc = run_bids2hf("export", converted, out, "-q", check=False)
+    error_line(proc, out / "participants.tsv", "--overwrite")
+    assert snapshot(out, mtimes=True) == before
+
+
+def test_export_removes_only_dead_runs_temporaries(
+    synthetic: GeneratedDataset, converted: Path, tmp_path: Path
+) -> None:
+    """A SIGKILLed export leaves its folder and a partial file: the next export removes them,
+    and nothing else (a file of someone else keeps its folder, whatever its name)."""
+    out = tmp_path / "exported"
+    dead = out / ".bids2hf-export-k1ll3d_x"
+    dead.mkdir(parents=True)
+    (dead / ("ab" * 16)).write_bytes(b"partial")
+    foreign = out / ".bids2hf-export-f0re1gnx"
+    foreign.mkdir()
+    (foreign / ("cd" * 16)).write_bytes(b"a run's file")
+    (foreign / "keep.txt").write_bytes(b"someone else's")
+    run_bids2hf("export", converted, out, "-q")
+    assert not dead.exists()
+    assert (foreign / "keep.txt").read_bytes() == b"someone else's"
+    assert tree(out, skip_dirs=frozenset({foreign.name})) == tree(synthetic.root)
+
+
+def test_report_refuses_a_url_in_one_line(tmp_path: Path) -> None:
+    """``report hf://datasets/ORG/NAME`` said 'hf:/datasets/ORG/NAME: no bids2hf/manifest.jsonl;
+    run `bids2hf convert` first' (a mangled URL, and a dataset that has a manifest)."""
+    url = "hf://datasets/org/ds"
+    line = error_line(run_bids2hf("report", url, check=False), url)
+    assert "local output folder" in line
+    assert not Path("hf:").exists()
