@@ -87,3 +87,36 @@ def test_push_keeps_the_user_section_written_on_the_hub(
     assert emu.stats["requests"]["POST commit"] == 0, proc.stdout
     assert emu.read_file("org/ds", "README.md") == theirs
     assert (out / "README.md").read_bytes() == mine, "the folder is only read"
+
+
+_READ_PINNED = """
+import sys
+from huggingface_hub import HfApi
+from bids2hf.model.format import MANIFEST_PATH
+from bids2hf.readback.published import open_dataset
+
+dataset = open_dataset("hf://datasets/org/ds")
+before = dataset.fs.cat(dataset.path(MANIFEST_PATH))
+HfApi().delete_file(MANIFEST_PATH, "org/ds", repo_type="dataset")  # a push meanwhile
+after = dataset.fs.cat(dataset.path(MANIFEST_PATH))
+print(dataset.root)
+print("same" if before == after and before else "changed")
+"""
+
+
+def test_export_and_verify_read_one_commit(
+    emu: HubEmulator, hub_env: dict[str, str], synthetic: GeneratedDataset, tmp_path: Path
+) -> None:
+    """A published dataset is read at the commit it was at when opened (export, verify): a
+    commit made meanwhile (a push while an export runs) changes nothing they read."""
+    import subprocess
+    import sys
+
+    run_bids2hf("convert", synthetic.root, URL, "-q", env=hub_env)
+    proc = subprocess.run(
+        [sys.executable, "-c", _READ_PINNED], capture_output=True, text=True, env=hub_env
+    )
+    assert proc.returncode == 0, proc.stderr
+    root, verdict = proc.stdout.split()
+    assert root.startswith("datasets/org/ds@") and len(root.split("@")[1]) == 40, root
+    assert verdict == "same"

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import fsspec
+
 from bids2hf.errors import InputError, one_line
 
-__all__ = ["is_hub", "probe", "unreadable"]
+__all__ = ["is_hub", "pin_hf_revision", "pin_or_refuse", "probe", "unreadable"]
 
 
 def _status(exc: BaseException) -> int | None:
@@ -60,3 +62,39 @@ def probe(fs: Any, path: str, url: str) -> bool:
     except OSError as exc:
         raise unreadable(url, exc, hub=is_hub(fs)) from None
     return True
+
+
+def pin_hf_revision(fs: fsspec.AbstractFileSystem, root: str) -> str:
+    """``root`` of an ``hf://`` repository with its revision replaced by the commit it is at."""
+    try:
+        from huggingface_hub import HfApi, HfFileSystem, constants
+        from huggingface_hub.hf_file_system import HfFileSystemResolvedRepositoryPath
+    except ImportError:
+        return root
+    if not isinstance(fs, HfFileSystem):
+        return root
+    resolved = fs.resolve_path(root)
+    if not isinstance(resolved, HfFileSystemResolvedRepositoryPath):  # a bucket: no revisions
+        return root
+    repo_type = resolved.repo_type
+    info = HfApi(endpoint=fs.endpoint, token=fs.token).repo_info(
+        resolved.repo_id, repo_type=repo_type, revision=resolved.revision
+    )
+    if not info.sha:
+        return root
+    pinned = f"{constants.REPO_TYPES_URL_PREFIXES.get(repo_type, '')}{resolved.repo_id}@{info.sha}"
+    return f"{pinned}/{resolved.path_in_repo}" if resolved.path_in_repo else pinned
+
+
+def pin_or_refuse(fs: fsspec.AbstractFileSystem, root: str, url: str) -> str:
+    """:func:`pin_hf_revision`, its errors as one line naming ``url``.
+
+    Raises:
+        InputError: no such repository or revision; the token is refused; the request failed.
+    """
+    try:
+        return pin_hf_revision(fs, root)
+    except FileNotFoundError:
+        raise InputError(f"{url}: no such repository or revision") from None
+    except OSError as exc:  # huggingface_hub's HTTP errors are OSErrors
+        raise unreadable(url, exc, hub=True) from None

@@ -15,13 +15,12 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-import fsspec
 import pyarrow.parquet as pq
 
 from bids2hf.errors import InputError
 from bids2hf.model.format import FOOTER_KEY
 from bids2hf.model.ranges import RangeError, bytes_leaf, row_group_of
-from bids2hf.readback.access import unreadable
+from bids2hf.readback.access import pin_hf_revision, pin_or_refuse
 from bids2hf.readback.published import safe_relpath
 
 __all__ = [
@@ -85,42 +84,6 @@ def footer_index(meta: pq.FileMetaData, where: str) -> list[dict[str, Any]]:
         return entries
     except (ValueError, TypeError) as exc:
         raise InputError(f"{where}: unreadable bids2hf index ({exc})") from None
-
-
-def pin_hf_revision(fs: fsspec.AbstractFileSystem, root: str) -> str:
-    """``root`` of an ``hf://`` repository with its revision replaced by the commit it is at."""
-    try:
-        from huggingface_hub import HfApi, HfFileSystem, constants
-        from huggingface_hub.hf_file_system import HfFileSystemResolvedRepositoryPath
-    except ImportError:
-        return root
-    if not isinstance(fs, HfFileSystem):
-        return root
-    resolved = fs.resolve_path(root)
-    if not isinstance(resolved, HfFileSystemResolvedRepositoryPath):  # a bucket: no revisions
-        return root
-    repo_type = resolved.repo_type
-    info = HfApi(endpoint=fs.endpoint, token=fs.token).repo_info(
-        resolved.repo_id, repo_type=repo_type, revision=resolved.revision
-    )
-    if not info.sha:
-        return root
-    pinned = f"{constants.REPO_TYPES_URL_PREFIXES.get(repo_type, '')}{resolved.repo_id}@{info.sha}"
-    return f"{pinned}/{resolved.path_in_repo}" if resolved.path_in_repo else pinned
-
-
-def pin_or_refuse(fs: fsspec.AbstractFileSystem, root: str, url: str) -> str:
-    """:func:`pin_hf_revision`, its errors as one line naming ``url``.
-
-    Raises:
-        InputError: no such repository or revision; the token is refused; the request failed.
-    """
-    try:
-        return pin_hf_revision(fs, root)
-    except FileNotFoundError:
-        raise InputError(f"{url}: no such repository or revision") from None
-    except OSError as exc:  # huggingface_hub's HTTP errors are OSErrors
-        raise unreadable(url, exc, hub=True) from None
 
 
 def entries_from_manifest(data: bytes, where: str) -> list[IndexEntry]:

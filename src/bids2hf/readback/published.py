@@ -35,7 +35,7 @@ from bids2hf.model.format import (
     read_footer_index,
 )
 from bids2hf.model.manifest import ManifestEntry
-from bids2hf.readback.access import is_hub, probe
+from bids2hf.readback.access import is_hub, pin_or_refuse, probe
 
 __all__ = [
     "PLACEMENTS", "PublishedDataset", "check_embedded", "check_entry", "open_dataset",
@@ -374,9 +374,12 @@ def open_dataset(url: str) -> PublishedDataset:
         fs, root = fsspec.core.url_to_fs(url)
     except (ValueError, ImportError) as exc:
         raise InputError(f"{url}: cannot open ({exc})") from None
-    dataset = PublishedDataset(fs, root.rstrip("/"), url)
-    if is_hub(fs) and not probe(fs, dataset.root, url):  # a token refused: not "not found"
-        raise InputError(f"{url}: no such repository or revision")
+    root = root.rstrip("/")
+    if is_hub(fs):
+        # One commit for the whole read: a push meanwhile changes nothing export or verify
+        # reads. (Raises "no such repository or revision", or a refused token, in one line.)
+        root = pin_or_refuse(fs, root, url)
+    dataset = PublishedDataset(fs, root, url)
     if not probe(fs, dataset.path("data"), url) and not probe(
         fs, dataset.path(MANIFEST_PATH), url
     ):
