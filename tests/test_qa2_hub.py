@@ -120,3 +120,18 @@ def test_export_and_verify_read_one_commit(
     root, verdict = proc.stdout.split()
     assert root.startswith("datasets/org/ds@") and len(root.split("@")[1]) == 40, root
     assert verdict == "same"
+
+
+def test_a_malformed_url_or_an_unreachable_hub_is_one_line(
+    emu: HubEmulator, hub_env: dict[str, str], tmp_path: Path
+) -> None:
+    """`hf://datasets/onlyname` (no ORG/NAME) and a Hub that cannot be reached are named in
+    one line, exit 2, for export and verify (they ended in 'internal error')."""
+    out = tmp_path / "out"
+    for url in ("hf://datasets/onlyname", "hf://onlyname"):
+        line = error_line(run_bids2hf("export", url, out, "-q", env=hub_env, check=False), url)
+        assert "hf://datasets/ORG/NAME" in line, line
+    down = {**hub_env, "HF_ENDPOINT": "http://127.0.0.1:9"}  # nothing listens on port 9
+    line = error_line(run_bids2hf("export", URL, out, "-q", env=down, check=False), URL)
+    assert "cannot be read" in line, line
+    assert not out.exists()

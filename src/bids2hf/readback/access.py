@@ -59,7 +59,7 @@ def probe(fs: Any, path: str, url: str) -> bool:
         fs.info(path)
     except FileNotFoundError:
         return False
-    except OSError as exc:
+    except Exception as exc:  # OSErrors, and HTTP clients' own (a refused connection)
         raise unreadable(url, exc, hub=is_hub(fs)) from None
     return True
 
@@ -90,11 +90,16 @@ def pin_or_refuse(fs: fsspec.AbstractFileSystem, root: str, url: str) -> str:
     """:func:`pin_hf_revision`, its errors as one line naming ``url``.
 
     Raises:
-        InputError: no such repository or revision; the token is refused; the request failed.
+        InputError: no such repository or revision; the token is refused; the request failed
+            (an unreachable endpoint too); the URL names no repository.
     """
     try:
         return pin_hf_revision(fs, root)
     except FileNotFoundError:
         raise InputError(f"{url}: no such repository or revision") from None
     except OSError as exc:  # huggingface_hub's HTTP errors are OSErrors
+        raise unreadable(url, exc, hub=True) from None
+    except ValueError:  # huggingface_hub's HfUriError: no ORG/NAME in the URL
+        raise InputError(f"{url}: expected hf://datasets/ORG/NAME[@REVISION]") from None
+    except Exception as exc:  # the HTTP client's own (a refused connection...): one request
         raise unreadable(url, exc, hub=True) from None
