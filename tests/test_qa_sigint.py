@@ -171,3 +171,40 @@ def test_a_caller_s_interrupt_stops_the_writers_at_once(
     assert took < 3, f"stopped {took:.1f} s after Ctrl-C: the writers' shards were waited for"
     if mode == "handler":
         assert proc.returncode == 3, stdout + stderr
+
+
+@pytest.mark.parametrize("delay", [0.3, 0.45, 0.6, 0.75, 0.9, 1.05, 1.2, 1.4])
+def test_ctrl_c_at_any_moment_of_the_start(bids_copy: Path, tmp_path: Path, delay: float) -> None:
+    """Ctrl-C ``delay`` seconds after the command starts: before the writers, while the pool
+    starts them (a KeyboardInterrupt half-way through starting one left a writer the pool did
+    not list yet, which nothing stopped), or once they write. Every time: exit 130 at once, one
+    line, and no process of the run left."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [*BIDS2HF, "convert", str(bids_copy), str(out), "-q", "-j", "2", "--max-shard-size", "200kB"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    time.sleep(delay)
+    if proc.poll() is not None:
+        pytest.skip("the run ended before the signal")
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        _, stderr = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise AssertionError("the run did not stop after Ctrl-C") from None
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr, stderr
+    time.sleep(0.5)
+    left = [
+        p
+        for p in psutil.process_iter(["pid", "cmdline"])
+        if _pgid(p.pid) == proc.pid
+        and "resource_tracker" not in " ".join(p.info["cmdline"] or [])
+        and p.status() != psutil.STATUS_ZOMBIE
+    ]
+    assert not left, left

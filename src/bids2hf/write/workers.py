@@ -236,18 +236,29 @@ def _write_in_pool(
 @contextmanager
 def _spawning_blocks_sigint() -> Iterator[None]:
     """Processes started inside begin with SIGINT blocked (a child inherits the signal mask of
-    the thread that starts it), until :func:`init_worker` decides. Only this thread blocks it:
-    a Ctrl-C meanwhile is taken by another thread of this process and still raises
-    KeyboardInterrupt in the main thread; no handler is changed.
+    the thread that starts it), until :func:`init_worker` decides. On the main thread a Ctrl-C
+    meanwhile is also held back, not lost: it would raise KeyboardInterrupt half-way through
+    starting a writer (one the pool does not list yet, which nothing would then stop), so it
+    is recorded and raised again, to the caller's own handler, once the writer is started.
     """
     if not hasattr(signal, "pthread_sigmask"):  # not POSIX
         yield
         return
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    held: list[int] = []
+    previous: Any = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.getsignal(signal.SIGINT)
+        if previous is not None:  # (None: a handler not set from Python, left as it is)
+            signal.signal(signal.SIGINT, lambda signum, _frame: held.append(signum))
     try:
         yield
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        if held:
+            signal.raise_signal(signal.SIGINT)
 
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:
