@@ -67,20 +67,46 @@ def test_rerun_export_still_refuses_a_changed_file(converted: Path, tmp_path: Pa
 def test_export_removes_only_dead_runs_temporaries(
     synthetic: GeneratedDataset, converted: Path, tmp_path: Path
 ) -> None:
-    """A SIGKILLed export leaves its folder and a partial file: the next export removes them,
-    and nothing else (a file of someone else keeps its folder, whatever its name)."""
+    """A SIGKILLed export leaves its folder (its lock file no longer held) and a partial file:
+    the next export removes them, and nothing else: a file of someone else keeps its folder,
+    whatever its name; a folder without a lock file is a run starting, kept unless nothing in
+    it changed for an hour; a folder whose lock a run holds is kept."""
+    import fcntl
+    import os
+
     out = tmp_path / "exported"
     dead = out / ".bids2hf-export-k1ll3d_x"
     dead.mkdir(parents=True)
     (dead / ("ab" * 16)).write_bytes(b"partial")
+    (dead / "lock").write_bytes(b"")
     foreign = out / ".bids2hf-export-f0re1gnx"
     foreign.mkdir()
     (foreign / ("cd" * 16)).write_bytes(b"a run's file")
+    (foreign / "lock").write_bytes(b"")
     (foreign / "keep.txt").write_bytes(b"someone else's")
-    run_bids2hf("export", converted, out, "-q")
-    assert not dead.exists()
+    starting = out / ".bids2hf-export-st4rt1ng"
+    starting.mkdir()
+    old = out / ".bids2hf-export-0ld_run_"
+    old.mkdir()
+    (old / ("ef" * 16)).write_bytes(b"partial")
+    hour_ago = time.time() - 7200
+    os.utime(old / ("ef" * 16), (hour_ago, hour_ago))
+    os.utime(old, (hour_ago, hour_ago))
+    live = out / ".bids2hf-export-l1ve_run"
+    live.mkdir()
+    (live / ("01" * 16)).write_bytes(b"being written")
+    held = os.open(live / "lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    try:
+        run_bids2hf("export", converted, out, "-q")
+    finally:
+        os.close(held)
+    assert not dead.exists() and not old.exists()
     assert (foreign / "keep.txt").read_bytes() == b"someone else's"
-    assert tree(out, skip_dirs=frozenset({foreign.name})) == tree(synthetic.root)
+    assert starting.is_dir()
+    assert (live / ("01" * 16)).read_bytes() == b"being written"
+    kept = frozenset({foreign.name, starting.name, live.name})
+    assert tree(out, skip_dirs=kept) == tree(synthetic.root)
 
 
 def test_report_refuses_a_url_in_one_line(tmp_path: Path) -> None:

@@ -6,12 +6,14 @@ from this run's own temporary folder, its size and sha256 checked).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
 import posixpath
 import re
 import tempfile
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -189,10 +191,13 @@ def refuse_blocked(out: Path, chosen: Iterable[str], overwrite: bool) -> None:
 
 
 class RunFolder:
-    """This run's own temporary folder in the output folder, locked (``flock``) while it runs.
+    """This run's own temporary folder in the output folder, with a lock file in it held
+    (``flock``) while the run lasts.
 
     The kernel drops the lock when the run ends, even by SIGKILL: a later run that can take it
     knows the folder's run is dead and removes what it left (see :func:`_remove_dead_runs`).
+    The lock is on a regular file, not on the folder: on NFS a folder's flock is seen by its
+    own machine only, a regular file's by every machine.
     """
 
     def __init__(self, path: Path, fd: int) -> None:
@@ -202,31 +207,75 @@ class RunFolder:
     def close(self) -> None:
         """Remove the folder if it is empty (a file someone else put there keeps it) and unlock."""
         with contextlib.suppress(OSError):
+            os.unlink(self.path / _LOCK)
+        with contextlib.suppress(OSError):
             self.path.rmdir()
         os.close(self._fd)
+
+
+#: The lock file in a run folder.
+_LOCK = "lock"
+#: A run folder without a lock file is a run starting (or one of an older bids2hf): it is a
+#: dead run's only when nothing in it changed for this long.
+_STALE_AFTER = 3600.0
+#: flock errors that say the file system has no such locks (Lustre mounted noflock, ...)
+_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
+
+
+def _stale(fd: int, now: float) -> bool:
+    """Nothing in the folder open as ``fd`` changed for :data:`_STALE_AFTER` (nor the folder)."""
+    times = [os.fstat(fd).st_mtime]
+    for name in os.listdir(fd):
+        with contextlib.suppress(FileNotFoundError):
+            times.append(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mtime)
+    return now - max(times) > _STALE_AFTER
+
+
+def _remove_dead_run(folder: Path, fd: int, now: float) -> None:
+    """Remove a dead run's files and folder (``fd``: the folder, open); keep a live run's.
+
+    Raises:
+        OSError: the lock is held (a live run), cannot be taken, or the folder holds files that
+            are not bids2hf's (it is kept).
+    """
+    try:
+        lock: int | None = os.open(_LOCK, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+    except FileNotFoundError:
+        if not _stale(fd, now):
+            return  # a run starting
+        lock = None
+    try:
+        if lock is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held: a live run's folder
+        for name in os.listdir(fd):
+            if _TMP_FILE.fullmatch(name) or name == _LOCK:
+                os.unlink(name, dir_fd=fd)
+        folder.rmdir()
+    finally:
+        if lock is not None:
+            os.close(lock)
 
 
 def _remove_dead_runs(out: Path) -> None:
     """Remove the temporary files of export runs that died (SIGKILL, power loss) in ``out``.
 
-    Only folders named as :func:`run_folder` names them, whose lock no run holds, and in them
-    only files named as :class:`OutputFile` names them; a folder that then still holds
-    something (a file of someone else) is kept.
+    Only folders named as :func:`run_folder` names them whose lock no run holds (or, without a
+    lock file, in which nothing changed for :data:`_STALE_AFTER`), and in them only files named
+    as :class:`OutputFile` names them and the lock file; a folder that then still holds
+    something (a file of someone else) is kept. Any doubt (a lock the file system cannot take,
+    an error) keeps the folder.
     """
+    now = time.time()
     for folder in out.glob(_TMP_PREFIX + "*"):
-        if not _TMP_FOLDER.fullmatch(folder.name) or folder.is_symlink() or not folder.is_dir():
+        if not _TMP_FOLDER.fullmatch(folder.name):
             continue
         try:
-            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:  # a symlink, or gone
             continue
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held: a live run's folder
-            for name in os.listdir(folder):
-                if _TMP_FILE.fullmatch(name):
-                    os.unlink(folder / name)
-            folder.rmdir()
-        except OSError:  # held by a live run, or someone else's files in it: keep it
+            _remove_dead_run(folder, fd, now)
+        except OSError:  # a live run's, someone else's files in it, no locks: keep it
             pass
         finally:
             os.close(fd)
@@ -242,17 +291,16 @@ def run_folder(out: Path) -> RunFolder:
     try:
         out.mkdir(parents=True, exist_ok=True)
         _remove_dead_runs(out)
-        while True:
-            path = Path(tempfile.mkdtemp(dir=out, prefix=_TMP_PREFIX))
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                # Another run's cleanup may have taken the new folder for a dead run's and
-                # removed it between mkdtemp and the lock: then make another.
-                if os.path.samestat(os.fstat(fd), os.stat(path)):
-                    return RunFolder(path, fd)
-            except (BlockingIOError, FileNotFoundError):
-                pass
-            os.close(fd)
+        path = Path(tempfile.mkdtemp(dir=out, prefix=_TMP_PREFIX))
+        fd = os.open(path / _LOCK, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in _NO_LOCKS:
+                os.close(fd)
+                raise
+            # No locks on this file system: the run goes on; a later run keeps this folder
+            # (it cannot take the lock to know the run is dead).
+        return RunFolder(path, fd)
     except OSError as exc:  # a file on its path, no permission, ...
         raise DestinationError(f"{out}: cannot be written to ({exc.strerror or exc})") from None
