@@ -100,6 +100,8 @@ def test_description_without_name_or_version_is_a_warning(
     assert cli("convert", bids_copy, tmp_path / "out", *FAST).exit_code == 0
     description.write_text('{"Name": "x", "BIDSVersion": "1.10.0"}')
     assert "BIDSVersion" not in cli("inspect", bids_copy).output
+    description.write_text('{"Name": "x", "BIDSVersion": 1.8}')  # there, if not as text
+    assert "which BIDS requires" not in cli("inspect", bids_copy).output
     description.write_text("[1, 2]")
     line = error_line(cli("inspect", bids_copy), "dataset_description.json", "JSON object")
     assert '"BIDSVersion": "1.10.0"' in line

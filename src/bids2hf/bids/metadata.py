@@ -30,7 +30,8 @@ def _unreadable(relpath: str, exc: OSError) -> Problem:
 def _not_utf8(relpath: str, exc: UnicodeDecodeError) -> Problem:
     """A metadata file whose bytes are no UTF-8 text (a table saved in Latin-1 by a spreadsheet,
     or as UTF-16, Excel's "Unicode text")."""
-    if bytes(exc.object[:2]) in (b"\xff\xfe", b"\xfe\xff"):  # a UTF-16 byte order mark
+    head = bytes(exc.object[:4])
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff") and head != b"\xff\xfe\x00\x00":  # UTF-16 BOM
         return Problem(
             Severity.ERROR,
             "not-utf8",

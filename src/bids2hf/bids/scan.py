@@ -262,7 +262,7 @@ def _description_problems(description: dict[str, Any]) -> list[Problem]:
     missing = [
         key
         for key in ("Name", "BIDSVersion")
-        if not isinstance(value := description.get(key), str) or not value.strip()
+        if (value := description.get(key)) is None or (isinstance(value, str) and not value.strip())
     ]
     if not missing:
         return []

@@ -40,7 +40,8 @@ def _quiet_loading() -> Iterator[None]:
     schema: two lines on every command's stderr, for the schema we want. Quiet while loading."""
     logger = logging.getLogger("bidsschematools")
     level = logger.level
-    logger.setLevel(max(level, logging.WARNING))
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):  # --debug shows everything
+        logger.setLevel(max(level, logging.WARNING))
     try:
         yield
     finally:

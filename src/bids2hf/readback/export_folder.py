@@ -122,6 +122,7 @@ def refuse_inside_source(source: str, out: Path) -> None:
     Raises:
         DestinationError: one line naming the folder and the fix.
     """
+    source = os.fspath(source)
     if "://" in source and not source.startswith("file://"):
         return  # a remote dataset: nothing of it is on this disk
     root = Path(source.removeprefix("file://")).resolve()
@@ -141,11 +142,14 @@ def already_there(out: Path, chosen: dict[str, ManifestEntry]) -> set[str]:
     :func:`refuse_blocked`.
     """
     found: set[str] = set()
+    resolved_out = out.resolve()
     for path, e in chosen.items():
         target = out / path
         try:
             if target.is_symlink() or not target.is_file() or e.sha256 is None:
                 continue
+            if not target.resolve().is_relative_to(resolved_out):  # via a symlinked folder
+                continue  # (refuse_blocked refuses it)
             if target.stat().st_size != e.size:
                 continue
             sha = hashlib.sha256()
