@@ -135,3 +135,26 @@ def test_a_malformed_url_or_an_unreachable_hub_is_one_line(
     line = error_line(run_bids2hf("export", URL, out, "-q", env=down, check=False), URL)
     assert "cannot be read" in line, line
     assert not out.exists()
+
+
+def test_push_publishes_a_section_edited_here_since_the_last_push(
+    emu: HubEmulator, hub_env: dict[str, str], synthetic: GeneratedDataset, tmp_path: Path
+) -> None:
+    """Once the Hub's section held text, a later edit made in the folder was never pushed (the
+    destination's section always won, silently). The folder's edit goes up when the Hub still
+    holds what bids2hf pushed; when both were edited, the Hub's is kept with a warning."""
+    out = tmp_path / "out"
+    run_bids2hf("convert", synthetic.root, out, "-q", env=hub_env)
+    card = (out / "README.md").read_bytes()
+    (out / "README.md").write_bytes(_with_section(card, "\nA\n"))
+    run_bids2hf("push", out, URL, "-q", env=hub_env)
+    b = _with_section(card, "\nB\n")
+    (out / "README.md").write_bytes(b)
+    run_bids2hf("push", out, URL, "-q", env=hub_env)
+    assert emu.read_file("org/ds", "README.md") == b
+    hub = _with_section(card, "\nwritten on the Hub\n")
+    emu.upload_bytes("org/ds", {"README.md": hub})
+    (out / "README.md").write_bytes(_with_section(card, "\nC\n"))
+    proc = run_bids2hf("push", out, URL, env=hub_env)
+    assert emu.read_file("org/ds", "README.md") == hub
+    assert "edited both here and on the destination" in proc.stderr, proc.stderr

@@ -306,8 +306,20 @@ def upload_folder(
     by_path = {f.path: f for f in files}
     owned = _refuse_push_conflicts(target, remote, by_path, recorded_card, overwrite)
     # [qa2] the card pushed keeps the user section written on the destination since
-    with card_keeping_remote_section(target, remote, owned, files) as pushed:
-        _push_files(target, remote, owned, pushed, store, recorded_card, report, commit_every, progress)
+    folder_card = by_path.get("README.md")
+    with card_keeping_remote_section(target, remote, owned, files, recorded_card) as pushed:
+        _push_files(
+            target,
+            remote,
+            owned,
+            pushed,
+            store,
+            recorded_card,
+            report,
+            commit_every,
+            progress,
+            folder_card,
+        )
     return report
 
 
@@ -321,8 +333,10 @@ def _push_files(
     report: PublishReport,
     commit_every: int,
     progress: bool,
+    folder_card: StagedFile | None = None,
 ) -> None:
-    """:func:`upload_folder` once the conflicts are refused: upload, commit, verify, record."""
+    """:func:`upload_folder` once the conflicts are refused: upload, commit, verify, record
+    (with ``folder_card``, the folder's own card, see :func:`record_card`)."""
     keep = [f.path for f in files]
     by_path = {f.path: f for f in files}
     deletions = stale_paths(remote, keep, owned)
@@ -336,7 +350,7 @@ def _push_files(
         )
         for item in shards:
             publisher.submit(item, holds_slot=False)
-        card = record_card(store, target.url, by_path.get("README.md"), recorded_card)
+        card = record_card(store, target.url, by_path.get("README.md"), recorded_card, folder_card)
         try:
             publisher.finish(final, deletions, FINAL_MESSAGE)
         except BaseException:

@@ -10,6 +10,8 @@ still the placeholder (then the folder's, perhaps edited locally, is the one to 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import logging
 import tempfile
 from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
@@ -20,7 +22,11 @@ from bids2hf.publish.compare import card_identities, read_remote
 from bids2hf.publish.targets.base import RemoteFile, StagedFile, Target
 from bids2hf.write.state_store import StateStore
 
-__all__ = ["card_keeping_remote_section", "record_card"]
+__all__ = ["card_keeping_remote_section", "folder_card_id", "record_card"]
+
+log = logging.getLogger(__name__)
+#: The prefix of :func:`folder_card_id`'s records (no remote file has such an identity).
+_FOLDER = "folder:"
 
 
 def _section(text: str, where: str) -> tuple[int, int] | None:
@@ -46,10 +52,16 @@ def card_keeping_remote_section(
     remote: dict[str, RemoteFile],
     owned: Collection[str],
     files: Sequence[StagedFile],
+    recorded: Collection[str] = frozenset(),
 ) -> Iterator[list[StagedFile]]:
     """``files``, their card (``README.md``) replaced, while the context lasts, by one that
     holds the user section of the destination's card when that card is bids2hf's (in
     ``owned``) and its section was written in (is no placeholder) and differs.
+
+    ``recorded``: the identities of the cards pushed before (:func:`record_card`), with
+    :func:`folder_card_id` of the folder's card then. The folder's section wins when only the
+    folder's card changed since the last push (an edit made here); when both changed, the
+    destination's is kept and a warning says the folder's edit was not pushed.
 
     Raises:
         DestinationError: the user-section markers of either card are broken, or the
@@ -62,12 +74,13 @@ def card_keeping_remote_section(
         return
     where = f"{target.url}/README.md"
     try:
-        theirs = read_remote(target, "README.md").decode("utf-8", errors="replace")
+        raw = read_remote(target, "README.md")
     except Exception as exc:
         raise DestinationError(
             f"{where}: cannot be read ({type(exc).__name__}: {str(exc)[:200]}); it holds your "
             "user section: re-run later"
         ) from None
+    theirs = raw.decode("utf-8", errors="replace")
     ours = card.local.read_text(encoding="utf-8", errors="replace")
     their_span, our_span = _section(theirs, where), _section(ours, str(card.local))
     if their_span is None or our_span is None:
@@ -77,6 +90,18 @@ def card_keeping_remote_section(
     if section in (USER_PLACEHOLDER, ours[our_span[0] : our_span[1]]):
         yield out
         return
+    pushed_before = any(r.startswith(_FOLDER) for r in recorded)
+    folder_edited = pushed_before and folder_card_id(card) not in recorded
+    hub_edited = f"sha256:{hashlib.sha256(raw).hexdigest()}" not in recorded
+    if folder_edited and not hub_edited:
+        yield out  # the destination still holds what bids2hf pushed: publish the edit made here
+        return
+    if folder_edited:
+        log.warning(
+            "%s: the user section was edited both here and on the destination since the last "
+            "push; the destination's is kept, the folder's is not pushed",
+            where,
+        )
     with tempfile.TemporaryDirectory(prefix="bids2hf-card-") as tmp:
         path = Path(tmp) / "README.md"
         path.write_text(ours[: our_span[0]] + section + ours[our_span[1] :], encoding="utf-8")
@@ -84,13 +109,26 @@ def card_keeping_remote_section(
         yield [merged if f is card else f for f in out]
 
 
+def folder_card_id(card: StagedFile) -> str:
+    """What is recorded of the folder's own card at a push (to tell, at the next push, whether
+    its user section was edited here since)."""
+    return f"{_FOLDER}sha256:{card.checksum()}"
+
+
 def record_card(
-    store: StateStore | None, url: str, card: StagedFile | None, recorded: set[str]
+    store: StateStore | None,
+    url: str,
+    card: StagedFile | None,
+    recorded: set[str],
+    folder_card: StagedFile | None = None,
 ) -> set[str]:
     """Record the card about to be pushed with the earlier one, before the commit (as in
-    :meth:`RemoteRun.finish`); its identities. Raises OSError if the record cannot be written."""
+    :meth:`RemoteRun.finish`); its identities, with ``folder_card``'s
+    (:func:`folder_card_id`). Raises OSError if the record cannot be written."""
     if store is None or card is None:
         return set()
     ids = card_identities(card.local)
+    if folder_card is not None:
+        ids.add(folder_card_id(folder_card))
     store.record_published_card(url, recorded | ids)
     return ids
