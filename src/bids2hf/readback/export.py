@@ -234,7 +234,11 @@ def export(
     dataset = open_dataset(source)
     report = ExportReport(str(out))
     chosen, shards = _choose(dataset, include, exclude, report)
-    present = already_there(out, chosen)
+    candidates = [e.size for p, e in chosen.items() if (out / p).is_file()]
+    with ProgressBar(
+        sum(candidates), len(candidates), enabled=progress and bool(candidates), desc="check"
+    ) as bar:
+        present = already_there(out, chosen, bar.update)  # files an interrupted run wrote
     report.present = len(present)
     chosen = {path: e for path, e in chosen.items() if path not in present}
     refuse_blocked(out, chosen, overwrite)

@@ -15,7 +15,7 @@ import re
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from bids2hf.errors import DestinationError, InputError, VerificationError
@@ -133,13 +133,18 @@ def refuse_inside_source(source: str, out: Path) -> None:
         )
 
 
-def already_there(out: Path, chosen: dict[str, ManifestEntry]) -> set[str]:
+def already_there(
+    out: Path,
+    chosen: dict[str, ManifestEntry],
+    on_bytes: Callable[[int, int], None] | None = None,
+) -> set[str]:
     """The chosen paths whose file is in ``out`` already, with the recorded size and sha256.
 
     An interrupted export leaves such files behind (each was checked before it was renamed
     into place): the re-run keeps them instead of refusing them as files in the way. Only a
     regular file (no symlink) with a recorded sha256 counts; anything else is left to
-    :func:`refuse_blocked`.
+    :func:`refuse_blocked`. ``on_bytes(bytes, files)`` follows the hashing (a re-run of a
+    large export reads what is there once).
     """
     found: set[str] = set()
     resolved_out = out.resolve()
@@ -156,6 +161,8 @@ def already_there(out: Path, chosen: dict[str, ManifestEntry]) -> set[str]:
             with open(target, "rb") as f:
                 while block := f.read(1 << 20):
                     sha.update(block)
+                    if on_bytes is not None:
+                        on_bytes(len(block), 0)
         except OSError:  # unreadable: not ours to judge here; refuse_blocked names it
             continue
         if sha.hexdigest() == e.sha256:
