@@ -306,20 +306,10 @@ def upload_folder(
     by_path = {f.path: f for f in files}
     owned = _refuse_push_conflicts(target, remote, by_path, recorded_card, overwrite)
     # [qa2] the card pushed keeps the user section written on the destination since
-    folder_card = by_path.get("README.md")
+    folder_card = by_path.get("README.md")  # (recorded: was its section edited here since?)
     with card_keeping_remote_section(target, remote, owned, files, recorded_card) as pushed:
-        _push_files(
-            target,
-            remote,
-            owned,
-            pushed,
-            store,
-            recorded_card,
-            report,
-            commit_every,
-            progress,
-            folder_card,
-        )
+        run = (store, recorded_card, report, commit_every, progress, folder_card)
+        _push_files(target, remote, owned, pushed, *run)
     return report
 
 
