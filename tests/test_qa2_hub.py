@@ -157,4 +157,10 @@ def test_push_publishes_a_section_edited_here_since_the_last_push(
     (out / "README.md").write_bytes(_with_section(card, "\nC\n"))
     proc = run_bids2hf("push", out, URL, env=hub_env)
     assert emu.read_file("org/ds", "README.md") == hub
-    assert "edited both here and on the destination" in proc.stderr, proc.stderr
+    assert "the destination's is kept" in proc.stderr, proc.stderr
+    # The Hub still holds its text, which the folder never had: a new edit here is no
+    # successor of it, and is not pushed over it either.
+    (out / "README.md").write_bytes(_with_section(card, "\nD\n"))
+    proc = run_bids2hf("push", out, URL, env=hub_env)
+    assert emu.read_file("org/ds", "README.md") == hub
+    assert "the destination's is kept" in proc.stderr, proc.stderr

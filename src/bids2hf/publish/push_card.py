@@ -59,9 +59,11 @@ def card_keeping_remote_section(
     ``owned``) and its section was written in (is no placeholder) and differs.
 
     ``recorded``: the identities of the cards pushed before (:func:`record_card`), with
-    :func:`folder_card_id` of the folder's card then. The folder's section wins when only the
-    folder's card changed since the last push (an edit made here); when both changed, the
-    destination's is kept and a warning says the folder's edit was not pushed.
+    :func:`folder_card_id` of the folder's card then. The folder's section wins when the
+    destination still holds the folder's card of the last push and the folder's changed since
+    (an edit made here); when the destination holds text the folder never had (written there,
+    or kept there at the last push), its section is kept and a warning says the folder's edit
+    was not pushed.
 
     Raises:
         DestinationError: the user-section markers of either card are broken, or the
@@ -90,16 +92,18 @@ def card_keeping_remote_section(
     if section in (USER_PLACEHOLDER, ours[our_span[0] : our_span[1]]):
         yield out
         return
-    pushed_before = any(r.startswith(_FOLDER) for r in recorded)
-    folder_edited = pushed_before and folder_card_id(card) not in recorded
-    hub_edited = f"sha256:{hashlib.sha256(raw).hexdigest()}" not in recorded
-    if folder_edited and not hub_edited:
-        yield out  # the destination still holds what bids2hf pushed: publish the edit made here
+    last_folder = {r.removeprefix(_FOLDER) for r in recorded if r.startswith(_FOLDER)}
+    folder_edited = bool(last_folder) and folder_card_id(card) not in recorded
+    if folder_edited and f"sha256:{hashlib.sha256(raw).hexdigest()}" in last_folder:
+        # The destination holds the folder's card of the last push, untouched: the folder's
+        # section was edited here since, and is the one to publish.
+        yield out
         return
-    if folder_edited:
+    if folder_edited:  # edited here, and the destination holds text the folder never had
         log.warning(
-            "%s: the user section was edited both here and on the destination since the last "
-            "push; the destination's is kept, the folder's is not pushed",
+            "%s: the user section was edited here, and the destination's holds text this "
+            "folder does not; the destination's is kept, the folder's is not pushed (copy "
+            "yours into the card on the destination)",
             where,
         )
     with tempfile.TemporaryDirectory(prefix="bids2hf-card-") as tmp:
