@@ -46,6 +46,40 @@ def _section(text: str, where: str) -> tuple[int, int] | None:
     return text.index(USER_START) + len(USER_START), text.index(USER_END)
 
 
+def _merged_text(
+    raw: bytes, card: StagedFile, recorded: Collection[str], where: str
+) -> str | None:
+    """The folder's card with the destination's user section (``raw``: the destination's card),
+    or None when the folder's card is the one to publish as it is (see
+    :func:`card_keeping_remote_section`).
+
+    Raises:
+        DestinationError: the user-section markers of either card are broken.
+    """
+    theirs = raw.decode("utf-8", errors="replace")
+    ours = card.local.read_text(encoding="utf-8", errors="replace")
+    their_span, our_span = _section(theirs, where), _section(ours, str(card.local))
+    if their_span is None or our_span is None:
+        return None
+    section = theirs[their_span[0] : their_span[1]]
+    if section in (USER_PLACEHOLDER, ours[our_span[0] : our_span[1]]):
+        return None
+    last_folder = {r.removeprefix(_FOLDER) for r in recorded if r.startswith(_FOLDER)}
+    folder_edited = bool(last_folder) and folder_card_id(card) not in recorded
+    if folder_edited and f"sha256:{hashlib.sha256(raw).hexdigest()}" in last_folder:
+        # The destination holds the folder's card of the last push, untouched: the folder's
+        # section was edited here since, and is the one to publish.
+        return None
+    if folder_edited:  # edited here, and the destination holds text the folder never had
+        log.warning(
+            "%s: the user section was edited here, and the destination's holds text this "
+            "folder does not; the destination's is kept, the folder's is not pushed (copy "
+            "yours into the card on the destination)",
+            where,
+        )
+    return ours[: our_span[0]] + section + ours[our_span[1] :]
+
+
 @contextlib.contextmanager
 def card_keeping_remote_section(
     target: Target,
@@ -82,33 +116,13 @@ def card_keeping_remote_section(
             f"{where}: cannot be read ({type(exc).__name__}: {str(exc)[:200]}); it holds your "
             "user section: re-run later"
         ) from None
-    theirs = raw.decode("utf-8", errors="replace")
-    ours = card.local.read_text(encoding="utf-8", errors="replace")
-    their_span, our_span = _section(theirs, where), _section(ours, str(card.local))
-    if their_span is None or our_span is None:
+    text = _merged_text(raw, card, recorded, where)
+    if text is None:
         yield out
         return
-    section = theirs[their_span[0] : their_span[1]]
-    if section in (USER_PLACEHOLDER, ours[our_span[0] : our_span[1]]):
-        yield out
-        return
-    last_folder = {r.removeprefix(_FOLDER) for r in recorded if r.startswith(_FOLDER)}
-    folder_edited = bool(last_folder) and folder_card_id(card) not in recorded
-    if folder_edited and f"sha256:{hashlib.sha256(raw).hexdigest()}" in last_folder:
-        # The destination holds the folder's card of the last push, untouched: the folder's
-        # section was edited here since, and is the one to publish.
-        yield out
-        return
-    if folder_edited:  # edited here, and the destination holds text the folder never had
-        log.warning(
-            "%s: the user section was edited here, and the destination's holds text this "
-            "folder does not; the destination's is kept, the folder's is not pushed (copy "
-            "yours into the card on the destination)",
-            where,
-        )
     with tempfile.TemporaryDirectory(prefix="bids2hf-card-") as tmp:
         path = Path(tmp) / "README.md"
-        path.write_text(ours[: our_span[0]] + section + ours[our_span[1] :], encoding="utf-8")
+        path.write_text(text, encoding="utf-8")
         merged = StagedFile("README.md", path, path.stat().st_size, sha256_file(path))
         yield [merged if f is card else f for f in out]
 
