@@ -116,3 +116,22 @@ def test_report_refuses_a_url_in_one_line(tmp_path: Path) -> None:
     line = error_line(run_bids2hf("report", url, check=False), url)
     assert "local output folder" in line
     assert not Path("hf:").exists()
+
+
+def test_a_run_cut_short_leaves_no_folder(tmp_path: Path) -> None:
+    """Ctrl-C in the middle of a file leaves that file's temporary in the run's folder: closing
+    the run removes it with the folder (the lock file went first, and the folder, without a
+    lock file and fresh, was then kept by every later run for an hour: seen once in CI)."""
+    from bids2hf.readback.export_folder import run_folder
+
+    out = tmp_path / "exported"
+    run = run_folder(out)
+    (run.path / ("ab" * 16)).write_bytes(b"half a file")  # as OutputFile names its temporary
+    run.close()
+    assert not list(out.glob(EXPORT_TMP))
+    # A file of someone else keeps the folder, and its lock file for the next run's cleanup.
+    run = run_folder(out)
+    (run.path / "notes.txt").write_bytes(b"someone else's")
+    run.close()
+    (kept,) = out.glob(EXPORT_TMP)
+    assert sorted(p.name for p in kept.iterdir()) == ["lock", "notes.txt"]

@@ -216,11 +216,16 @@ class RunFolder:
         self._fd = fd
 
     def close(self) -> None:
-        """Remove the folder if it is empty (a file someone else put there keeps it) and unlock."""
+        """Remove this run's temporary files (a write cut short by Ctrl-C leaves one), then
+        the lock file and the folder, and unlock. A file someone else put there keeps the
+        folder, and the lock file with it: a later run's cleanup then finds it unlocked."""
         with contextlib.suppress(OSError):
-            os.unlink(self.path / _LOCK)
-        with contextlib.suppress(OSError):
-            self.path.rmdir()
+            for name in os.listdir(self.path):
+                if _TMP_FILE.fullmatch(name):
+                    os.unlink(self.path / name)
+            if os.listdir(self.path) == [_LOCK]:
+                os.unlink(self.path / _LOCK)
+                self.path.rmdir()
         os.close(self._fd)
 
 
