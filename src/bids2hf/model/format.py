@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 __all__ = [
     "BESIDE_PREFIX", "CHECKSUMS_PATH", "DATASET_FILES_PREFIX", "FOOTER_KEY", "JOURNAL_NAME",
     "LEGACY_NAME", "LOCK_NAME", "MANIFEST_PATH", "OWNED_PREFIXES", "PREVIEW_PREFIXES", "STATE_DIR",
-    "USER_END", "USER_PLACEHOLDER", "USER_START", "VCS_DIRS", "EmbeddedFile",
-    "read_footer_index", "sha256_file", "write_chunk",
+    "USER_END", "USER_PLACEHOLDER", "USER_START", "VCS_DIRS", "EmbeddedFile", "UserSectionError",
+    "read_footer_index", "sha256_file", "user_section_span", "write_chunk",
 ]
 
 MANIFEST_PATH = "bids2hf/manifest.jsonl"
@@ -31,6 +31,33 @@ USER_PLACEHOLDER = (
     "\n<!-- Write your own text here (usage notes, known issues, ...): bids2hf keeps everything "
     "between these two markers when it rewrites this card. -->\n"
 )
+
+
+class UserSectionError(ValueError):
+    """A card's user-section markers are unusable (the message says how to fix)."""
+
+
+def user_section_span(text: str, where: str) -> tuple[int, int] | None:
+    """Where the user section's content starts and ends in the card ``text``; None if it has
+    none. The one reading of the markers: the card's rewrite, ``push``'s and the record of a
+    published card (:func:`~bids2hf.publish.compare.card_frame`) share it.
+
+    Raises:
+        UserSectionError: a marker is missing, repeated, or the end comes before the start
+            (the section's limits are then unknown: rewriting the card could lose text); the
+            message begins with ``where``.
+    """
+    starts, ends = text.count(USER_START), text.count(USER_END)
+    if starts == 0 and ends == 0:
+        return None
+    if starts != 1 or ends != 1 or text.index(USER_END) < text.index(USER_START):
+        raise UserSectionError(
+            f"{where}: the user section needs exactly one {USER_START} followed by one "
+            f"{USER_END} (found {starts} and {ends}); fix the markers so bids2hf keeps your text"
+        )
+    return text.index(USER_START) + len(USER_START), text.index(USER_END)
+
+
 DATASET_FILES_PREFIX = "bids/"
 #: Files too large for a Parquet value (or for their cell's list) are stored verbatim at
 #: ``files/<BIDS path>`` beside the shards; their cell holds ``{"bytes": None, "path": URL}``.

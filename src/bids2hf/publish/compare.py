@@ -12,7 +12,13 @@ from typing import Any
 from urllib.parse import quote
 
 from bids2hf.errors import DestinationError, VerificationError
-from bids2hf.model.format import FOOTER_KEY, MANIFEST_PATH, OWNED_PREFIXES, USER_END, USER_START
+from bids2hf.model.format import (
+    FOOTER_KEY,
+    MANIFEST_PATH,
+    OWNED_PREFIXES,
+    UserSectionError,
+    user_section_span,
+)
 from bids2hf.model.manifest import loads
 from bids2hf.model.rows import ShardPlan
 from bids2hf.model.state import ShardRecord
@@ -128,11 +134,13 @@ def card_frame(card: bytes) -> str | None:
     import hashlib
 
     text = card.decode("utf-8", errors="replace")
-    if text.count(USER_START) != 1 or text.count(USER_END) != 1:
+    try:
+        span = user_section_span(text, "README.md")
+    except UserSectionError:
         return None
-    start, end = text.index(USER_START) + len(USER_START), text.index(USER_END)
-    if end < start:
+    if span is None:
         return None
+    start, end = span
     return "frame:" + hashlib.sha256((text[:start] + text[end:]).encode()).hexdigest()
 
 

@@ -17,7 +17,12 @@ from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
 from bids2hf.errors import DestinationError
-from bids2hf.model.format import USER_END, USER_PLACEHOLDER, USER_START, sha256_file
+from bids2hf.model.format import (
+    USER_PLACEHOLDER,
+    UserSectionError,
+    sha256_file,
+    user_section_span,
+)
 from bids2hf.publish.compare import card_identities, read_remote
 from bids2hf.publish.targets.base import RemoteFile, StagedFile, Target
 from bids2hf.write.state_store import StateStore
@@ -30,20 +35,15 @@ _FOLDER = "folder:"
 
 
 def _section(text: str, where: str) -> tuple[int, int] | None:
-    """Where the user section's content starts and ends in ``text``; None if it has none.
+    """:func:`~bids2hf.model.format.user_section_span`, for a card about to be pushed.
 
     Raises:
         DestinationError: its markers are broken (rewriting the card could lose text).
     """
-    starts, ends = text.count(USER_START), text.count(USER_END)
-    if starts == 0 and ends == 0:
-        return None
-    if starts != 1 or ends != 1 or text.index(USER_END) < text.index(USER_START):
-        raise DestinationError(
-            f"{where}: the user section needs exactly one {USER_START} followed by one "
-            f"{USER_END} (found {starts} and {ends}); fix the markers so bids2hf keeps your text"
-        )
-    return text.index(USER_START) + len(USER_START), text.index(USER_END)
+    try:
+        return user_section_span(text, where)
+    except UserSectionError as exc:
+        raise DestinationError(str(exc)) from None
 
 
 def _merged_text(

@@ -16,7 +16,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bids2hf.model.format import USER_END, USER_PLACEHOLDER, USER_START
+from bids2hf.model.format import (
+    USER_END,
+    USER_PLACEHOLDER,
+    USER_START,
+    UserSectionError,
+    user_section_span,
+)
 
 __all__ = [
     "USER_END",
@@ -280,10 +286,6 @@ def _demote(lines: list[str]) -> list[str]:
 # -- user section -----------------------------------------------------------------------------
 
 
-class UserSectionError(ValueError):
-    """The previous card's user-section markers are unusable (the message says how to fix)."""
-
-
 def extract_user_section(previous: str | None) -> str | None:
     """The text between the markers of a previous card, verbatim; None if it has none.
 
@@ -293,15 +295,8 @@ def extract_user_section(previous: str | None) -> str | None:
     """
     if not previous:
         return None
-    starts, ends = previous.count(USER_START), previous.count(USER_END)
-    if starts == 0 and ends == 0:
-        return None
-    if starts != 1 or ends != 1 or previous.index(USER_END) < previous.index(USER_START):
-        raise UserSectionError(
-            f"README.md: the user section needs exactly one {USER_START} followed by one "
-            f"{USER_END} (found {starts} and {ends}); fix the markers so bids2hf keeps your text"
-        )
-    return previous[previous.index(USER_START) + len(USER_START) : previous.index(USER_END)]
+    span = user_section_span(previous, "README.md")
+    return None if span is None else previous[span[0] : span[1]]
 
 
 _PLACEHOLDER = USER_PLACEHOLDER
