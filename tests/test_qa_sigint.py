@@ -56,28 +56,12 @@ def test_ctrl_c_while_workers_start(bids_copy: Path, tmp_path: Path, delay: floa
         assert time.monotonic() < deadline, "no worker started"
         time.sleep(0.002)
     time.sleep(delay)
-    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the run and its workers
-    try:
-        stdout, stderr = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise AssertionError("the run did not stop after Ctrl-C") from None
+    stdout, stderr = _ctrl_c(proc, "the run")
     assert proc.returncode == 130, stdout + stderr
     assert "Traceback" not in stderr, stderr
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert lines == ["interrupted: re-run the same command to resume"], stderr
-    # No writer outlives the run (the process group is empty but for the resource tracker,
-    # which removes the run's semaphores and then exits).
-    time.sleep(0.5)
-    left = [
-        p
-        for p in psutil.process_iter(["pid", "cmdline"])
-        if p.pid != proc.pid
-        and _pgid(p.pid) == proc.pid
-        and "resource_tracker" not in " ".join(p.info["cmdline"] or [])
-        and p.status() != psutil.STATUS_ZOMBIE
-    ]
+    left = _left_in_group(proc)  # no writer outlives the run
     assert not left, left
 
     run_bids2hf("convert", bids_copy, out, *options)
@@ -91,6 +75,32 @@ def _pgid(pid: int) -> int | None:
         return os.getpgid(pid)
     except ProcessLookupError:
         return None
+
+
+def _ctrl_c(proc: subprocess.Popen[str], what: str) -> tuple[str, str]:
+    """Ctrl-C to ``proc``'s process group, then its output once it ended (AssertionError
+    naming ``what`` if it has not within a minute)."""
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the run and its workers
+    try:
+        return proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise AssertionError(f"{what} did not stop after Ctrl-C") from None
+
+
+def _left_in_group(proc: subprocess.Popen[str]) -> list[psutil.Process]:
+    """The processes of ``proc``'s group still alive half a second on (the resource tracker,
+    which removes the run's semaphores and then exits, aside)."""
+    time.sleep(0.5)
+    return [
+        p
+        for p in psutil.process_iter(["pid", "cmdline"])
+        if p.pid != proc.pid
+        and _pgid(p.pid) == proc.pid
+        and "resource_tracker" not in " ".join(p.info["cmdline"] or [])
+        and p.status() != psutil.STATUS_ZOMBIE
+    ]
 
 
 #: sitecustomize: each fsync in a shard writer takes 5 s, so that a shard is in flight for long
@@ -158,14 +168,8 @@ def test_a_caller_s_interrupt_stops_the_writers_at_once(
         assert time.monotonic() < deadline, "no worker started"
         time.sleep(0.01)
     time.sleep(1.5)  # the writers are in their first (slow) fsync now
-    os.killpg(proc.pid, signal.SIGINT)
     sent = time.monotonic()
-    try:
-        stdout, stderr = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise AssertionError("the caller did not stop after Ctrl-C") from None
+    stdout, stderr = _ctrl_c(proc, "the caller")
     took = time.monotonic() - sent
     assert "convert ended:" in stdout, stdout + stderr
     assert took < 3, f"stopped {took:.1f} s after Ctrl-C: the writers' shards were waited for"
@@ -190,21 +194,8 @@ def test_ctrl_c_at_any_moment_of_the_start(bids_copy: Path, tmp_path: Path, dela
     time.sleep(delay)
     if proc.poll() is not None:
         pytest.skip("the run ended before the signal")
-    os.killpg(proc.pid, signal.SIGINT)
-    try:
-        _, stderr = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise AssertionError("the run did not stop after Ctrl-C") from None
+    _, stderr = _ctrl_c(proc, "the run")
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr, stderr
-    time.sleep(0.5)
-    left = [
-        p
-        for p in psutil.process_iter(["pid", "cmdline"])
-        if _pgid(p.pid) == proc.pid
-        and "resource_tracker" not in " ".join(p.info["cmdline"] or [])
-        and p.status() != psutil.STATUS_ZOMBIE
-    ]
+    left = _left_in_group(proc)
     assert not left, left
