@@ -63,6 +63,43 @@ def _with_section(card: bytes, text: str) -> bytes:
     return card[:i] + text.encode() + card[j:]
 
 
+def _named(card: bytes, repo: str = "org/ds") -> bytes:
+    """``card``, converted to a local folder, as ``push`` to ``repo`` publishes it: its code
+    samples name the repository."""
+    for form in ('load_dataset("{}"', "hf://datasets/{} "):
+        card = card.replace(form.format("ORG/NAME").encode(), form.format(repo).encode())
+    return card
+
+
+def test_push_names_the_repository_in_the_card(
+    emu: HubEmulator, hub_env: dict[str, str], synthetic: GeneratedDataset, tmp_path: Path
+) -> None:
+    """QA: a folder converted locally, then pushed, published a card whose code samples said
+    ``load_dataset("ORG/NAME")`` and ``bids2hf export hf://datasets/ORG/NAME``. They now name
+    the repository, as a conversion straight to it writes them; the user's own section and the
+    folder are left as they are."""
+    out = tmp_path / "out"
+    run_bids2hf("convert", synthetic.root, out, "-q", env=hub_env)
+    local = _with_section((out / "README.md").read_bytes(), '\nNot `load_dataset("ORG/NAME")`\n')
+    (out / "README.md").write_bytes(local)
+    run_bids2hf("push", out, URL, "-q", env=hub_env)
+    published = emu.read_file("org/ds", "README.md").decode()
+    direct = tmp_path / "direct"
+    run_bids2hf("convert", synthetic.root, URL.replace("org/ds", "org/direct"), "-q",
+                "--staging", direct, env=hub_env)  # fmt: skip
+    straight = emu.read_file("org/direct", "README.md").decode()
+    samples = [line for line in published.splitlines() if "org/ds" in line]
+    assert samples == [line.replace("org/direct", "org/ds") for line in straight.splitlines()
+                       if "org/direct" in line]  # fmt: skip
+    assert 'ds = load_dataset("org/ds", split="train")' in published
+    assert "bids2hf export hf://datasets/org/ds ./bids" in published
+    assert published.count("ORG/NAME") == 1, "the user's section is theirs"
+    assert (out / "README.md").read_bytes() == local, "the folder is only read"
+    emu.reset_stats()
+    run_bids2hf("push", out, URL, "-q", env=hub_env)
+    assert emu.stats["requests"]["POST commit"] == 0, "a re-push finds the card up to date"
+
+
 def test_push_keeps_the_user_section_written_on_the_hub(
     emu: HubEmulator, hub_env: dict[str, str], synthetic: GeneratedDataset, tmp_path: Path
 ) -> None:
@@ -76,9 +113,11 @@ def test_push_keeps_the_user_section_written_on_the_hub(
     mine = _with_section(local_card, "\nWritten locally.\n")
     (out / "README.md").write_bytes(mine)
     run_bids2hf("push", out, URL, "-q", env=hub_env)
-    assert emu.read_file("org/ds", "README.md") == mine
+    assert emu.read_file("org/ds", "README.md") == _named(mine)
 
-    theirs = _with_section(mine, "\nKnown issue: sub-02's T2w is blurred (written on the Hub)\n")
+    theirs = _with_section(
+        _named(mine), "\nKnown issue: sub-02's T2w is blurred (written on the Hub)\n"
+    )
     emu.upload_bytes("org/ds", {"README.md": theirs})
     run_bids2hf("push", out, URL, "-q", env=hub_env)
     assert emu.read_file("org/ds", "README.md") == theirs
@@ -151,8 +190,8 @@ def test_push_publishes_a_section_edited_here_since_the_last_push(
     b = _with_section(card, "\nB\n")
     (out / "README.md").write_bytes(b)
     run_bids2hf("push", out, URL, "-q", env=hub_env)
-    assert emu.read_file("org/ds", "README.md") == b
-    hub = _with_section(card, "\nwritten on the Hub\n")
+    assert emu.read_file("org/ds", "README.md") == _named(b)
+    hub = _with_section(_named(card), "\nwritten on the Hub\n")
     emu.upload_bytes("org/ds", {"README.md": hub})
     (out / "README.md").write_bytes(_with_section(card, "\nC\n"))
     proc = run_bids2hf("push", out, URL, env=hub_env)

@@ -1,7 +1,7 @@
 """The package's structure rules (README "Design"): layers, light imports, module and function
 sizes, documented errors.
 
-Layers, lowest first: ``_version, errors, units, progress`` < ``model`` < ``bids`` < ``plan`` <
+Layers, lowest first: ``_version, errors, units, interrupts, progress`` < ``model`` < ``bids`` < ``plan`` <
 ``write`` < ``publish``, ``readback`` < ``report``, ``testing``, ``scale`` < ``api`` < ``cli``. A module
 imports bids2hf modules of its own layer or below, never above (at any depth: lazy imports too).
 """
@@ -30,6 +30,7 @@ LAYERS = {
     "bids2hf.errors": 0,
     "bids2hf.units": 0,
     "bids2hf.progress": 0,
+    "bids2hf.interrupts": 0,
     "bids2hf.model": 1,
     "bids2hf.bids": 2,
     "bids2hf.plan": 3,

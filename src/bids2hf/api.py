@@ -27,6 +27,7 @@ from bids2hf.model.format import (
     BESIDE_PREFIX,
     MANIFEST_PATH,
     OWNED_PREFIXES,
+    REPO_PLACEHOLDER,
     sha256_file,
 )
 from bids2hf.model.inventory import Inventory, Problem, Severity
@@ -199,7 +200,7 @@ def convert(
                 workers,
                 overwrite,
                 progress,
-                repo_hint or "ORG/NAME",
+                repo_hint or REPO_PLACEHOLDER,
                 engine,
             )
         )

@@ -7,6 +7,8 @@ from types import TracebackType
 
 from tqdm.auto import tqdm
 
+from bids2hf.interrupts import stop_if_interrupted
+
 __all__ = ["ProgressBar"]
 
 
@@ -34,6 +36,13 @@ class ProgressBar:
         )
 
     def update(self, nbytes: int, nfiles: int = 0) -> None:
+        """Count ``nbytes`` and ``nfiles`` more done.
+
+        Raises:
+            KeyboardInterrupt: on the command line's main thread, a Ctrl-C came and its
+                KeyboardInterrupt was dropped (see :mod:`bids2hf.interrupts`).
+        """
+        stop_if_interrupted()
         with self._lock:
             self.bytes += nbytes
             self.files += nfiles

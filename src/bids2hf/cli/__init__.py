@@ -1,8 +1,33 @@
 """The command line: click options (options.py) and one command per verb (commands.py).
 
-Importing it loads click and the light option types only; each command imports what it needs.
+``run`` is the ``bids2hf`` program; ``main``, the click group, is imported on first use, so that
+a Ctrl-C while the program loads it ends in one line too.
 """
 
-from bids2hf.cli.commands import main
+from __future__ import annotations
 
-__all__ = ["main"]
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bids2hf.cli.commands import main
+
+__all__ = ["main", "run"]
+
+
+def run() -> None:
+    """The ``bids2hf`` program (its exit status is the process's)."""
+    from bids2hf.interrupts import exit_interrupted
+
+    try:
+        from bids2hf.cli.commands import main
+    except KeyboardInterrupt:
+        exit_interrupted()
+    main()
+
+
+def __getattr__(name: str) -> Any:
+    if name == "main":
+        from bids2hf.cli.commands import main
+
+        return main
+    raise AttributeError(f"module 'bids2hf.cli' has no attribute {name!r}")

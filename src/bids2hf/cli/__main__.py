@@ -1,5 +1,5 @@
 """`python -m bids2hf.cli`: the command line."""
 
-from bids2hf.cli import main
+from bids2hf.cli import run
 
-main()
+run()

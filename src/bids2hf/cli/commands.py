@@ -12,6 +12,7 @@ from bids2hf._version import __version__
 from bids2hf.bids.options import ScanOptions
 from bids2hf.cli.engine import engine_client
 from bids2hf.cli.options import (
+    CommandGroup,
     _options,
     common,
     engine_options,
@@ -31,7 +32,7 @@ __all__ = ["convert", "demo", "export", "inspect", "main", "mount", "push",
            "verify"]  # fmt: skip
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=CommandGroup)
 @click.version_option(__version__, prog_name="bids2hf")
 def main() -> None:
     """Turn BIDS datasets into Hugging Face datasets (Parquet with embedded NIfTI), and back."""

@@ -12,6 +12,12 @@ import click
 
 from bids2hf.bids.options import ScanOptions
 from bids2hf.errors import Bids2HfError, one_line
+from bids2hf.interrupts import (
+    caused_by_ctrl_c,
+    exit_interrupted,
+    handle_ctrl_c,
+    stop_if_interrupted,
+)
 from bids2hf.plan.config import Config, load_config
 from bids2hf.plan.options import PlanOptions
 from bids2hf.units import parse_size
@@ -19,8 +25,8 @@ from bids2hf.units import parse_size
 if TYPE_CHECKING:
     from bids2hf.model.source import Source
 
-__all__ = ["SIZE", "SizeType", "common", "engine_options", "input_options", "open_bids_dir",
-           "publish_options", "source_option"]  # fmt: skip
+__all__ = ["SIZE", "CommandGroup", "SizeType", "common", "engine_options", "input_options",
+           "open_bids_dir", "publish_options", "source_option"]  # fmt: skip
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -54,6 +60,31 @@ def _stack(func: F, options: Sequence[Callable[[Any], Any]]) -> F:
     return func
 
 
+class CommandGroup(click.Group):
+    """The program's group of commands: ``-h`` as ``--help``; Ctrl-C while click reads the
+    command line (or a command starts) ends as it does in a command: one line and exit 130, not
+    click's "Aborted!" and exit 1."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        settings = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+        super().__init__(*args, context_settings=settings, **kwargs)
+
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:  # fmt: skip
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except KeyboardInterrupt:
+            exit_interrupted()
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            exit_interrupted()
+
+
 def common(func: F) -> F:
     """--quiet/--debug and the error policy: one line and exit 2, tracebacks only with --debug."""
 
@@ -63,9 +94,12 @@ def common(func: F) -> F:
     @click.option("--debug", is_flag=True, help="Verbose logging and full tracebacks.")
     @functools.wraps(func)
     def wrapper(*args: Any, quiet: bool, debug: bool, **kwargs: Any) -> Any:
-        _setup_logging(quiet, debug)
+        handle_ctrl_c()
         try:
-            return func(*args, quiet=quiet, **kwargs)
+            _setup_logging(quiet, debug)
+            result = func(*args, quiet=quiet, **kwargs)
+            stop_if_interrupted()  # (a Ctrl-C dropped late: the output is complete, but asked to stop)
+            return result
         except Bids2HfError as exc:
             if debug:
                 raise
@@ -74,13 +108,14 @@ def common(func: F) -> F:
         except KeyboardInterrupt:
             if debug:
                 raise
-            click.echo("interrupted: re-run the same command to resume", err=True)
-            sys.exit(130)
+            exit_interrupted()
         except click.exceptions.Exit:
             raise
         except Exception as exc:
             if debug:
                 raise
+            if caused_by_ctrl_c(exc):
+                exit_interrupted()
             click.echo(
                 one_line(f"internal error: {type(exc).__name__}: {exc}")
                 + " (re-run with --debug for details)",

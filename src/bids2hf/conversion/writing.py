@@ -6,6 +6,7 @@ from __future__ import annotations
 from bids2hf.conversion.card import card_bytes
 from bids2hf.conversion.run import ConversionRun, staged_bound
 from bids2hf.errors import DestinationError
+from bids2hf.interrupts import stop_if_interrupted
 from bids2hf.model.manifest import ManifestEntry
 from bids2hf.model.rows import ShardPlan
 from bids2hf.model.state import ShardRecord
@@ -108,6 +109,7 @@ def _write_all(
         report.written.append(shard.path)
         if publisher is not None:
             _submit(publisher, out, shard, result)
+        stop_if_interrupted()  # a Ctrl-C a library dropped: stop here, the shard recorded
 
     # [issue 11] files stored beside: copied (and uploaded) before the shards that list them
     copy_and_stage_beside(out, run.source, plan.shards, bar.update, run.remote, publisher)

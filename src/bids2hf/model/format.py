@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 
 __all__ = [
     "BESIDE_PREFIX", "CHECKSUMS_PATH", "DATASET_FILES_PREFIX", "FOOTER_KEY", "JOURNAL_NAME",
-    "LEGACY_NAME", "LOCK_NAME", "MANIFEST_PATH", "OWNED_PREFIXES", "PREVIEW_PREFIXES", "STATE_DIR",
-    "USER_END", "USER_PLACEHOLDER", "USER_START", "VCS_DIRS", "EmbeddedFile", "UserSectionError",
+    "LEGACY_NAME", "LOCK_NAME", "MANIFEST_PATH", "OWNED_PREFIXES", "PREVIEW_PREFIXES", "REPO_PLACEHOLDER",
+    "STATE_DIR", "USER_END", "USER_PLACEHOLDER", "USER_START", "VCS_DIRS", "EmbeddedFile", "UserSectionError",
     "read_footer_index", "sha256_file", "user_section_span", "write_chunk",
 ]
 
@@ -26,6 +26,9 @@ MANIFEST_PATH = "bids2hf/manifest.jsonl"
 #: not make the card someone else's.
 USER_START = "<!-- bids2hf:user-section:start -->"
 USER_END = "<!-- bids2hf:user-section:end -->"
+#: The repository a card's code samples name until it is known: a conversion to a local folder
+#: writes it; ``push`` to a Hub repository puts the repository's name in its place.
+REPO_PLACEHOLDER = "ORG/NAME"
 #: What the user section holds until someone writes in it.
 USER_PLACEHOLDER = (
     "\n<!-- Write your own text here (usage notes, known issues, ...): bids2hf keeps everything "

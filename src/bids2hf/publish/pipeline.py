@@ -33,7 +33,11 @@ from bids2hf.publish.compare import (
     stale_paths,
     verify_remote,
 )
-from bids2hf.publish.push_card import card_keeping_remote_section, record_card
+from bids2hf.publish.push_card import (
+    card_keeping_remote_section,
+    card_naming_repository,
+    record_card,
+)
 from bids2hf.publish.staging import empty_staging
 from bids2hf.publish.targets.base import RemoteFile, StagedFile, Target
 from bids2hf.publish.targets.fsspec import FsspecTarget
@@ -303,13 +307,15 @@ def upload_folder(
     target.ensure()
     remote = target.files()
     recorded_card = store.published_card(url) if store is not None else set()
-    by_path = {f.path: f for f in files}
-    owned = _refuse_push_conflicts(target, remote, by_path, recorded_card, overwrite)
-    # [qa2] the card pushed keeps the user section written on the destination since
-    folder_card = by_path.get("README.md")  # (recorded: was its section edited here since?)
-    with card_keeping_remote_section(target, remote, owned, files, recorded_card) as pushed:
-        run = (store, recorded_card, report, commit_every, progress, folder_card)
-        _push_files(target, remote, owned, pushed, *run)
+    # [qa3] a folder converted locally: its card's code samples name the repository now
+    with card_naming_repository(files, target.repo_id) as named:
+        by_path = {f.path: f for f in named}
+        owned = _refuse_push_conflicts(target, remote, by_path, recorded_card, overwrite)
+        # [qa2] the card pushed keeps the user section written on the destination since
+        folder_card = by_path.get("README.md")  # (recorded: was its section edited here since?)
+        with card_keeping_remote_section(target, remote, owned, named, recorded_card) as pushed:
+            run = (store, recorded_card, report, commit_every, progress, folder_card)
+            _push_files(target, remote, owned, pushed, *run)
     return report
 
 

@@ -1,4 +1,8 @@
-"""``push``: the card it uploads keeps the user section written on the destination.
+"""``push``: the card it uploads names the destination repository and keeps the user section
+written on the destination.
+
+A folder converted locally has a card whose code samples name :data:`REPO_PLACEHOLDER`; pushed
+to a Hub repository, they name that repository (as a conversion straight to it writes them).
 
 A conversion to a remote takes the user section from the destination's card (someone may have
 written there on the Hub). ``push`` uploads a folder converted earlier, whose card holds the
@@ -18,6 +22,7 @@ from pathlib import Path
 
 from bids2hf.errors import DestinationError
 from bids2hf.model.format import (
+    REPO_PLACEHOLDER,
     USER_PLACEHOLDER,
     UserSectionError,
     sha256_file,
@@ -27,7 +32,7 @@ from bids2hf.publish.compare import card_identities, read_remote
 from bids2hf.publish.targets.base import RemoteFile, StagedFile, Target
 from bids2hf.write.state_store import StateStore
 
-__all__ = ["card_keeping_remote_section", "folder_card_id", "record_card"]
+__all__ = ["card_keeping_remote_section", "card_naming_repository", "folder_card_id", "record_card"]
 
 log = logging.getLogger(__name__)
 #: The prefix of :func:`folder_card_id`'s records (no remote file has such an identity).
@@ -46,9 +51,7 @@ def _section(text: str, where: str) -> tuple[int, int] | None:
         raise DestinationError(str(exc)) from None
 
 
-def _merged_text(
-    raw: bytes, card: StagedFile, recorded: Collection[str], where: str
-) -> str | None:
+def _merged_text(raw: bytes, card: StagedFile, recorded: Collection[str], where: str) -> str | None:
     """The folder's card with the destination's user section (``raw``: the destination's card),
     or None when the folder's card is the one to publish as it is (see
     :func:`card_keeping_remote_section`).
@@ -78,6 +81,57 @@ def _merged_text(
             where,
         )
     return ours[: our_span[0]] + section + ours[our_span[1] :]
+
+
+#: The forms in which the card's code samples name the repository (report/card.py writes them)
+_REPO_FORMS = ('load_dataset("{}"', "hf://datasets/{} ")
+
+
+def _naming(text: str, repo_id: str, where: str) -> str:
+    """``text`` (a card) with the placeholder of its code samples replaced by ``repo_id``; the
+    user section, the user's own text, is left as it is.
+
+    Raises:
+        DestinationError: the user-section markers are broken.
+    """
+    span = _section(text, where) or (len(text), len(text))
+    parts = [text[: span[0]], text[span[1] :]]
+    for form in _REPO_FORMS:
+        parts = [p.replace(form.format(REPO_PLACEHOLDER), form.format(repo_id)) for p in parts]
+    return parts[0] + text[span[0] : span[1]] + parts[1]
+
+
+@contextlib.contextmanager
+def card_naming_repository(
+    files: Sequence[StagedFile], repo_id: str | None
+) -> Iterator[list[StagedFile]]:
+    """``files``, their card (``README.md``) replaced, while the context lasts, by one whose code
+    samples name ``repo_id`` where they name :data:`REPO_PLACEHOLDER` (a folder converted
+    locally); as they are if ``repo_id`` is None (not a Hub repository) or nothing changes.
+
+    Raises:
+        DestinationError: the card's user-section markers are broken.
+    """
+    out = list(files)
+    card = next((f for f in out if f.path == "README.md"), None)
+    if card is None or repo_id is None:
+        yield out
+        return
+    raw = card.local.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:  # (bids2hf writes UTF-8; someone else's card is left as it is)
+        yield out
+        return
+    named = _naming(text, repo_id, str(card.local))
+    if named == text:
+        yield out
+        return
+    with tempfile.TemporaryDirectory(prefix="bids2hf-card-") as tmp:
+        path = Path(tmp) / "README.md"
+        path.write_bytes(named.encode("utf-8"))
+        staged = StagedFile("README.md", path, path.stat().st_size, sha256_file(path))
+        yield [staged if f is card else f for f in out]
 
 
 @contextlib.contextmanager

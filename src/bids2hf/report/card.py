@@ -15,6 +15,7 @@ from huggingface_hub import DatasetCardData
 
 import bids2hf.bids.schema as bids_schema
 from bids2hf._version import __version__
+from bids2hf.model.format import REPO_PLACEHOLDER
 from bids2hf.model.image_header import HeaderFacts
 from bids2hf.model.inventory import Table
 from bids2hf.model.rows import Role
@@ -57,7 +58,7 @@ class CardInputs:
 def render_card(
     plan: ConversionPlan,
     description: dict[str, Any],
-    repo_hint: str = "ORG/NAME",
+    repo_hint: str = REPO_PLACEHOLDER,
     inputs: CardInputs | None = None,
 ) -> str:
     """The README.md text for a converted dataset.

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from huggingface_hub import DatasetCardData
 
+from bids2hf.model.format import REPO_PLACEHOLDER
 from bids2hf.report.card_facts import (
     DescriptionFacts,
     ParticipantSummary,
@@ -46,7 +47,7 @@ class CardFacts:
     """Everything the card says beyond card.py's sections."""
 
     description: DescriptionFacts
-    repo_id: str = "ORG/NAME"
+    repo_id: str = REPO_PLACEHOLDER
     split: str = "train"
     readme: ShortReadme | None = None
     readme_path: str = "bids/README"  # where the full README is in the output

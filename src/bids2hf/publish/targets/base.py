@@ -49,6 +49,10 @@ class StagedFile:
 class Target(Protocol):
     url: str
 
+    @property
+    def repo_id(self) -> str | None:
+        """A Hub repository's ``ORG/NAME``; None elsewhere."""
+
     def ensure(self) -> None: ...
     def files(self) -> dict[str, RemoteFile]: ...
     def stage(self, item: StagedFile) -> None: ...

@@ -26,6 +26,7 @@ class FsspecTarget:
         import fsspec
 
         self.url = url
+        self.repo_id: str | None = None
         try:
             self.fs, self.root = fsspec.core.url_to_fs(url)
         except (ImportError, ValueError) as exc:
