@@ -41,6 +41,15 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def named_card(card: bytes, repo: str) -> bytes:
+    """``card``, converted to a local folder, as ``push`` to ``repo`` publishes it: the code
+    samples of its "## Loading" section name the repository (the card of a test dataset has no
+    other such line)."""
+    for form in ('load_dataset("{}"', "hf://datasets/{} "):
+        card = card.replace(form.format("ORG/NAME").encode(), form.format(repo).encode())
+    return card
+
+
 def tree(
     root: Path, *, skip_dirs: frozenset[str] = frozenset(), follow_dir_links: bool = False
 ) -> dict[str, str]:

@@ -221,3 +221,38 @@ def test_same_content_of_a_regular_hub_file_compares_git_blob_ids(tmp_path: Path
 def test_license_name(value: object, slug: str) -> None:
     # The Hub wants a lower-case slug of at most 64 characters beside ``license: other``.
     assert license_name(value) == slug
+
+
+def test_push_names_the_repository_only_in_the_card_s_own_samples(tmp_path: Path) -> None:
+    """Review: the dataset's README quoted in the card, the user's section and the rest of the
+    card kept ``ORG/NAME``; only the code samples of bids2hf's "## Loading" section (the last
+    one: the user section comes before it) name the repository. Broken user-section markers are
+    no reason to refuse the push (they were not, before the samples were named)."""
+    from bids2hf.model.format import USER_END, USER_START
+    from bids2hf.publish.push_card import card_naming_repository
+    from bids2hf.publish.targets.base import StagedFile
+
+    sample = 'ds = load_dataset("ORG/NAME", split="train")        # or streaming=True'
+    export = "pip install bids2hf && bids2hf export hf://datasets/ORG/NAME ./bids"
+    card = "\n".join([
+        "# Title", "", "## Description", "", "```python", sample, "```", "", export, "",
+        USER_START, "## Loading", sample, USER_END, USER_END, "",
+        "## Loading", "", "```python", sample, "```", "", "```bash", export, "```", "",
+        "## Columns", "", sample, "",
+    ])  # fmt: skip
+    path = tmp_path / "README.md"
+    path.write_text(card)
+    with card_naming_repository([StagedFile("README.md", path, path.stat().st_size, None)], "o/n") as (
+        named,
+    ):
+        text = named.local.read_text()
+    lines, before = text.split("\n"), card.split("\n")
+    changed = [i for i, (a, b) in enumerate(zip(before, lines, strict=True)) if a != b]
+    assert [lines[i] for i in changed] == [
+        sample.replace("ORG/NAME", "o/n"),
+        export.replace("ORG/NAME", "o/n"),
+    ]
+    assert all(i > before.index(USER_END) for i in changed)
+    assert all(i < before.index("## Columns") for i in changed)
+    with card_naming_repository([StagedFile("README.md", path, 1, None)], None) as (same,):
+        assert same.local == path, "not a Hub repository: the card as it is"

@@ -3,11 +3,12 @@ lines that say why a published dataset cannot be read."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from bids2hf.model.format import USER_END, USER_START
 from bids2hf.testing.synthetic import GeneratedDataset
-from helpers import error_line, run_bids2hf, tree
+from helpers import error_line, named_card, run_bids2hf, tree
 from hub_emulator import HubEmulator
 
 ALL = ("--derivatives", "all", "-q")
@@ -63,41 +64,82 @@ def _with_section(card: bytes, text: str) -> bytes:
     return card[:i] + text.encode() + card[j:]
 
 
-def _named(card: bytes, repo: str = "org/ds") -> bytes:
-    """``card``, converted to a local folder, as ``push`` to ``repo`` publishes it: its code
-    samples name the repository."""
-    for form in ('load_dataset("{}"', "hf://datasets/{} "):
-        card = card.replace(form.format("ORG/NAME").encode(), form.format(repo).encode())
-    return card
+#: A dataset README that quotes the card's own code samples (the card quotes the README)
+_README_QUOTING = """About this dataset.
+
+```python
+ds = load_dataset("ORG/NAME", split="train")
+```
+
+pip install bids2hf && bids2hf export hf://datasets/ORG/NAME ./bids
+"""
 
 
 def test_push_names_the_repository_in_the_card(
-    emu: HubEmulator, hub_env: dict[str, str], synthetic: GeneratedDataset, tmp_path: Path
+    emu: HubEmulator, hub_env: dict[str, str], bids_copy: Path, tmp_path: Path
 ) -> None:
     """QA: a folder converted locally, then pushed, published a card whose code samples said
     ``load_dataset("ORG/NAME")`` and ``bids2hf export hf://datasets/ORG/NAME``. They now name
-    the repository, as a conversion straight to it writes them; the user's own section and the
-    folder are left as they are."""
+    the repository, as a conversion straight to it writes them; the dataset's README quoted in
+    the card, the user's own section and the folder are left as they are, and ``--dry-run``
+    says what a push would do."""
+    (bids_copy / "README").write_text(_README_QUOTING)
     out = tmp_path / "out"
-    run_bids2hf("convert", synthetic.root, out, "-q", env=hub_env)
+    run_bids2hf("convert", bids_copy, out, "-q", env=hub_env)
     local = _with_section((out / "README.md").read_bytes(), '\nNot `load_dataset("ORG/NAME")`\n')
     (out / "README.md").write_bytes(local)
     run_bids2hf("push", out, URL, "-q", env=hub_env)
     published = emu.read_file("org/ds", "README.md").decode()
     direct = tmp_path / "direct"
-    run_bids2hf("convert", synthetic.root, URL.replace("org/ds", "org/direct"), "-q",
+    run_bids2hf("convert", bids_copy, URL.replace("org/ds", "org/direct"), "-q",
                 "--staging", direct, env=hub_env)  # fmt: skip
     straight = emu.read_file("org/direct", "README.md").decode()
     samples = [line for line in published.splitlines() if "org/ds" in line]
     assert samples == [line.replace("org/direct", "org/ds") for line in straight.splitlines()
                        if "org/direct" in line]  # fmt: skip
-    assert 'ds = load_dataset("org/ds", split="train")' in published
-    assert "bids2hf export hf://datasets/org/ds ./bids" in published
-    assert published.count("ORG/NAME") == 1, "the user's section is theirs"
+    assert 'ds = load_dataset("org/ds", split="train")        # or streaming=True' in published
+    assert "pip install bids2hf && bids2hf export hf://datasets/org/ds ./bids" in published
+    assert published.count("ORG/NAME") == 3, "the README quoted and the user's section are kept"
     assert (out / "README.md").read_bytes() == local, "the folder is only read"
+    dry = run_bids2hf("push", out, URL, "--dry-run", env=hub_env)
+    assert "would upload 0 file(s)" in dry.stdout, dry.stdout
     emu.reset_stats()
     run_bids2hf("push", out, URL, "-q", env=hub_env)
     assert emu.stats["requests"]["POST commit"] == 0, "a re-push finds the card up to date"
+
+
+#: sitecustomize: push as bids2hf did before it named the repository in the card
+_PUSH_WITHOUT_NAMING = """
+import contextlib
+import bids2hf.publish.pipeline as pipeline
+
+@contextlib.contextmanager
+def _as_it_is(files, repo_id):
+    yield list(files)
+
+pipeline.card_naming_repository = _as_it_is
+"""
+
+
+def test_a_card_pushed_by_the_earlier_version_is_no_local_edit(
+    emu: HubEmulator, hub_env: dict[str, str], synthetic: GeneratedDataset, tmp_path: Path
+) -> None:
+    """Review: the folder's card is recorded at each push as pushed, now named; one pushed by
+    the version before, unnamed, with a section written on the Hub since, made the next push
+    warn that the folder's section had been edited here. Nothing was."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_PUSH_WITHOUT_NAMING)
+    earlier = dict(hub_env, PYTHONPATH=os.pathsep.join([str(hook), hub_env.get("PYTHONPATH", "")]))
+    out = tmp_path / "out"
+    run_bids2hf("convert", synthetic.root, out, "-q", env=hub_env)
+    run_bids2hf("push", out, URL, "-q", env=earlier)
+    assert b'load_dataset("ORG/NAME"' in emu.read_file("org/ds", "README.md")
+    hub = _with_section(emu.read_file("org/ds", "README.md"), "\nwritten on the Hub\n")
+    emu.upload_bytes("org/ds", {"README.md": hub})
+    proc = run_bids2hf("push", out, URL, env=hub_env)
+    assert "edited here" not in proc.stderr, proc.stderr
+    assert emu.read_file("org/ds", "README.md") == named_card(hub, "org/ds")
 
 
 def test_push_keeps_the_user_section_written_on_the_hub(
@@ -113,10 +155,10 @@ def test_push_keeps_the_user_section_written_on_the_hub(
     mine = _with_section(local_card, "\nWritten locally.\n")
     (out / "README.md").write_bytes(mine)
     run_bids2hf("push", out, URL, "-q", env=hub_env)
-    assert emu.read_file("org/ds", "README.md") == _named(mine)
+    assert emu.read_file("org/ds", "README.md") == named_card(mine, "org/ds")
 
     theirs = _with_section(
-        _named(mine), "\nKnown issue: sub-02's T2w is blurred (written on the Hub)\n"
+        named_card(mine, "org/ds"), "\nKnown issue: sub-02's T2w is blurred (written on the Hub)\n"
     )
     emu.upload_bytes("org/ds", {"README.md": theirs})
     run_bids2hf("push", out, URL, "-q", env=hub_env)
@@ -190,8 +232,8 @@ def test_push_publishes_a_section_edited_here_since_the_last_push(
     b = _with_section(card, "\nB\n")
     (out / "README.md").write_bytes(b)
     run_bids2hf("push", out, URL, "-q", env=hub_env)
-    assert emu.read_file("org/ds", "README.md") == _named(b)
-    hub = _with_section(_named(card), "\nwritten on the Hub\n")
+    assert emu.read_file("org/ds", "README.md") == named_card(b, "org/ds")
+    hub = _with_section(named_card(card, "org/ds"), "\nwritten on the Hub\n")
     emu.upload_bytes("org/ds", {"README.md": hub})
     (out / "README.md").write_bytes(_with_section(card, "\nC\n"))
     proc = run_bids2hf("push", out, URL, env=hub_env)

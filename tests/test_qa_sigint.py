@@ -18,7 +18,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from helpers import BIDS2HF, run_bids2hf, snapshot, without_state
+from bids2hf.testing.spec import GeneratedDataset
+from helpers import BIDS2HF, Cli, run_bids2hf, snapshot, without_state
 
 
 def _worker_started(proc: subprocess.Popen[str]) -> bool:
@@ -197,13 +198,36 @@ def test_a_ctrl_c_dropped_on_the_way_still_stops_the_run(
     env = _with_sitecustomize(tmp_path, _CTRL_C_DROPPED)
     env["WHERE"] = where
     out = tmp_path / "out"
-    proc = run_bids2hf("convert", bids_copy, out, "-q", "--max-shard-size", "200kB", env=env,
-                       check=False)  # fmt: skip
+    options = ("-q", "-j", "2", "--max-shard-size", "200kB")  # (6 shards, 2 at a time)
+    proc = run_bids2hf("convert", bids_copy, out, *options, env=env, check=False)
     assert proc.returncode == 130, proc.stdout + proc.stderr
     assert proc.stderr == "interrupted: re-run the same command to resume\n"
     assert "wrote" not in proc.stdout
     assert len(list((out / "data").rglob("*.parquet"))) < 6, "stopped before the last shard"
-    run_bids2hf("convert", bids_copy, out, "-q", "--max-shard-size", "200kB")  # resumes
+    run_bids2hf("convert", bids_copy, out, *options)  # resumes
+
+
+def test_with_debug_a_ctrl_c_shows_where_it_came(bids_copy: Path, tmp_path: Path) -> None:
+    """``--debug`` adds the traceback, before the same line and exit status."""
+    env = _with_sitecustomize(tmp_path, _CTRL_C_WHILE_LOADING)
+    env["WHERE"] = "exec"
+    proc = run_bids2hf("convert", bids_copy, tmp_path / "out", "--debug", env=env, check=False)
+    assert proc.returncode == 130, proc.stderr
+    assert "Traceback" in proc.stderr and "_while_loading" in proc.stderr, proc.stderr
+    assert proc.stderr.endswith("interrupted: re-run the same command to resume\n")
+
+
+def test_a_command_run_from_python_leaves_the_handlers_as_they_were(
+    synthetic: GeneratedDataset, cli: Cli
+) -> None:
+    """Review: the command line's SIGINT handler and unraisable hook stayed installed after a
+    command run in-process (tests, notebooks), and a later Ctrl-C the caller handled made every
+    later ``bids2hf.convert`` stop at its first shard."""
+    hook = sys.unraisablehook
+    result = cli("inspect", synthetic.root, "-q")
+    assert result.exit_code == 0, result.output
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert sys.unraisablehook is hook
 
 
 #: bids2hf.convert called from Python: on the main thread under a SIGINT handler of the caller's

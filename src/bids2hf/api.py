@@ -36,13 +36,10 @@ from bids2hf.plan.beside import MAX_VALUE_BYTES, files_url_of
 from bids2hf.plan.options import PlanOptions
 from bids2hf.plan.plan import ConversionPlan, make_plan
 from bids2hf.plan.previews import plan_previews
-from bids2hf.publish.pipeline import (
-    PublishOptions,
-    is_remote,
-    upload_folder,
-)
+from bids2hf.publish.pipeline import PublishOptions, upload_folder
 from bids2hf.publish.staging import default_staging
 from bids2hf.publish.targets.base import StagedFile
+from bids2hf.publish.targets.registry import is_remote
 from bids2hf.publish.uploader import PublishReport
 from bids2hf.write.engine import LocalEngine, ShardEngine
 from bids2hf.write.output_folder import OutputFolder

@@ -14,10 +14,12 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType
 from typing import Any, NoReturn
 
-__all__ = ["caused_by_ctrl_c", "exit_interrupted", "handle_ctrl_c", "stop_if_interrupted"]
+__all__ = ["caused_by_ctrl_c", "exit_interrupted", "handling_ctrl_c", "stop_if_interrupted"]
 
 _requested = False
 
@@ -38,15 +40,27 @@ def _quiet_when_dropped(unraisable: Any) -> None:
 _previous_hook = sys.unraisablehook
 
 
-def handle_ctrl_c() -> None:
-    """Install the command line's SIGINT handler, on the main thread and only in place of
-    Python's default one (an ignored SIGINT, as in a background job, stays ignored)."""
-    global _previous_hook
+@contextmanager
+def handling_ctrl_c() -> Iterator[None]:
+    """The command line's SIGINT handler while the context lasts (one command), on the main
+    thread and only in place of Python's default one (an ignored SIGINT, as in a background
+    job, stays ignored); the process's handlers as they were afterwards (a command run from
+    Python, as tests and notebooks do, leaves nothing behind)."""
+    global _requested, _previous_hook
     on_main = threading.current_thread() is threading.main_thread()
-    if on_main and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, _on_sigint)
-        if sys.unraisablehook is not _quiet_when_dropped:
-            _previous_hook, sys.unraisablehook = sys.unraisablehook, _quiet_when_dropped
+    if not (on_main and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+        yield
+        return
+    _requested = False
+    _previous_hook = sys.unraisablehook
+    signal.signal(signal.SIGINT, _on_sigint)
+    sys.unraisablehook = _quiet_when_dropped
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        sys.unraisablehook = _previous_hook
+        _requested = False
 
 
 def stop_if_interrupted() -> None:
@@ -61,9 +75,10 @@ def stop_if_interrupted() -> None:
 
 
 def caused_by_ctrl_c(exc: BaseException) -> bool:
-    """``exc`` wraps a KeyboardInterrupt: Python 3.11 turns one raised while a class is being
-    made (Ctrl-C while a command imports its modules) into ``RuntimeError: Error calling
-    __set_name__``, with the KeyboardInterrupt as its cause."""
+    """``exc`` comes of a KeyboardInterrupt: raised while one was being handled (a clean-up
+    that failed), or wrapping one (Python 3.11 turns one raised inside ``__set_name__``, as a
+    class is made while a command imports its modules, into ``RuntimeError: Error calling
+    __set_name__``, with the KeyboardInterrupt as its cause)."""
     seen: set[int] = set()
     link: BaseException | None = exc
     while link is not None and id(link) not in seen:
@@ -81,6 +96,7 @@ def exit_interrupted() -> NoReturn:
     # Under ``python -m``, a KeyboardInterrupt that passed through code run by exec() of a
     # string (dataclasses and namedtuple make their methods so: Ctrl-C while modules load) marks
     # the interpreter to end itself by SIGINT at exit, whatever the exit status asked for: the
-    # caller then sees -2, not 130. Each exec() of a string clears that mark as it starts.
+    # caller then sees -2, not 130. Each exec() of a string clears that mark as it starts
+    # (CPython's run_eval_code_obj resets _Py_UnhandledKeyboardInterrupt; 3.11 to 3.13).
     exec("None")
     sys.exit(130)

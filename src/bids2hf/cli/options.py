@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -15,7 +16,7 @@ from bids2hf.errors import Bids2HfError, one_line
 from bids2hf.interrupts import (
     caused_by_ctrl_c,
     exit_interrupted,
-    handle_ctrl_c,
+    handling_ctrl_c,
     stop_if_interrupted,
 )
 from bids2hf.plan.config import Config, load_config
@@ -67,6 +68,7 @@ class CommandGroup(click.Group):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         settings = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+        settings.update(kwargs.pop("context_settings", None) or {})
         super().__init__(*args, context_settings=settings, **kwargs)
 
     def make_context(
@@ -94,36 +96,43 @@ def common(func: F) -> F:
     @click.option("--debug", is_flag=True, help="Verbose logging and full tracebacks.")
     @functools.wraps(func)
     def wrapper(*args: Any, quiet: bool, debug: bool, **kwargs: Any) -> Any:
-        handle_ctrl_c()
-        try:
-            _setup_logging(quiet, debug)
-            result = func(*args, quiet=quiet, **kwargs)
-            stop_if_interrupted()  # (a Ctrl-C dropped late: the output is complete, but asked to stop)
-            return result
-        except Bids2HfError as exc:
-            if debug:
-                raise
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            if debug:
-                raise
-            exit_interrupted()
-        except click.exceptions.Exit:
-            raise
-        except Exception as exc:
-            if debug:
-                raise
-            if caused_by_ctrl_c(exc):
-                exit_interrupted()
-            click.echo(
-                one_line(f"internal error: {type(exc).__name__}: {exc}")
-                + " (re-run with --debug for details)",
-                err=True,
-            )
-            sys.exit(1)
+        with handling_ctrl_c():
+            return _run(func, debug, *args, quiet=quiet, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _run(func: Callable[..., Any], debug: bool, *args: Any, quiet: bool, **kwargs: Any) -> Any:
+    """``func(*args, **kwargs)`` under the error policy of :func:`common`."""
+    try:
+        _setup_logging(quiet, debug)
+        result = func(*args, quiet=quiet, **kwargs)
+        stop_if_interrupted()  # (a Ctrl-C dropped late: the output is complete, but asked to stop)
+        return result
+    except Bids2HfError as exc:
+        if debug:
+            raise
+        if caused_by_ctrl_c(exc):  # (a clean-up cut short by the Ctrl-C)
+            exit_interrupted()
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        if debug:  # (the group above would make it the one line: the traceback first)
+            traceback.print_exc()
+        exit_interrupted()
+    except click.exceptions.Exit:
+        raise
+    except Exception as exc:
+        if debug:
+            raise
+        if caused_by_ctrl_c(exc):
+            exit_interrupted()
+        click.echo(
+            one_line(f"internal error: {type(exc).__name__}: {exc}")
+            + " (re-run with --debug for details)",
+            err=True,
+        )
+        sys.exit(1)
 
 
 # long because: a table of click options, one entry each, read top to bottom as --help lists them

@@ -11,7 +11,6 @@ describes once the run ends.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +40,7 @@ from bids2hf.publish.push_card import (
 from bids2hf.publish.staging import empty_staging
 from bids2hf.publish.targets.base import RemoteFile, StagedFile, Target
 from bids2hf.publish.targets.fsspec import FsspecTarget
-from bids2hf.publish.targets.hub import HubTarget
+from bids2hf.publish.targets.registry import open_target
 from bids2hf.publish.uploader import Publisher, PublishReport
 from bids2hf.write.output_folder import OutputFolder
 from bids2hf.write.state_store import StateStore
@@ -52,8 +51,6 @@ __all__ = [
     "RemoteRun",
     "dry_run_report",
     "final_files",
-    "is_remote",
-    "open_target",
     "upload_folder",
 ]
 
@@ -299,9 +296,10 @@ def upload_folder(
     remote then differs from the files, and the target's errors for failed uploads.
     """
     keep = [f.path for f in files]
-    if dry_run:
-        items = [DryRunItem(f.path, f.size, f.size, f.checksum(), f.local) for f in files]
-        return dry_run_report(url, items, keep, private=private, timeout=timeout)
+    if dry_run:  # (the card as a push would name it; no request made to name it)
+        with card_naming_repository(files, open_target(url).repo_id) as named:
+            items = [DryRunItem(f.path, f.size, f.size, f.checksum(), f.local) for f in named]
+            return dry_run_report(url, items, keep, private=private, timeout=timeout)
     target = open_target(url, private=private, timeout=timeout)
     report = PublishReport(url)
     target.ensure()
@@ -313,7 +311,8 @@ def upload_folder(
         owned = _refuse_push_conflicts(target, remote, by_path, recorded_card, overwrite)
         # [qa2] the card pushed keeps the user section written on the destination since
         folder_card = by_path.get("README.md")  # (recorded: was its section edited here since?)
-        with card_keeping_remote_section(target, remote, owned, named, recorded_card) as pushed:
+        merging = card_keeping_remote_section(target, remote, owned, named, recorded_card, files)
+        with merging as pushed:
             run = (store, recorded_card, report, commit_every, progress, folder_card)
             _push_files(target, remote, owned, pushed, *run)
     return report
@@ -383,18 +382,3 @@ def _refuse_push_conflicts(
     ]
     refuse_remote_conflicts(target.url, conflicts, overwrite)
     return owned
-
-
-def is_remote(url: str | os.PathLike[str]) -> bool:
-    """Whether ``url`` names a remote destination (any ``scheme://`` but ``file://``)."""
-    return isinstance(url, str) and "://" in url and not url.startswith("file://")
-
-
-def open_target(url: str, *, private: bool = False, timeout: float | None = 300.0) -> Target:
-    """The publishing target for a URL (hf:// or any fsspec protocol).
-
-    Raises :class:`~bids2hf.errors.InputError` for a URL the target cannot open.
-    """
-    if url.startswith("hf://"):
-        return HubTarget(url, private=private, timeout=timeout)
-    return FsspecTarget(url)

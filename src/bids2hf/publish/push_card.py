@@ -51,7 +51,13 @@ def _section(text: str, where: str) -> tuple[int, int] | None:
         raise DestinationError(str(exc)) from None
 
 
-def _merged_text(raw: bytes, card: StagedFile, recorded: Collection[str], where: str) -> str | None:
+def _merged_text(
+    raw: bytes,
+    card: StagedFile,
+    recorded: Collection[str],
+    where: str,
+    unnamed: StagedFile | None = None,
+) -> str | None:
     """The folder's card with the destination's user section (``raw``: the destination's card),
     or None when the folder's card is the one to publish as it is (see
     :func:`card_keeping_remote_section`).
@@ -68,7 +74,10 @@ def _merged_text(raw: bytes, card: StagedFile, recorded: Collection[str], where:
     if section in (USER_PLACEHOLDER, ours[our_span[0] : our_span[1]]):
         return None
     last_folder = {r.removeprefix(_FOLDER) for r in recorded if r.startswith(_FOLDER)}
-    folder_edited = bool(last_folder) and folder_card_id(card) not in recorded
+    # (``unnamed``: the folder's card before :func:`card_naming_repository`, as a push of an
+    # earlier version recorded it)
+    ids = {folder_card_id(c) for c in (card, unnamed) if c is not None}
+    folder_edited = bool(last_folder) and not ids & set(recorded)
     if folder_edited and f"sha256:{hashlib.sha256(raw).hexdigest()}" in last_folder:
         # The destination holds the folder's card of the last push, untouched: the folder's
         # section was edited here since, and is the one to publish.
@@ -83,22 +92,40 @@ def _merged_text(raw: bytes, card: StagedFile, recorded: Collection[str], where:
     return ours[: our_span[0]] + section + ours[our_span[1] :]
 
 
-#: The forms in which the card's code samples name the repository (report/card.py writes them)
-_REPO_FORMS = ('load_dataset("{}"', "hf://datasets/{} ")
+#: How the lines of the card's "## Loading" section that name the repository start (written by
+#: report/card.py and report/card_render.py)
+_SAMPLES = (
+    'ds = load_dataset("{}"',
+    'previews = load_dataset("{}"',
+    "pip install bids2hf && bids2hf export hf://datasets/{} ",
+)
 
 
-def _naming(text: str, repo_id: str, where: str) -> str:
-    """``text`` (a card) with the placeholder of its code samples replaced by ``repo_id``; the
-    user section, the user's own text, is left as it is.
-
-    Raises:
-        DestinationError: the user-section markers are broken.
-    """
-    span = _section(text, where) or (len(text), len(text))
-    parts = [text[: span[0]], text[span[1] :]]
-    for form in _REPO_FORMS:
-        parts = [p.replace(form.format(REPO_PLACEHOLDER), form.format(repo_id)) for p in parts]
-    return parts[0] + text[span[0] : span[1]] + parts[1]
+def _naming(text: str, repo_id: str) -> str:
+    """``text`` (a card) with the code samples of its "## Loading" section naming ``repo_id``
+    instead of :data:`REPO_PLACEHOLDER`. Only that section, bids2hf's, is changed: it is the last
+    "## Loading" heading (the dataset's README quoted above it has its headings demoted, and the
+    user section comes before it too), up to the next level-2 heading. Never raises."""
+    lines = text.split("\n")
+    headings: list[int] = []  # the level-2 headings, outside code blocks
+    fence = False
+    for i, line in enumerate(lines):
+        if line.lstrip().startswith(("```", "~~~")):
+            fence = not fence
+        elif not fence and line.startswith("## "):
+            headings.append(i)
+    loading = [i for i in headings if lines[i] == "## Loading"]
+    if not loading:
+        return text
+    first = loading[-1]
+    last = next((i for i in headings if i > first), len(lines))
+    old = [form.format(REPO_PLACEHOLDER) for form in _SAMPLES]
+    new = [form.format(repo_id) for form in _SAMPLES]
+    for i in range(first + 1, last):
+        for before, after in zip(old, new, strict=True):
+            if lines[i].startswith(before):
+                lines[i] = after + lines[i][len(before) :]
+    return "\n".join(lines)
 
 
 @contextlib.contextmanager
@@ -107,11 +134,8 @@ def card_naming_repository(
 ) -> Iterator[list[StagedFile]]:
     """``files``, their card (``README.md``) replaced, while the context lasts, by one whose code
     samples name ``repo_id`` where they name :data:`REPO_PLACEHOLDER` (a folder converted
-    locally); as they are if ``repo_id`` is None (not a Hub repository) or nothing changes.
-
-    Raises:
-        DestinationError: the card's user-section markers are broken.
-    """
+    locally, see :func:`_naming`); as they are if ``repo_id`` is None (not a Hub repository) or
+    nothing changes. Raises OSError if the card cannot be read or its copy written."""
     out = list(files)
     card = next((f for f in out if f.path == "README.md"), None)
     if card is None or repo_id is None:
@@ -123,7 +147,7 @@ def card_naming_repository(
     except UnicodeDecodeError:  # (bids2hf writes UTF-8; someone else's card is left as it is)
         yield out
         return
-    named = _naming(text, repo_id, str(card.local))
+    named = _naming(text, repo_id)
     if named == text:
         yield out
         return
@@ -141,6 +165,7 @@ def card_keeping_remote_section(
     owned: Collection[str],
     files: Sequence[StagedFile],
     recorded: Collection[str] = frozenset(),
+    unnamed: Sequence[StagedFile] = (),
 ) -> Iterator[list[StagedFile]]:
     """``files``, their card (``README.md``) replaced, while the context lasts, by one that
     holds the user section of the destination's card when that card is bids2hf's (in
@@ -151,7 +176,8 @@ def card_keeping_remote_section(
     destination still holds the folder's card of the last push and the folder's changed since
     (an edit made here); when the destination holds text the folder never had (written there,
     or kept there at the last push), its section is kept and a warning says the folder's edit
-    was not pushed.
+    was not pushed. ``unnamed``: the folder's files before :func:`card_naming_repository`
+    (whose card, unnamed, is the one an earlier version recorded).
 
     Raises:
         DestinationError: the user-section markers of either card are broken, or the
@@ -170,7 +196,8 @@ def card_keeping_remote_section(
             f"{where}: cannot be read ({type(exc).__name__}: {str(exc)[:200]}); it holds your "
             "user section: re-run later"
         ) from None
-    text = _merged_text(raw, card, recorded, where)
+    original = next((f for f in unnamed if f.path == "README.md"), None)
+    text = _merged_text(raw, card, recorded, where, original)
     if text is None:
         yield out
         return

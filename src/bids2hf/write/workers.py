@@ -43,7 +43,7 @@ def init_worker(progress_queue: Any, ignore_sigint: bool = True) -> None:
     interrupted on its own would only print a traceback); true when the run is on the main
     thread, the only one Python delivers KeyboardInterrupt to. Otherwise the writers stop on
     Ctrl-C themselves, as before. Either way they were started with SIGINT blocked
-    (:func:`_spawning_blocks_sigint`), so that none arrives while they import.
+    (:func:`_sigint_held`), so that none arrives while they import.
 
     A worker outliving its run (the parent killed with SIGKILL) would finish its shard and
     rename it into ``data/`` while a new run may hold the folder's lock. On Linux the kernel
@@ -208,7 +208,7 @@ def _write_in_pool(
                     if acquire is not None and not acquire(not pending):
                         break
                     shard = todo.pop(0)
-                    with _spawning_blocks_sigint():  # submit starts a writer where needed
+                    with _sigint_held():  # submit starts a writer where needed
                         fut = pool.submit(
                             write_job,
                             shard,
@@ -229,17 +229,19 @@ def _write_in_pool(
             # flight are not waited for; a re-run writes them again.
             for fut in pending:
                 fut.cancel()
-            _stop_workers(pool)
+            with _sigint_held():  # (a second Ctrl-C here would leave writers running)
+                _stop_workers(pool)
             raise
 
 
 @contextmanager
-def _spawning_blocks_sigint() -> Iterator[None]:
+def _sigint_held() -> Iterator[None]:
     """Processes started inside begin with SIGINT blocked (a child inherits the signal mask of
     the thread that starts it), until :func:`init_worker` decides. On the main thread a Ctrl-C
     meanwhile is also held back, not lost: it would raise KeyboardInterrupt half-way through
-    starting a writer (one the pool does not list yet, which nothing would then stop), so it
-    is recorded and raised again, to the caller's own handler, once the writer is started.
+    starting a writer (one the pool does not list yet, which nothing would then stop), or
+    through stopping them, so it is recorded and raised again, to the caller's own handler,
+    once the writer is started or the writers stopped.
     """
     if not hasattr(signal, "pthread_sigmask"):  # not POSIX
         yield
