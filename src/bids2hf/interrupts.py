@@ -97,6 +97,6 @@ def exit_interrupted() -> NoReturn:
     # string (dataclasses and namedtuple make their methods so: Ctrl-C while modules load) marks
     # the interpreter to end itself by SIGINT at exit, whatever the exit status asked for: the
     # caller then sees -2, not 130. Each exec() of a string clears that mark as it starts
-    # (CPython's run_eval_code_obj resets _Py_UnhandledKeyboardInterrupt; 3.11 to 3.13).
+    # (CPython's run_eval_code_obj resets _Py_UnhandledKeyboardInterrupt).
     exec("None")
     sys.exit(130)

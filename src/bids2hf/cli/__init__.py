@@ -16,12 +16,14 @@ __all__ = ["main", "run"]
 
 def run() -> None:
     """The ``bids2hf`` program (its exit status is the process's)."""
-    from bids2hf.interrupts import exit_interrupted
+    from bids2hf.interrupts import caused_by_ctrl_c, exit_interrupted
 
     try:
         from bids2hf.cli.commands import main
-    except KeyboardInterrupt:
-        exit_interrupted()
+    except (KeyboardInterrupt, Exception) as exc:
+        if caused_by_ctrl_c(exc):  # (3.11 wraps one raised inside __set_name__)
+            exit_interrupted()
+        raise
     main()
 
 

@@ -109,24 +109,18 @@ def _run(func: Callable[..., Any], debug: bool, *args: Any, quiet: bool, **kwarg
         result = func(*args, quiet=quiet, **kwargs)
         stop_if_interrupted()  # (a Ctrl-C dropped late: the output is complete, but asked to stop)
         return result
-    except Bids2HfError as exc:
-        if debug:
-            raise
-        if caused_by_ctrl_c(exc):  # (a clean-up cut short by the Ctrl-C)
-            exit_interrupted()
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        if debug:  # (the group above would make it the one line: the traceback first)
-            traceback.print_exc()
-        exit_interrupted()
     except click.exceptions.Exit:
         raise
-    except Exception as exc:
+    except (KeyboardInterrupt, Exception) as exc:
+        if caused_by_ctrl_c(exc):  # (or an error of a clean-up cut short by it)
+            if debug:  # (the group above would make it the one line: the traceback first)
+                traceback.print_exc()
+            exit_interrupted()
         if debug:
             raise
-        if caused_by_ctrl_c(exc):
-            exit_interrupted()
+        if isinstance(exc, Bids2HfError):
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
         click.echo(
             one_line(f"internal error: {type(exc).__name__}: {exc}")
             + " (re-run with --debug for details)",

@@ -114,7 +114,7 @@ def _naming(text: str, repo_id: str) -> str:
             fence = not fence
         elif not fence and line.startswith("## "):
             headings.append(i)
-    loading = [i for i in headings if lines[i] == "## Loading"]
+    loading = [i for i in headings if lines[i].rstrip("\r") == "## Loading"]
     if not loading:
         return text
     first = loading[-1]

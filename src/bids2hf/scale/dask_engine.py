@@ -191,8 +191,8 @@ class DaskEngine:
                         "--row-group-size, then re-run the same command (complete shards are kept)"
                     ) from None
                 future.release()
-                progress.finish(shard)
                 on_done(shard, result)
+                progress.finish(shard)  # (after: a Ctrl-C raised there finds the shard recorded)
                 fill()
         except BaseException:
             # Queued tasks never start. Running ones cannot be interrupted: with a shared folder

@@ -9,7 +9,7 @@ import queue
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import (
     FIRST_COMPLETED,
     Future,
@@ -227,11 +227,21 @@ def _write_in_pool(
         except BaseException:
             # Whatever stops the run (Ctrl-C, a handler's SystemExit, an error): the shards in
             # flight are not waited for; a re-run writes them again.
+            _abandon(pool, pending)
+            raise
+
+
+def _abandon(pool: ProcessPoolExecutor, pending: Iterable[Future[Any]]) -> None:
+    """Cancel the shards not started and end the writers now, a second Ctrl-C held meanwhile
+    (it would leave writers running, and the pool's exit would wait for their shards)."""
+    try:
+        with _sigint_held():
             for fut in pending:
                 fut.cancel()
-            with _sigint_held():  # (a second Ctrl-C here would leave writers running)
-                _stop_workers(pool)
-            raise
+            _stop_workers(pool)
+    except BaseException:
+        _stop_workers(pool)  # (one came as the hold began: stop them all the same)
+        raise
 
 
 @contextmanager
@@ -246,19 +256,24 @@ def _sigint_held() -> Iterator[None]:
     if not hasattr(signal, "pthread_sigmask"):  # not POSIX
         yield
         return
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     held: list[int] = []
     previous: Any = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.getsignal(signal.SIGINT)
-        if previous is not None:  # (None: a handler not set from Python, left as it is)
-            signal.signal(signal.SIGINT, lambda signum, _frame: held.append(signum))
+    mask: set[int | signal.Signals] | None = None
     try:
+        # The handler first, then the mask: a Ctrl-C pending as this starts raises before
+        # anything is changed (a KeyboardInterrupt here, after the mask, left SIGINT blocked).
+        if threading.current_thread() is threading.main_thread():
+            current = signal.getsignal(signal.SIGINT)
+            if current is not None:  # (None: a handler not set from Python, left as it is)
+                signal.signal(signal.SIGINT, lambda signum, _frame: held.append(signum))
+                previous = current
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         yield
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        if mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         if held:
             signal.raise_signal(signal.SIGINT)
 
