@@ -189,16 +189,17 @@ def _write_in_pool(
     # types), so that unpickling them does not import `datasets` in every worker.
     lean_columns = [replace(c, feature=None) for c in columns]
     ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    with (
-        _drain(q, progress),
-        ProcessPoolExecutor(
+    # A Ctrl-C half-way through making a queue leaks its semaphore (seen: the resource tracker's
+    # warning on stderr after the interrupted line); held until they are made.
+    with _sigint_held():
+        q = ctx.Queue()
+        pool = ProcessPoolExecutor(
             workers,
             mp_context=ctx,
             initializer=init_worker,
             initargs=(q, threading.current_thread() is threading.main_thread()),
-        ) as pool,
-    ):
+        )
+    with _drain(q, progress), pool:
         pending: dict[Future[ShardResult], ShardPlan] = {}
         todo = list(shards)
         try:
