@@ -53,9 +53,9 @@ def handling_ctrl_c() -> Iterator[None]:
         return
     _requested = False
     _previous_hook = sys.unraisablehook
-    signal.signal(signal.SIGINT, _on_sigint)
-    sys.unraisablehook = _quiet_when_dropped
     try:
+        sys.unraisablehook = _quiet_when_dropped
+        signal.signal(signal.SIGINT, _on_sigint)  # (a Ctrl-C pending raises here, put back)
         yield
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -15,9 +15,10 @@ import pyarrow.parquet as pq
 
 __all__ = [
     "BESIDE_PREFIX", "CHECKSUMS_PATH", "DATASET_FILES_PREFIX", "FOOTER_KEY", "JOURNAL_NAME",
-    "LEGACY_NAME", "LOCK_NAME", "MANIFEST_PATH", "OWNED_PREFIXES", "PREVIEW_PREFIXES", "REPO_PLACEHOLDER",
-    "STATE_DIR", "USER_END", "USER_PLACEHOLDER", "USER_START", "VCS_DIRS", "EmbeddedFile", "UserSectionError",
-    "read_footer_index", "sha256_file", "user_section_span", "write_chunk",
+    "LEGACY_NAME", "LOCK_NAME", "MANIFEST_PATH", "OWNED_PREFIXES", "PREVIEW_PREFIXES",
+    "REPO_PLACEHOLDER", "STATE_DIR", "USER_END", "USER_PLACEHOLDER", "USER_START", "VCS_DIRS",
+    "EmbeddedFile", "UserSectionError", "read_footer_index", "sha256_file", "user_section_span",
+    "write_chunk",
 ]
 
 MANIFEST_PATH = "bids2hf/manifest.jsonl"

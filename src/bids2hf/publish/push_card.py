@@ -32,7 +32,12 @@ from bids2hf.publish.compare import card_identities, read_remote
 from bids2hf.publish.targets.base import RemoteFile, StagedFile, Target
 from bids2hf.write.state_store import StateStore
 
-__all__ = ["card_keeping_remote_section", "card_naming_repository", "folder_card_id", "record_card"]
+__all__ = [
+    "card_keeping_remote_section",
+    "card_naming_repository",
+    "folder_card_id",
+    "record_card",
+]
 
 log = logging.getLogger(__name__)
 #: The prefix of :func:`folder_card_id`'s records (no remote file has such an identity).
