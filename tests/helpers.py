@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,19 @@ STATE_DIR = ".bids2hf"
 def sha256(path: Path) -> str:
     """The hex sha256 of a file's bytes (a symlink is followed)."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def with_sitecustomize(
+    tmp_path: Path, code: str, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """``base`` (the environment by default) for a Python that runs ``code`` as it starts (its
+    sitecustomize, written under ``tmp_path/hook``)."""
+    base = os.environ if base is None else base
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(code)
+    paths = [str(hook), *filter(None, [base.get("PYTHONPATH")])]
+    return dict(base, PYTHONPATH=os.pathsep.join(paths))
 
 
 def named_card(card: bytes, repo: str) -> bytes:

@@ -3,12 +3,11 @@ lines that say why a published dataset cannot be read."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from bids2hf.model.format import USER_END, USER_START
 from bids2hf.testing.synthetic import GeneratedDataset
-from helpers import error_line, named_card, run_bids2hf, tree
+from helpers import error_line, named_card, run_bids2hf, tree, with_sitecustomize
 from hub_emulator import HubEmulator
 
 ALL = ("--derivatives", "all", "-q")
@@ -127,10 +126,7 @@ def test_a_card_pushed_by_the_earlier_version_is_no_local_edit(
     """Review: the folder's card is recorded at each push as pushed, now named; one pushed by
     the version before, unnamed, with a section written on the Hub since, made the next push
     warn that the folder's section had been edited here. Nothing was."""
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(_PUSH_WITHOUT_NAMING)
-    earlier = dict(hub_env, PYTHONPATH=os.pathsep.join([str(hook), hub_env.get("PYTHONPATH", "")]))
+    earlier = with_sitecustomize(tmp_path, _PUSH_WITHOUT_NAMING, hub_env)
     out = tmp_path / "out"
     run_bids2hf("convert", synthetic.root, out, "-q", env=hub_env)
     run_bids2hf("push", out, URL, "-q", env=earlier)

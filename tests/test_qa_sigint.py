@@ -21,7 +21,7 @@ import pytest
 
 import bids2hf
 from bids2hf.testing.spec import GeneratedDataset
-from helpers import BIDS2HF, Cli, run_bids2hf, snapshot, without_state
+from helpers import BIDS2HF, Cli, run_bids2hf, snapshot, with_sitecustomize, without_state
 
 
 def _worker_started(proc: subprocess.Popen[str]) -> bool:
@@ -121,15 +121,6 @@ if multiprocessing.parent_process() is None and os.environ.get("STARTED"):
 """
 
 
-def _with_sitecustomize(tmp_path: Path, code: str) -> dict[str, str]:
-    """The environment of a Python that runs ``code`` as it starts (its sitecustomize)."""
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(code)
-    paths = [str(hook), *filter(None, [os.environ.get("PYTHONPATH")])]
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
-
-
 #: sitecustomize: the Ctrl-C comes while the command loads its modules, at two moments Python
 #: 3.11 treats apart: inside code made by exec() of a string (dataclasses, namedtuple), or while a
 #: class is being made (where it becomes ``RuntimeError: Error calling __set_name__``)
@@ -157,7 +148,7 @@ def test_ctrl_c_while_the_command_loads_its_modules(
 ) -> None:
     """Found in QA with random delays (2 in 40 runs): Ctrl-C at these two moments gave
     ``internal error: RuntimeError: ...`` (exit 1), or the right line but an exit by SIGINT."""
-    env = _with_sitecustomize(tmp_path, _CTRL_C_WHILE_LOADING)
+    env = with_sitecustomize(tmp_path, _CTRL_C_WHILE_LOADING)
     env["WHERE"] = where
     proc = run_bids2hf("convert", bids_copy, tmp_path / "out", "-q", env=env, check=False)
     assert proc.returncode == 130, proc.stderr
@@ -201,7 +192,7 @@ def test_a_ctrl_c_dropped_on_the_way_still_stops_the_run(
 ) -> None:
     """The run stops at its next step (the first shard written) with the one line and 130,
     instead of ignoring the Ctrl-C; Python's "Exception ignored" report is not printed."""
-    env = _with_sitecustomize(tmp_path, _CTRL_C_DROPPED)
+    env = with_sitecustomize(tmp_path, _CTRL_C_DROPPED)
     env.update(WHERE=where, DROPPED=str(tmp_path / "dropped"))
     out = tmp_path / "out"
     options = ("-q", "-j", "2", "--max-shard-size", "200kB")  # (6 shards, 2 at a time)
@@ -220,7 +211,7 @@ def test_with_debug_a_ctrl_c_shows_where_it_came(
 ) -> None:
     """``--debug`` adds the traceback, before the same line and exit status (review: a Ctrl-C
     that came wrapped in a RuntimeError gave that error's traceback and exit 1)."""
-    env = _with_sitecustomize(tmp_path, _CTRL_C_WHILE_LOADING)
+    env = with_sitecustomize(tmp_path, _CTRL_C_WHILE_LOADING)
     env["WHERE"] = where
     proc = run_bids2hf("convert", bids_copy, tmp_path / "out", "--debug", env=env, check=False)
     assert proc.returncode == 130, proc.stderr
@@ -282,7 +273,7 @@ def test_a_ctrl_c_as_the_writers_queues_are_made_leaks_nothing(
     bids_copy: Path, tmp_path: Path
 ) -> None:
     """The resource tracker warned of a leaked semaphore after the interrupted line."""
-    env = _with_sitecustomize(tmp_path, _CTRL_C_IN_A_SEMAPHORE)
+    env = with_sitecustomize(tmp_path, _CTRL_C_IN_A_SEMAPHORE)
     options = ("-q", "-j", "2", "--max-shard-size", "200kB")
     proc = run_bids2hf("convert", bids_copy, tmp_path / "out", *options, env=env, check=False)
     assert proc.returncode == 130, proc.stderr
@@ -330,7 +321,7 @@ def test_a_caller_s_interrupt_stops_the_writers_at_once(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=_with_sitecustomize(tmp_path, _SLOW_WORKERS),
+        env=with_sitecustomize(tmp_path, _SLOW_WORKERS),
         start_new_session=True,
     )
     deadline = time.monotonic() + 60
@@ -363,7 +354,7 @@ def test_ctrl_c_at_any_moment_of_the_start(bids_copy: Path, tmp_path: Path, dela
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=dict(_with_sitecustomize(tmp_path, _SLOW_WORKERS), STARTED=str(started)),
+        env=dict(with_sitecustomize(tmp_path, _SLOW_WORKERS), STARTED=str(started)),
         start_new_session=True,
     )
     deadline = time.monotonic() + 60

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import BIDS2HF, FAST, Cli, error_line, run_bids2hf, tree
+from helpers import BIDS2HF, FAST, Cli, error_line, run_bids2hf, tree, with_sitecustomize
 from hub_emulator import HubEmulator
 
 
@@ -271,19 +271,13 @@ def test_workers_of_a_killed_run_write_nothing(bids_copy: Path, tmp_path: Path) 
     is slowed through a sitecustomize, so that a shard is always in flight): within a few seconds
     no worker of that run is alive and no shard lands in data/ after the kill."""
     import contextlib
-    import os
     import signal
     import subprocess
     import time
 
     import psutil
 
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(_SLOW_WORKER_FSYNC)
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])
-    )
+    env = with_sitecustomize(tmp_path, _SLOW_WORKER_FSYNC)
     out = tmp_path / "out"
     args = [*BIDS2HF, "convert", str(bids_copy), str(out), "-q", "-j", "2"]
     proc = subprocess.Popen([*args, "--max-shard-size", "100kB"], env=env)

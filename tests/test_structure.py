@@ -23,6 +23,7 @@ import pytest
 import bids2hf
 from bids2hf.model.format import MANIFEST_PATH
 from bids2hf.testing.spec import GeneratedDataset
+from helpers import with_sitecustomize
 
 PACKAGE = Path(bids2hf.__file__).parent
 LAYERS = {
@@ -496,14 +497,10 @@ def test_workers_load_neither_datasets_nor_pandas(
     tmp_path: Path,
 ) -> None:
     """What the README says of `-j 2`, checked inside the spawned workers themselves."""
-    hook, report = tmp_path / "hook", tmp_path / "modules"
-    hook.mkdir()
+    report = tmp_path / "modules"
     report.mkdir()
-    (hook / "sitecustomize.py").write_text(_REPORT_WORKER_MODULES)
     env = dict(
-        os.environ,
-        PYTHONPATH=os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]),
-        BIDS2HF_TEST_MODULES=str(report),
+        with_sitecustomize(tmp_path, _REPORT_WORKER_MODULES), BIDS2HF_TEST_MODULES=str(report)
     )
     args = ["convert", str(synthetic.root), str(tmp_path / "out"), "-q", "-j", "2"]
     run = subprocess.run(

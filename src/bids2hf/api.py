@@ -157,8 +157,8 @@ def convert(
         raise InputError(f"--previews must be 0 or more (got {previews})")
     # [issue 14] Made first: Dask workers warm up (import the writer) while the driver scans.
     engine = _engine(client, workers)
-    if isinstance(destination, str) and destination.startswith("file://"):
-        destination = destination[len("file://") :]  # a local folder, named as a URL
+    if isinstance(destination, str):
+        destination = destination.removeprefix("file://")  # a local folder, named as a URL
     remote_url = str(destination) if is_remote(str(destination)) else None
     # [issue 11] cells of files stored beside the shards hold a URL under the destination
     base = remote_url or os.path.abspath(destination)
@@ -209,10 +209,9 @@ def _local_root(bids_dir: str | os.PathLike[str] | Source) -> Path | None:
     """The BIDS folder on local disk, resolved; None for a remote source."""
     if isinstance(bids_dir, (str, os.PathLike)):
         text = os.fspath(bids_dir)
-        if text.startswith("file://"):
-            text = text[len("file://") :]
-        elif "://" in text:
+        if "://" in text and not text.startswith("file://"):
             return None
+        text = text.removeprefix("file://")
         return Path(os.path.realpath(text))
     top = bids_dir.local_path("")
     return None if top is None else Path(os.path.realpath(top))

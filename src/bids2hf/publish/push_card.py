@@ -156,11 +156,8 @@ def card_naming_repository(
     if named == text:
         yield out
         return
-    with tempfile.TemporaryDirectory(prefix="bids2hf-card-") as tmp:
-        path = Path(tmp) / "README.md"
-        path.write_bytes(named.encode("utf-8"))
-        staged = StagedFile("README.md", path, path.stat().st_size, sha256_file(path))
-        yield [staged if f is card else f for f in out]
+    with _card_replaced(out, card, named) as replaced:
+        yield replaced
 
 
 @contextlib.contextmanager
@@ -206,11 +203,21 @@ def card_keeping_remote_section(
     if text is None:
         yield out
         return
+    with _card_replaced(out, card, text) as replaced:
+        yield replaced
+
+
+@contextlib.contextmanager
+def _card_replaced(
+    files: list[StagedFile], card: StagedFile, text: str
+) -> Iterator[list[StagedFile]]:
+    """``files``, ``card`` replaced while the context lasts by a temporary copy holding
+    ``text``. Raises OSError if the copy cannot be written."""
     with tempfile.TemporaryDirectory(prefix="bids2hf-card-") as tmp:
         path = Path(tmp) / "README.md"
-        path.write_text(text, encoding="utf-8")
-        merged = StagedFile("README.md", path, path.stat().st_size, sha256_file(path))
-        yield [merged if f is card else f for f in out]
+        path.write_bytes(text.encode("utf-8"))
+        staged = StagedFile("README.md", path, path.stat().st_size, sha256_file(path))
+        yield [staged if f is card else f for f in files]
 
 
 def folder_card_id(card: StagedFile) -> str:

@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 from bids2hf.errors import InputError
 from bids2hf.model.format import MANIFEST_PATH
 from bids2hf.model.ranges import RangeError
+from bids2hf.readback.access import pin_or_refuse
 from bids2hf.readback.bids_fs_file import READ_ONLY, BidsHfFile, ReadOnlyFileSystem
 from bids2hf.readback.bids_fs_index import (
     IndexEntry,
@@ -54,7 +55,6 @@ from bids2hf.readback.bids_fs_index import (
     footer_length,
     offset_in_footer,
     parse_footer,
-    pin_or_refuse,
     row_group_in_footer,
 )
 from bids2hf.readback.bids_fs_reads import (

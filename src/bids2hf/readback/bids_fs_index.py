@@ -20,7 +20,6 @@ import pyarrow.parquet as pq
 from bids2hf.errors import InputError
 from bids2hf.model.format import FOOTER_KEY
 from bids2hf.model.ranges import RangeError, bytes_leaf, row_group_of
-from bids2hf.readback.access import pin_hf_revision, pin_or_refuse
 from bids2hf.readback.published import safe_relpath
 
 __all__ = [
@@ -34,8 +33,6 @@ __all__ = [
     "footer_length",
     "offset_in_footer",
     "parse_footer",
-    "pin_hf_revision",
-    "pin_or_refuse",
     "row_group_in_footer",
 ]
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from bids2hf.errors import DestinationError, InputError, VerificationError
-from bids2hf.model.format import write_chunk
+from bids2hf.model.format import sha256_file, write_chunk
 from bids2hf.model.manifest import ManifestEntry
 from bids2hf.readback.published import PublishedDataset
 from bids2hf.readback.shard_cells import REFUSED
@@ -148,6 +148,7 @@ def already_there(
     """
     found: set[str] = set()
     resolved_out = out.resolve()
+    counted = None if on_bytes is None else (lambda n: on_bytes(n, 0))
     for path, e in chosen.items():
         target = out / path
         try:
@@ -157,16 +158,10 @@ def already_there(
                 continue  # (refuse_blocked refuses it)
             if target.stat().st_size != e.size:
                 continue
-            sha = hashlib.sha256()
-            with open(target, "rb") as f:
-                while block := f.read(1 << 20):
-                    sha.update(block)
-                    if on_bytes is not None:
-                        on_bytes(len(block), 0)
+            if sha256_file(target, on_bytes=counted) == e.sha256:
+                found.add(path)
         except OSError:  # unreadable: not ours to judge here; refuse_blocked names it
             continue
-        if sha.hexdigest() == e.sha256:
-            found.add(path)
     return found
 
 

@@ -299,12 +299,9 @@ def extract_user_section(previous: str | None) -> str | None:
     return None if span is None else previous[span[0] : span[1]]
 
 
-_PLACEHOLDER = USER_PLACEHOLDER
-
-
 def user_section(content: str | None) -> str:
     """The marked section, holding ``content`` (a previous card's) or a placeholder."""
-    return f"{USER_START}{_PLACEHOLDER if content is None else content}{USER_END}"
+    return f"{USER_START}{USER_PLACEHOLDER if content is None else content}{USER_END}"
 
 
 # -- participants -----------------------------------------------------------------------------
